@@ -1,0 +1,1 @@
+"""Benchmarks. Each starts its own server from a fresh dev setup in a temp directory."""

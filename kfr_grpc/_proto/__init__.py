@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for kfr.v1 (see kfr_grpc/codegen.py)."""

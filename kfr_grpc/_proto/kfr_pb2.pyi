@@ -1,0 +1,142 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_OWNER: _ClassVar[Role]
+    ROLE_DISPONENT: _ClassVar[Role]
+
+class RoleFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_FILTER_UNSPECIFIED: _ClassVar[RoleFilter]
+    ROLE_FILTER_ALL: _ClassVar[RoleFilter]
+    ROLE_FILTER_OWNER_ONLY: _ClassVar[RoleFilter]
+ROLE_UNSPECIFIED: Role
+ROLE_OWNER: Role
+ROLE_DISPONENT: Role
+ROLE_FILTER_UNSPECIFIED: RoleFilter
+ROLE_FILTER_ALL: RoleFilter
+ROLE_FILTER_OWNER_ONLY: RoleFilter
+
+class ReportRequest(_message.Message):
+    __slots__ = ("institution_org_number", "relationships")
+    INSTITUTION_ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    RELATIONSHIPS_FIELD_NUMBER: _ClassVar[int]
+    institution_org_number: str
+    relationships: _containers.RepeatedCompositeFieldContainer[Relationship]
+    def __init__(self, institution_org_number: _Optional[str] = ..., relationships: _Optional[_Iterable[_Union[Relationship, _Mapping]]] = ...) -> None: ...
+
+class Relationship(_message.Message):
+    __slots__ = ("customer_id", "role", "start_date")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    START_DATE_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    role: Role
+    start_date: str
+    def __init__(self, customer_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., start_date: _Optional[str] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ("registered_count", "already_registered_count")
+    REGISTERED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_REGISTERED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    registered_count: int
+    already_registered_count: int
+    def __init__(self, registered_count: _Optional[int] = ..., already_registered_count: _Optional[int] = ...) -> None: ...
+
+class EndRequest(_message.Message):
+    __slots__ = ("institution_org_number", "endings")
+    INSTITUTION_ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ENDINGS_FIELD_NUMBER: _ClassVar[int]
+    institution_org_number: str
+    endings: _containers.RepeatedCompositeFieldContainer[Ending]
+    def __init__(self, institution_org_number: _Optional[str] = ..., endings: _Optional[_Iterable[_Union[Ending, _Mapping]]] = ...) -> None: ...
+
+class Ending(_message.Message):
+    __slots__ = ("customer_id", "role", "end_date")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    END_DATE_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    role: Role
+    end_date: str
+    def __init__(self, customer_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., end_date: _Optional[str] = ...) -> None: ...
+
+class EndResponse(_message.Message):
+    __slots__ = ("ended_count", "already_ended_count")
+    ENDED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_ENDED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ended_count: int
+    already_ended_count: int
+    def __init__(self, ended_count: _Optional[int] = ..., already_ended_count: _Optional[int] = ...) -> None: ...
+
+class ListOwnRequest(_message.Message):
+    __slots__ = ("institution_org_number", "customer_id")
+    INSTITUTION_ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    institution_org_number: str
+    customer_id: str
+    def __init__(self, institution_org_number: _Optional[str] = ..., customer_id: _Optional[str] = ...) -> None: ...
+
+class ListOwnResponse(_message.Message):
+    __slots__ = ("relationships",)
+    RELATIONSHIPS_FIELD_NUMBER: _ClassVar[int]
+    relationships: _containers.RepeatedCompositeFieldContainer[OwnRelationship]
+    def __init__(self, relationships: _Optional[_Iterable[_Union[OwnRelationship, _Mapping]]] = ...) -> None: ...
+
+class OwnRelationship(_message.Message):
+    __slots__ = ("role", "periods")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    role: Role
+    periods: _containers.RepeatedCompositeFieldContainer[Period]
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., periods: _Optional[_Iterable[_Union[Period, _Mapping]]] = ...) -> None: ...
+
+class Period(_message.Message):
+    __slots__ = ("start_date", "end_date")
+    START_DATE_FIELD_NUMBER: _ClassVar[int]
+    END_DATE_FIELD_NUMBER: _ClassVar[int]
+    start_date: str
+    end_date: str
+    def __init__(self, start_date: _Optional[str] = ..., end_date: _Optional[str] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("customer_id", "from_date", "to_date", "role_filter", "legal_mandate", "account_info_request_id")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_DATE_FIELD_NUMBER: _ClassVar[int]
+    TO_DATE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FILTER_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_MANDATE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_INFO_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    from_date: str
+    to_date: str
+    role_filter: RoleFilter
+    legal_mandate: str
+    account_info_request_id: str
+    def __init__(self, customer_id: _Optional[str] = ..., from_date: _Optional[str] = ..., to_date: _Optional[str] = ..., role_filter: _Optional[_Union[RoleFilter, str]] = ..., legal_mandate: _Optional[str] = ..., account_info_request_id: _Optional[str] = ...) -> None: ...
+
+class LookupResponse(_message.Message):
+    __slots__ = ("institutions",)
+    INSTITUTIONS_FIELD_NUMBER: _ClassVar[int]
+    institutions: _containers.RepeatedCompositeFieldContainer[InstitutionRelation]
+    def __init__(self, institutions: _Optional[_Iterable[_Union[InstitutionRelation, _Mapping]]] = ...) -> None: ...
+
+class InstitutionRelation(_message.Message):
+    __slots__ = ("org_number", "name", "roles", "active")
+    ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    org_number: str
+    name: str
+    roles: _containers.RepeatedScalarFieldContainer[Role]
+    active: bool
+    def __init__(self, org_number: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ..., active: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,39 @@
+"""Protobuf <-> register types."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.errors import FieldViolation, InvalidArgument
+from kfr_grpc.register.model import Period, Role
+
+_ROLE_FROM_PB = {pb.ROLE_OWNER: Role.OWNER, pb.ROLE_DISPONENT: Role.DISPONENT}
+_ROLE_TO_PB = {role: number for number, role in _ROLE_FROM_PB.items()}
+
+
+def roles_from_pb(numbers: list[int], field_of: str) -> list[Role | None]:
+    """Roles of a request's items (None for ROLE_UNSPECIFIED).
+
+    ``field_of`` is the repeated field's name, used in the path of an unknown value.
+    """
+    unknown = [
+        FieldViolation(f"{field_of}[{index}].role", f"has unknown value {number}")
+        for index, number in enumerate(numbers)
+        if number != pb.ROLE_UNSPECIFIED and number not in _ROLE_FROM_PB
+    ]
+    if unknown:
+        raise InvalidArgument(unknown)
+    return [_ROLE_FROM_PB.get(number) for number in numbers]
+
+
+def role_to_pb(role: Role) -> int:
+    return _ROLE_TO_PB[role]
+
+
+def date_to_pb(day: date | None) -> str:
+    return day.isoformat() if day is not None else ""
+
+
+def period_to_pb(period: Period) -> pb.Period:
+    return pb.Period(start_date=date_to_pb(period.start), end_date=date_to_pb(period.end))

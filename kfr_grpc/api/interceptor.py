@@ -1,0 +1,146 @@
+"""What every call shares: correlation id, caller identity, error mapping, request log.
+
+Servicers receive a ``RequestContext``: the gRPC context plus the authenticated
+``caller`` and the ``correlation_id``. They raise the register's errors; this module is
+the one place that turns them into gRPC status codes. Log lines name the method, the
+caller's organisation, the correlation id, the status and the duration: never a
+request field, so never a customer ID.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from kfr_grpc.auth.certificates import org_number_from_pem
+from kfr_grpc.auth.policy import Caller
+from kfr_grpc.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    KfrError,
+    NotFound,
+    PermissionDenied,
+    StoreFull,
+    Unauthenticated,
+)
+
+log = logging.getLogger("kfr.requests")
+
+CORRELATION_ID_KEY = "correlation-id"
+
+_STATUS: dict[type[KfrError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    StoreFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class RequestContext:
+    """A ``grpc.ServicerContext`` that also knows who is calling and under which id."""
+
+    def __init__(self, context: grpc.ServicerContext, caller: Caller, correlation_id: str) -> None:
+        self._context = context
+        self.caller = caller
+        self.correlation_id = correlation_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def caller_from_context(context: grpc.ServicerContext) -> Caller:
+    """The caller named by the verified client certificate of this call's connection."""
+    pem_certificates = context.auth_context().get("x509_pem_cert")
+    if not pem_certificates:
+        raise Unauthenticated("a client certificate is required (mutual TLS)")
+    return Caller(org_number=org_number_from_pem(pem_certificates[0]))
+
+
+class RequestInterceptor(grpc.ServerInterceptor):
+    """Wraps every unary-response handler with the shared per-call work."""
+
+    def __init__(
+        self, identify: Callable[[grpc.ServicerContext], Caller] = caller_from_context
+    ) -> None:
+        self._identify = identify
+
+    def intercept_service(
+        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap(handler.unary_unary, method, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap(handler.stream_unary, method, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap(self, behaviour: Callable, method: str, metadata: Any) -> Callable:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            correlation_id, correlation_ok = _correlation_id(metadata)
+            context.send_initial_metadata(((CORRELATION_ID_KEY, correlation_id),))
+            caller_org = "-"
+            code = grpc.StatusCode.OK
+            try:
+                if not correlation_ok:
+                    raise InvalidArgument.field(f"metadata {CORRELATION_ID_KEY}", "must be a UUID")
+                caller = self._identify(context)
+                caller_org = caller.org_number
+                return behaviour(request, RequestContext(context, caller, correlation_id))
+            except KfrError as error:
+                code, message = _status_for(error, correlation_id)
+                context.abort(code, message)
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error correlation_id=%s", correlation_id)
+                context.abort(code, f"internal error; quote correlation-id {correlation_id}")
+            finally:
+                log.info(
+                    "request method=%s caller=%s correlation_id=%s status=%s duration_ms=%.2f",
+                    method,
+                    caller_org,
+                    correlation_id,
+                    code.name,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+        return handle
+
+
+def _status_for(error: KfrError, correlation_id: str) -> tuple[grpc.StatusCode, str]:
+    code = _STATUS.get(type(error))
+    if code is not None:
+        return code, str(error)
+    # CorruptRecord and anything unforeseen: details for the operator, not the caller.
+    log.error("%s correlation_id=%s: %s", type(error).__name__, correlation_id, error)
+    return grpc.StatusCode.INTERNAL, f"internal error; quote correlation-id {correlation_id}"
+
+
+def _correlation_id(metadata: Any) -> tuple[str, bool]:
+    """The caller's correlation id if it sent a valid one, else a fresh one (and whether valid)."""
+    for key, value in metadata or ():
+        if key == CORRELATION_ID_KEY:
+            try:
+                return str(uuid.UUID(value)), True
+            except (ValueError, TypeError, AttributeError):
+                return str(uuid.uuid4()), False
+    return str(uuid.uuid4()), True

@@ -1,0 +1,45 @@
+"""LookupService: agencies asking where a customer has or had relationships."""
+
+from __future__ import annotations
+
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc._proto import kfr_pb2_grpc
+from kfr_grpc.api.convert import role_to_pb
+from kfr_grpc.api.interceptor import RequestContext
+from kfr_grpc.auth.policy import AccessPolicy
+from kfr_grpc.errors import InvalidArgument
+from kfr_grpc.register.service import Register
+
+_ROLE_FILTERS = {pb.ROLE_FILTER_UNSPECIFIED, pb.ROLE_FILTER_ALL, pb.ROLE_FILTER_OWNER_ONLY}
+
+
+class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
+    def __init__(self, register: Register, policy: AccessPolicy) -> None:
+        self._register = register
+        self._policy = policy
+
+    def Lookup(self, request: pb.LookupRequest, context: RequestContext) -> pb.LookupResponse:
+        agency = self._policy.agency(context.caller)
+        if request.role_filter not in _ROLE_FILTERS:
+            raise InvalidArgument.field("role_filter", f"has unknown value {request.role_filter}")
+        query = self._register.parse_lookup(
+            customer_id=request.customer_id,
+            from_date=request.from_date,
+            to_date=request.to_date,
+            owner_only=agency.owner_only or request.role_filter == pb.ROLE_FILTER_OWNER_ONLY,
+            legal_mandate=request.legal_mandate,
+            account_info_request_id=request.account_info_request_id,
+        )
+        self._policy.require_mandate(agency, query.legal_mandate)
+        relations = self._register.lookup(query)
+        return pb.LookupResponse(
+            institutions=[
+                pb.InstitutionRelation(
+                    org_number=relation.org_number,
+                    name=relation.name,
+                    roles=[role_to_pb(role) for role in relation.roles],
+                    active=relation.active,
+                )
+                for relation in relations
+            ]
+        )

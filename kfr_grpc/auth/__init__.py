@@ -1,0 +1,1 @@
+"""Auth: who is calling (certificates) and what they may do (policy)."""

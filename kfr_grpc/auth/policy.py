@@ -1,0 +1,62 @@
+"""What an authenticated caller may do.
+
+- Institutions act only for themselves: ``institution_org_number`` in a request must be
+  the caller's own organisation number. (That the institution is registered is the
+  register's rule.)
+- Only configured agencies may look up, and only under a legal mandate allowed to them;
+  an owner-only agency sees owner relationships only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kfr_grpc.config import AgencyConfig
+from kfr_grpc.errors import InvalidArgument, PermissionDenied
+from kfr_grpc.register.customer_ids import parse_org_number
+from kfr_grpc.register.values import InvalidValue
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated party behind a call."""
+
+    org_number: str
+
+
+class AccessPolicy:
+    def __init__(self, agencies: Iterable[AgencyConfig]) -> None:
+        self._agencies = {agency.org_number: agency for agency in agencies}
+
+    def acting_institution(self, caller: Caller, institution_org_number: str) -> str:
+        """The institution a request acts for, after checking the caller may act for it."""
+        if not institution_org_number.strip():
+            raise InvalidArgument.field("institution_org_number", "is required")
+        try:
+            claimed = parse_org_number(institution_org_number)
+        except InvalidValue as error:
+            raise InvalidArgument.field("institution_org_number", str(error)) from None
+        if claimed != caller.org_number:
+            raise PermissionDenied(
+                f"institution_org_number {claimed} does not match the organisation number "
+                f"{caller.org_number} in your client certificate"
+            )
+        return claimed
+
+    def agency(self, caller: Caller) -> AgencyConfig:
+        """The caller's agency grant; PERMISSION_DENIED for anyone not configured as agency."""
+        agency = self._agencies.get(caller.org_number)
+        if agency is None:
+            raise PermissionDenied(
+                f"organisation {caller.org_number} is not registered as an agency that may look up"
+            )
+        return agency
+
+    @staticmethod
+    def require_mandate(agency: AgencyConfig, legal_mandate: str) -> None:
+        if legal_mandate not in agency.mandates:
+            raise PermissionDenied(
+                "legal_mandate is not among the mandates allowed for your agency; "
+                "ask the register operator which mandates are configured"
+            )

@@ -1,0 +1,46 @@
+"""Client-side helpers for the CLI's client commands (and for tests and benchmarks)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import grpc
+
+from kfr_grpc._proto import kfr_pb2_grpc
+
+CORRELATION_ID_KEY = "correlation-id"
+
+
+def secure_channel(target: str, *, ca: Path, cert: Path, key: Path) -> grpc.Channel:
+    """A mutual-TLS channel: the server is verified against ``ca``; we present ``cert``."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes(),
+        certificate_chain=cert.read_bytes(),
+    )
+    return grpc.secure_channel(target, credentials)
+
+
+def new_metadata(correlation_id: str | None = None) -> tuple[tuple[str, str], ...]:
+    return ((CORRELATION_ID_KEY, correlation_id or str(uuid.uuid4())),)
+
+
+def correlation_id_of(call: grpc.Call) -> str:
+    """The correlation id the server returned in the call's initial metadata."""
+    for key, value in call.initial_metadata() or ():
+        if key == CORRELATION_ID_KEY:
+            return value
+    return ""
+
+
+class KfrClient:
+    """Both services' stubs over one channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.institutions = kfr_pb2_grpc.InstitutionServiceStub(channel)
+        self.lookups = kfr_pb2_grpc.LookupServiceStub(channel)
+
+    def close(self) -> None:
+        self.channel.close()

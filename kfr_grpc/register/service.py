@@ -1,0 +1,332 @@
+"""The register's use cases: reporting, ending, listing and looking up relationships.
+
+Requests arrive as plain values (strings for IDs and dates, exactly as the caller sent
+them). Each use case validates every item first and reports every bad one in a single
+``InvalidArgument``; only then does it open one write transaction, so a request is
+applied entirely or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import TypeVar
+
+from kfr_grpc.clock import Clock
+from kfr_grpc.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from kfr_grpc.register.customer_ids import (
+    CustomerId,
+    CustomerKind,
+    parse_customer_id,
+    parse_org_number,
+)
+from kfr_grpc.register.model import (
+    EndResult,
+    Institution,
+    InstitutionRelation,
+    ReportResult,
+    Role,
+    RoleHistory,
+)
+from kfr_grpc.register.periods import end_period, start_period
+from kfr_grpc.register.values import InvalidValue, parse_date, parse_uuid, require_text
+from kfr_grpc.store import Store, StoreView
+
+MAX_ITEMS_PER_CALL = 1000
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportItem:
+    customer_id: str
+    role: Role | None
+    start_date: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndItem:
+    customer_id: str
+    role: Role | None  # None: every role the customer holds at the institution
+    end_date: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupQuery:
+    """A validated Lookup request."""
+
+    customer: CustomerId
+    first_day: date
+    last_day: date
+    owner_only: bool
+    legal_mandate: str
+    case_reference: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class _ParsedReport:
+    customer: CustomerId
+    role: Role
+    start: date
+
+
+@dataclass(frozen=True, slots=True)
+class _ParsedEnd:
+    customer: CustomerId
+    roles: tuple[Role, ...]
+    end: date
+
+
+class _Violations:
+    """Collects field violations while parsing a request."""
+
+    def __init__(self) -> None:
+        self.found: list[FieldViolation] = []
+
+    def parse(self, field: str, parser: Callable[..., _T], *args: object) -> _T | None:
+        """Returns ``parser(*args)``, or None after noting why it failed."""
+        try:
+            return parser(*args)
+        except InvalidValue as error:
+            self.found.append(FieldViolation(field, str(error)))
+            return None
+
+    def add(self, field: str, reason: str) -> None:
+        self.found.append(FieldViolation(field, reason))
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise InvalidArgument(self.found)
+
+
+class Register:
+    """The register's rules over a ``Store``. Thread-safe; holds no mutable state."""
+
+    def __init__(self, store: Store, clock: Clock, *, test_mode: bool) -> None:
+        self._store = store
+        self._clock = clock
+        self._test_mode = test_mode
+
+    # --- institutions (operator) -------------------------------------------------------
+
+    def add_institution(self, org_number: str, name: str) -> tuple[Institution, bool]:
+        """Registers an institution; returns it and whether it is new.
+
+        Idempotent: adding an institution again under the same name changes nothing.
+        """
+        violations = _Violations()
+        org = violations.parse("org_number", parse_org_number, org_number)
+        clean_name = violations.parse("name", require_text, name)
+        violations.raise_if_any()
+        with self._store.write() as txn:
+            existing = txn.institution(org)
+            if existing is not None and existing.name == clean_name:
+                return existing, False
+            if existing is not None:
+                raise AlreadyExists(f"institution {org} is already registered as {existing.name!r}")
+            institution = Institution(org, clean_name, self._clock.today())
+            txn.put_institution(institution)
+        return institution, True
+
+    def institutions(self) -> list[Institution]:
+        with self._store.read() as view:
+            return list(view.institutions())
+
+    # --- institution service ------------------------------------------------------------
+
+    def report(self, institution: str, items: Sequence[ReportItem]) -> ReportResult:
+        """Registers relationships for ``institution``: all of them, or none."""
+        self._require_registered(institution)
+        parsed = self._parse_report(items)
+        registered = 0
+        with self._store.write() as txn:
+            _require_registered_in(txn, institution)
+            conflicts = _Violations()
+            for index, item in enumerate(parsed):
+                history = txn.history(item.customer, institution, item.role)
+                updated = conflicts.parse(
+                    f"relationships[{index}].start_date", start_period, history, item.start
+                )
+                if updated is not None and updated[1]:
+                    txn.put_history(item.customer, institution, item.role, updated[0])
+                    registered += 1
+            conflicts.raise_if_any()
+        return ReportResult(registered=registered, already_registered=len(parsed) - registered)
+
+    def end(self, institution: str, items: Sequence[EndItem]) -> EndResult:
+        """Ends relationships of ``institution``: all of them, or none."""
+        self._require_registered(institution)
+        parsed = self._parse_end(items)
+        ended = 0
+        with self._store.write() as txn:
+            _require_registered_in(txn, institution)
+            conflicts = _Violations()
+            missing: list[FieldViolation] = []
+            for index, item in enumerate(parsed):
+                histories = {
+                    role: txn.history(item.customer, institution, role) for role in item.roles
+                }
+                histories = {role: history for role, history in histories.items() if history}
+                if not histories:
+                    missing.append(FieldViolation(f"endings[{index}]", _NO_SUCH_RELATIONSHIP))
+                    continue
+                changed_any = False
+                for role, history in histories.items():
+                    updated = conflicts.parse(
+                        f"endings[{index}].end_date", end_period, history, item.end
+                    )
+                    if updated is not None and updated[1]:
+                        txn.put_history(item.customer, institution, role, updated[0])
+                        changed_any = True
+                ended += changed_any
+            conflicts.raise_if_any()
+            if missing:
+                raise NotFound(missing)
+        return EndResult(ended=ended, already_ended=len(parsed) - ended)
+
+    def list_own(self, institution: str, customer_id: str) -> list[RoleHistory]:
+        """The institution's own role histories with one customer, owner first."""
+        self._require_registered(institution)
+        violations = _Violations()
+        customer = violations.parse("customer_id", self._parse_customer, customer_id)
+        violations.raise_if_any()
+        with self._store.read() as view:
+            histories = list(view.relationships(customer, institution))
+        return sorted(histories, key=lambda history: history.role.value)
+
+    # --- lookup service -----------------------------------------------------------------
+
+    def parse_lookup(
+        self,
+        *,
+        customer_id: str,
+        from_date: str,
+        to_date: str,
+        owner_only: bool,
+        legal_mandate: str,
+        account_info_request_id: str,
+    ) -> LookupQuery:
+        today = self._clock.today()
+        violations = _Violations()
+        customer = violations.parse("customer_id", self._parse_customer, customer_id)
+        first = violations.parse("from_date", parse_date, from_date, today)
+        last = violations.parse("to_date", parse_date, to_date, today)
+        mandate = violations.parse("legal_mandate", require_text, legal_mandate)
+        case = violations.parse("account_info_request_id", parse_uuid, account_info_request_id)
+        if first is not None and last is not None and last < first:
+            violations.add("to_date", "is before from_date")
+        violations.raise_if_any()
+        return LookupQuery(customer, first, last, owner_only, mandate, case)
+
+    def lookup(self, query: LookupQuery) -> list[InstitutionRelation]:
+        """Institutions where the customer had a relationship overlapping the query's window."""
+        roles_by_org: dict[str, set[Role]] = {}
+        active_orgs: set[str] = set()
+        with self._store.read() as view:
+            for history in view.relationships(query.customer):
+                if query.owner_only and history.role is not Role.OWNER:
+                    continue
+                in_window = [
+                    p for p in history.periods if p.overlaps(query.first_day, query.last_day)
+                ]
+                if not in_window:
+                    continue
+                roles_by_org.setdefault(history.institution, set()).add(history.role)
+                if any(period.ongoing_at(query.last_day) for period in in_window):
+                    active_orgs.add(history.institution)
+            names = {org: _institution_name(view, org) for org in roles_by_org}
+        return [
+            InstitutionRelation(
+                org_number=org,
+                name=names[org],
+                roles=tuple(sorted(roles, key=lambda role: role.value)),
+                active=org in active_orgs,
+            )
+            for org, roles in sorted(roles_by_org.items())
+        ]
+
+    # --- parsing --------------------------------------------------------------------------
+
+    def _parse_customer(self, raw: str) -> CustomerId:
+        return parse_customer_id(raw, allow_synthetic=self._test_mode, today=self._clock.today())
+
+    def _parse_report(self, items: Sequence[ReportItem]) -> list[_ParsedReport]:
+        today = self._clock.today()
+        _check_batch_size("relationships", items)
+        violations = _Violations()
+        parsed = []
+        for index, item in enumerate(items):
+            path = f"relationships[{index}]"
+            customer = violations.parse(
+                f"{path}.customer_id", self._parse_customer, item.customer_id
+            )
+            start = violations.parse(f"{path}.start_date", parse_date, item.start_date, today)
+            if item.role is None:
+                violations.add(f"{path}.role", "is required: ROLE_OWNER or ROLE_DISPONENT")
+            elif (
+                item.role is Role.DISPONENT
+                and customer
+                and customer.kind is CustomerKind.ORGANISATION
+            ):
+                violations.add(f"{path}.role", _DISPONENT_MUST_BE_PERSON)
+            if customer is not None and start is not None and item.role is not None:
+                parsed.append(_ParsedReport(customer, item.role, start))
+        violations.raise_if_any()
+        return parsed
+
+    def _parse_end(self, items: Sequence[EndItem]) -> list[_ParsedEnd]:
+        today = self._clock.today()
+        _check_batch_size("endings", items)
+        violations = _Violations()
+        parsed = []
+        for index, item in enumerate(items):
+            path = f"endings[{index}]"
+            customer = violations.parse(
+                f"{path}.customer_id", self._parse_customer, item.customer_id
+            )
+            end = violations.parse(f"{path}.end_date", parse_date, item.end_date, today)
+            roles = (item.role,) if item.role is not None else tuple(Role)
+            if customer is not None and end is not None:
+                parsed.append(_ParsedEnd(customer, roles, end))
+        violations.raise_if_any()
+        return parsed
+
+    def _require_registered(self, institution: str) -> None:
+        with self._store.read() as view:
+            _require_registered_in(view, institution)
+
+
+_NO_SUCH_RELATIONSHIP = "no such relationship at this institution (never reported, or removed)"
+_DISPONENT_MUST_BE_PERSON = (
+    "ROLE_DISPONENT needs a person (fødselsnummer or D-number), not an organisation number"
+)
+
+
+def _check_batch_size(field: str, items: Sequence[object]) -> None:
+    if not items:
+        raise InvalidArgument.field(field, "must hold at least one item")
+    if len(items) > MAX_ITEMS_PER_CALL:
+        raise InvalidArgument.field(
+            field, f"holds {len(items)} items; at most {MAX_ITEMS_PER_CALL} are allowed per call"
+        )
+
+
+def _require_registered_in(view: StoreView, institution: str) -> None:
+    if view.institution(institution) is None:
+        raise PermissionDenied(
+            f"institution {institution} is not registered with the register; "
+            "ask the register operator to register it before reporting"
+        )
+
+
+def _institution_name(view: StoreView, org_number: str) -> str:
+    institution = view.institution(org_number)
+    return institution.name if institution is not None else ""

@@ -1,0 +1,51 @@
+"""Parsing of the plain values in requests: dates, UUIDs, required text.
+
+Parsers raise ``InvalidValue(reason)``; the caller adds the field path and turns it
+into a ``FieldViolation``. Reasons never repeat the value.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class InvalidValue(ValueError):
+    """A value is wrong; ``str(error)`` says why, without the value."""
+
+
+def parse_date(raw: str, today: date) -> date:
+    """Parses ``YYYY-MM-DD``; empty means today. Dates after today are refused."""
+    if not raw:
+        return today
+    if not _ISO_DATE.fullmatch(raw):
+        raise InvalidValue("must be a date written YYYY-MM-DD")
+    try:
+        parsed = date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidValue("is not a real calendar date") from None
+    if parsed > today:
+        raise InvalidValue("is in the future")
+    return parsed
+
+
+def parse_uuid(raw: str) -> uuid.UUID:
+    """Parses a UUID in its canonical text form (any case, with or without braces)."""
+    if not raw:
+        raise InvalidValue("is required (a UUID)")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidValue(
+            "must be a UUID, for example 123e4567-e89b-12d3-a456-426614174000"
+        ) from None
+
+
+def require_text(raw: str) -> str:
+    text = raw.strip()
+    if not text:
+        raise InvalidValue("is required")
+    return text

@@ -1,0 +1,252 @@
+"""The ``kfr`` command, including the README demo against a real ``kfr serve`` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kfr_grpc.cli import main
+from kfr_grpc.dev import pki
+from kfr_grpc.dev.setup import (
+    TEST_AGENCY_ORG,
+    TEST_INSTITUTION_NAME,
+    TEST_INSTITUTION_ORG,
+    TEST_MANDATE,
+)
+from kfr_grpc.keyring import Keyring
+
+KFR = str(Path(sys.executable).with_name("kfr"))
+
+
+def run(*args: str, input: str | None = None):
+    result = CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+    return result
+
+
+def test_keys_init_writes_a_private_keyring_once(tmp_path: Path):
+    path = tmp_path / "keyring.json"
+    first = run("keys", "init", str(path))
+    assert first.exit_code == 0, first.output
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert Keyring.load(path).id in first.output
+    second = run("keys", "init", str(path))
+    assert second.exit_code == 1
+    assert "refusing to overwrite" in second.output
+
+
+def test_dev_init_makes_a_complete_setup(tmp_path: Path):
+    directory = tmp_path / "dev"
+    result = run("dev", "init", str(directory))
+    assert result.exit_code == 0, result.output
+    for name in (
+        "ca.crt", "ca.key", "server.crt", "server.key", "institution.crt", "institution.key",
+        "agency.crt", "agency.key", "keyring.json", "kfr.toml",
+    ):  # fmt: skip
+        assert (directory / name).is_file(), name
+    for key in ("ca.key", "server.key", "institution.key", "agency.key", "keyring.json"):
+        assert (directory / key).stat().st_mode & 0o077 == 0, key
+    listed = run("institutions", "list", "--config", str(directory / "kfr.toml"))
+    assert listed.exit_code == 0
+    assert TEST_INSTITUTION_ORG in listed.output and TEST_INSTITUTION_NAME in listed.output
+    again = run("dev", "init", str(directory))
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_institutions_add_validates_and_refuses_duplicates(tmp_path: Path):
+    run("dev", "init", str(tmp_path / "dev"))
+    config = str(tmp_path / "dev" / "kfr.toml")
+    added = run("institutions", "add", "313000001", "Andre bank", "--config", config)
+    assert added.exit_code == 0 and "registered 313000001 Andre bank" in added.output
+    again = run("institutions", "add", "313000001", "Andre bank", "--config", config)
+    assert again.exit_code == 0 and "already registered: 313000001" in again.output
+    renamed = run("institutions", "add", "313000001", "Nytt navn", "--config", config)
+    assert renamed.exit_code == 1 and "already registered as 'Andre bank'" in renamed.output
+    invalid = run("institutions", "add", "123456789", "Feil", "--config", config)
+    assert invalid.exit_code == 1 and "org_number" in invalid.output
+
+
+def test_dev_ids_are_synthetic_and_valid_in_test_mode_only():
+    from datetime import date
+
+    from kfr_grpc.register.customer_ids import parse_customer_id
+    from kfr_grpc.register.values import InvalidValue
+
+    result = run("dev", "ids", "--count", "5", "--seed", "3")
+    values = result.output.split()
+    assert len(values) == 5
+    for value in values:
+        parse_customer_id(value, allow_synthetic=True, today=date(2026, 6, 15))
+        with pytest.raises(InvalidValue, match="test mode"):
+            parse_customer_id(value, allow_synthetic=False, today=date(2026, 6, 15))
+
+
+def test_admin_commands_explain_a_bad_config(tmp_path: Path):
+    result = run("institutions", "list", "--config", str(tmp_path / "absent.toml"))
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+# --- the demo against a real server process ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early: {process.stderr.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("server did not start listening")
+
+
+class ServerProcess:
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.stderr = ""
+        self.process = subprocess.Popen(
+            [KFR, "serve", "--config", str(directory / "kfr.toml")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for_port(port, self.process)
+
+    def client(self, who: str, *args: str, input: str | None = None):
+        options = [
+            "--target", f"localhost:{self.port}",
+            "--ca", str(self.directory / "ca.crt"),
+            "--cert", str(self.directory / f"{who}.crt"),
+            "--key", str(self.directory / f"{who}.key"),
+        ]  # fmt: skip
+        command, *rest = args
+        return run(command, *options, *rest, input=input)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        _, self.stderr = self.process.communicate(timeout=20)
+        return self.process.returncode
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServerProcess]:
+    port = _free_port()
+    directory = tmp_path / "dev"
+    assert run("dev", "init", str(directory), "--listen", f"127.0.0.1:{port}").exit_code == 0
+    server = ServerProcess(directory, port)
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait()
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_readme_demo_report_then_lookup(served: ServerProcess, ids):
+    customer = ids.person()
+    reported = served.client(
+        "institution", "report", "--institution", TEST_INSTITUTION_ORG,
+        "--start-date", "2024-01-15", customer,
+    )  # fmt: skip
+    assert _json(reported) == {"registered_count": 1, "already_registered_count": 0}
+    assert "correlation-id:" in reported.stderr
+
+    found = served.client(
+        "agency", "lookup", "--from", "2020-01-01", "--mandate", TEST_MANDATE, customer
+    )
+    assert _json(found) == {
+        "institutions": [
+            {
+                "org_number": TEST_INSTITUTION_ORG,
+                "name": TEST_INSTITUTION_NAME,
+                "roles": ["ROLE_OWNER"],
+                "active": True,
+            }
+        ]
+    }
+
+    ended = served.client(
+        "institution", "end", "--institution", TEST_INSTITUTION_ORG, "--ids-from", "-",
+        input=customer + "\n",
+    )  # fmt: skip
+    assert _json(ended) == {"ended_count": 1, "already_ended_count": 0}
+
+    own = served.client("institution", "list-own", "--institution", TEST_INSTITUTION_ORG, customer)
+    (relationship,) = _json(own)["relationships"]
+    assert relationship["role"] == "ROLE_OWNER"
+    assert relationship["periods"][0]["start_date"] == "2024-01-15"
+    assert relationship["periods"][0]["end_date"]  # ended today
+
+    assert served.terminate() == 0, served.stderr
+    assert "method=/kfr.v1.LookupService/Lookup" in served.stderr
+    assert customer not in served.stderr, "a customer ID reached the server's log"
+
+
+def test_client_errors_exit_non_zero_with_status_and_correlation_id(served: ServerProcess, ids):
+    denied = served.client("agency", "report", "--institution", TEST_AGENCY_ORG, ids.person())
+    assert denied.exit_code == 1
+    assert "PERMISSION_DENIED" in denied.output
+    assert "correlation-id:" in denied.stderr
+
+
+def test_an_institution_added_while_the_server_runs_can_report_at_once(served: ServerProcess, ids):
+    directory = served.directory
+    added = run(
+        "institutions", "add", "313000001", "Andre bank", "--config", str(directory / "kfr.toml")
+    )
+    assert added.exit_code == 0, added.output
+    ca = pki.Issued.load(directory / "ca.crt", directory / "ca.key")
+    pki.issue_enterprise(ca, "313000001", "Andre bank").write(
+        directory / "other.crt", directory / "other.key"
+    )
+    result = served.client("other", "report", "--institution", "313000001", ids.person())
+    assert _json(result)["registered_count"] == 1
+
+
+def test_serve_refuses_to_start_without_its_keyring(tmp_path: Path):
+    directory = tmp_path / "dev"
+    run("dev", "init", str(directory))
+    os.remove(directory / "keyring.json")
+    result = subprocess.run(
+        [KFR, "serve", "--config", str(directory / "kfr.toml")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "kfr keys init" in result.stderr
+
+
+def test_serve_refuses_a_data_directory_of_another_keyring(tmp_path: Path):
+    directory = tmp_path / "dev"
+    run("dev", "init", str(directory))
+    os.remove(directory / "keyring.json")
+    Keyring.generate().save(directory / "keyring.json")
+    data_file = directory / "data" / "data.mdb"
+    before = data_file.read_bytes()
+    result = subprocess.run(
+        [KFR, "serve", "--config", str(directory / "kfr.toml")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "refusing to open it" in result.stderr
+    assert data_file.read_bytes() == before

@@ -1,0 +1,101 @@
+"""The keyring file, the pseudonymiser and the sealer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kfr_grpc.errors import ConfigError
+from kfr_grpc.keyring import Keyring, KeySet, Sealer, SealError
+
+
+def test_keyring_file_is_private_and_round_trips(tmp_path: Path):
+    path = tmp_path / "keyring.json"
+    keyring = Keyring.generate()
+    keyring.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert Keyring.load(path) == keyring
+
+
+def test_existing_keyring_is_never_overwritten(tmp_path: Path):
+    path = tmp_path / "keyring.json"
+    Keyring.generate().save(path)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        Keyring.generate().save(path)
+    assert path.read_bytes() == before
+
+
+def test_keyring_readable_by_others_is_refused(tmp_path: Path):
+    path = tmp_path / "keyring.json"
+    Keyring.generate().save(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        Keyring.load(path)
+
+
+def test_missing_keyring_says_how_to_make_one(tmp_path: Path):
+    with pytest.raises(ConfigError, match="kfr keys init"):
+        Keyring.load(tmp_path / "absent.json")
+
+
+def test_malformed_keyring_is_refused(tmp_path: Path):
+    path = tmp_path / "keyring.json"
+    Keyring.generate().save(path)
+    document = json.loads(path.read_text())
+    document["seal"]["keys"]["1"] = "c2hvcnQ="  # 5 bytes
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match="256-bit"):
+        Keyring.load(path)
+
+
+def test_repr_shows_no_key_material():
+    keyring = Keyring.generate()
+    for key in (*keyring.seal.keys.values(), *keyring.pseudonym.keys.values()):
+        assert key.hex() not in repr(keyring)
+        assert repr(key) not in repr(keyring)
+
+
+def test_pseudonyms_are_stable_and_keyed():
+    first, second = Keyring.generate(), Keyring.generate()
+    digits = "01018012345"
+    assert first.pseudonymiser().pseudonym(digits) == first.pseudonymiser().pseudonym(digits)
+    assert first.pseudonymiser().pseudonym(digits) != second.pseudonymiser().pseudonym(digits)
+    assert len(first.pseudonymiser().pseudonym(digits)) == 32
+
+
+def test_sealed_value_opens_only_at_its_own_place():
+    sealer = Keyring.generate().sealer()
+    sealed = sealer.seal(b"periods", b"relationships\x00key-a")
+    assert sealer.open(sealed, b"relationships\x00key-a") == b"periods"
+    with pytest.raises(SealError):
+        sealer.open(sealed, b"relationships\x00key-b")
+
+
+def test_sealing_is_randomised_and_tamper_evident():
+    sealer = Keyring.generate().sealer()
+    first = sealer.seal(b"x", b"ad")
+    assert first != sealer.seal(b"x", b"ad")
+    tampered = first[:-1] + bytes([first[-1] ^ 1])
+    with pytest.raises(SealError):
+        sealer.open(tampered, b"ad")
+
+
+def test_sealed_value_carries_its_key_version_and_old_versions_stay_readable():
+    old = KeySet.generate()
+    rotated = KeySet(primary=2, keys={**old.keys, 2: os.urandom(32)})
+    sealed_old = Sealer(old).seal(b"old", b"ad")
+    sealed_new = Sealer(rotated).seal(b"new", b"ad")
+    assert sealed_old[0] == 1 and sealed_new[0] == 2
+    assert Sealer(rotated).open(sealed_old, b"ad") == b"old"
+    with pytest.raises(SealError, match="key version 2"):
+        Sealer(old).open(sealed_new, b"ad")
+
+
+def test_another_keyring_cannot_open():
+    sealed = Keyring.generate().sealer().seal(b"x", b"ad")
+    with pytest.raises(SealError):
+        Keyring.generate().sealer().open(sealed, b"ad")

@@ -1,0 +1,396 @@
+"""The real server on a free loopback port, over real mutual TLS, through generated stubs."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.client import KfrClient, correlation_id_of, secure_channel
+from tests.support import (
+    INSTITUTION_NAME,
+    INSTITUTION_ORG,
+    MANDATE,
+    OTHER_INSTITUTION_ORG,
+    OTHER_MANDATE,
+    UNREGISTERED_ORG,
+    RunningServer,
+)
+
+StatusCode = grpc.StatusCode
+
+
+def report(
+    client: KfrClient, org: str, *items: tuple[str, int, str], **kwargs
+) -> pb.ReportResponse:
+    request = pb.ReportRequest(
+        institution_org_number=org,
+        relationships=[pb.Relationship(customer_id=c, role=r, start_date=d) for c, r, d in items],
+    )
+    return client.institutions.Report(request, **kwargs)
+
+
+def end(client: KfrClient, org: str, *items: tuple[str, int, str]) -> pb.EndResponse:
+    request = pb.EndRequest(
+        institution_org_number=org,
+        endings=[pb.Ending(customer_id=c, role=r, end_date=d) for c, r, d in items],
+    )
+    return client.institutions.End(request)
+
+
+def list_own(client: KfrClient, org: str, customer: str) -> list[tuple[int, list[tuple[str, str]]]]:
+    response = client.institutions.ListOwn(
+        pb.ListOwnRequest(institution_org_number=org, customer_id=customer)
+    )
+    return [
+        (rel.role, [(p.start_date, p.end_date) for p in rel.periods])
+        for rel in response.relationships
+    ]
+
+
+def lookup(client: KfrClient, customer: str, **fields) -> list[tuple[str, str, list[int], bool]]:
+    request = pb.LookupRequest(
+        customer_id=customer,
+        from_date=fields.get("from_date", "2016-06-16"),
+        to_date=fields.get("to_date", ""),
+        role_filter=fields.get("role_filter", pb.ROLE_FILTER_ALL),
+        legal_mandate=fields.get("legal_mandate", MANDATE),
+        account_info_request_id=fields.get("account_info_request_id", str(uuid.uuid4())),
+    )
+    response = client.lookups.Lookup(request)
+    return [(i.org_number, i.name, list(i.roles), i.active) for i in response.institutions]
+
+
+def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        call(*args, **kwargs)
+    return raised.value
+
+
+OWNER, DISPONENT = pb.ROLE_OWNER, pb.ROLE_DISPONENT
+
+
+# --- transport and identity -----------------------------------------------------------------
+
+
+def test_a_client_without_certificate_fails_the_handshake(server: RunningServer, ids):
+    credentials = grpc.ssl_channel_credentials(root_certificates=server.pki.ca.read_bytes())
+    with grpc.secure_channel(f"localhost:{server.port}", credentials) as channel:
+        client = KfrClient(channel)
+        error = rpc_error(report, client, INSTITUTION_ORG, (ids.person(), OWNER, ""), timeout=5)
+    assert error.code() is StatusCode.UNAVAILABLE
+    assert server.relationship_count() == 0
+
+
+def test_a_plaintext_client_is_refused(server: RunningServer, ids):
+    with grpc.insecure_channel(f"localhost:{server.port}") as channel:
+        error = rpc_error(
+            report, KfrClient(channel), INSTITUTION_ORG, (ids.person(), OWNER, ""), timeout=5
+        )
+    assert error.code() is StatusCode.UNAVAILABLE
+    assert server.relationship_count() == 0
+
+
+@pytest.mark.parametrize("identity", ["foreign_ca_institution", "expired_institution"])
+def test_certificates_the_ca_bundle_does_not_vouch_for_are_refused(server, ids, identity):
+    client = server.client(getattr(server.pki, identity))
+    error = rpc_error(report, client, INSTITUTION_ORG, (ids.person(), OWNER, ""), timeout=5)
+    assert error.code() is StatusCode.UNAVAILABLE
+    assert server.relationship_count() == 0
+
+
+def test_a_certificate_without_org_number_is_unauthenticated(server, ids):
+    client = server.client(server.pki.no_org_number)
+    error = rpc_error(report, client, INSTITUTION_ORG, (ids.person(), OWNER, ""))
+    assert error.code() is StatusCode.UNAUTHENTICATED
+    assert "organisation number" in error.details()
+
+
+def test_org_number_must_match_the_certificate(server, ids):
+    client = server.client(server.pki.institution)
+    customer = ids.person()
+    error = rpc_error(report, client, OTHER_INSTITUTION_ORG, (customer, OWNER, ""))
+    assert error.code() is StatusCode.PERMISSION_DENIED
+    assert "does not match" in error.details()
+    assert server.relationship_count() == 0
+    report(client, INSTITUTION_ORG, (customer, OWNER, ""))
+    error = rpc_error(end, client, OTHER_INSTITUTION_ORG, (customer, OWNER, ""))
+    assert error.code() is StatusCode.PERMISSION_DENIED
+    error = rpc_error(list_own, client, OTHER_INSTITUTION_ORG, customer)
+    assert error.code() is StatusCode.PERMISSION_DENIED
+
+
+def test_missing_institution_org_number_is_invalid(server, ids):
+    client = server.client(server.pki.institution)
+    error = rpc_error(report, client, "", (ids.person(), OWNER, ""))
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    assert "institution_org_number" in error.details()
+
+
+def test_an_unregistered_institution_is_denied(server, ids):
+    client = server.client(server.pki.unregistered)
+    error = rpc_error(report, client, UNREGISTERED_ORG, (ids.person(), OWNER, ""))
+    assert error.code() is StatusCode.PERMISSION_DENIED
+    assert "not registered" in error.details()
+    assert server.relationship_count() == 0
+
+
+def test_organization_identifier_certificates_are_understood(server, ids):
+    client = server.client(server.pki.institution_org_identifier)
+    response = report(client, INSTITUTION_ORG, (ids.person(), OWNER, ""))
+    assert response.registered_count == 1
+
+
+# --- correlation id -------------------------------------------------------------------------
+
+
+def _report_with_call(client, ids, metadata=()):
+    request = pb.ReportRequest(
+        institution_org_number=INSTITUTION_ORG,
+        relationships=[pb.Relationship(customer_id=ids.person(), role=OWNER)],
+    )
+    return client.institutions.Report.with_call(request, metadata=metadata)
+
+
+def test_correlation_id_is_echoed_or_made(server, ids):
+    client = server.client(server.pki.institution)
+    mine = str(uuid.uuid4())
+    _, call = _report_with_call(client, ids, (("correlation-id", mine),))
+    assert correlation_id_of(call) == mine
+    _, call = _report_with_call(client, ids)
+    assert uuid.UUID(correlation_id_of(call))
+
+
+def test_a_malformed_correlation_id_is_refused_but_a_fresh_one_is_returned(server, ids):
+    client = server.client(server.pki.institution)
+    error = rpc_error(_report_with_call, client, ids, (("correlation-id", "nope"),))
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    assert uuid.UUID(correlation_id_of(error))
+    assert server.relationship_count() == 0
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def test_bad_ids_dates_and_roles_are_named_by_path_and_never_echoed(server, ids):
+    client = server.client(server.pki.institution)
+    good = ids.person()
+    bad_check = good[:-1] + str((int(good[-1]) + 1) % 10)
+    error = rpc_error(
+        report,
+        client,
+        INSTITUTION_ORG,
+        (good, OWNER, "2020-01-01"),
+        (bad_check, OWNER, ""),
+        (good, DISPONENT, "2020-02-30"),
+        (good, 7, ""),
+        (good, OWNER, "2026-06-16"),
+    )
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    assert "relationships[3].role" in error.details()  # unknown enum, caught in translation
+    error = rpc_error(
+        report,
+        client,
+        INSTITUTION_ORG,
+        (good, OWNER, "2020-01-01"),
+        (bad_check, OWNER, ""),
+        (good, DISPONENT, "2020-02-30"),
+        (good, pb.ROLE_UNSPECIFIED, ""),
+        (good, OWNER, "2026-06-16"),
+    )
+    details = error.details()
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    for path in (
+        "relationships[1].customer_id",
+        "relationships[2].start_date",
+        "relationships[3].role",
+        "relationships[4].start_date",
+    ):
+        assert path in details
+    assert "relationships[0]" not in details
+    assert good not in details and bad_check not in details
+    assert server.relationship_count() == 0
+
+
+def test_more_than_1000_items_is_invalid(server, ids):
+    client = server.client(server.pki.institution)
+    customer = ids.person()
+    error = rpc_error(report, client, INSTITUTION_ORG, *[(customer, OWNER, "")] * 1001)
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    assert "at most 1000" in error.details()
+    assert server.relationship_count() == 0
+
+
+def test_synthetic_ids_are_refused_outside_test_mode(server_factory, ids):
+    production = server_factory(test_mode=False)
+    client = production.client(production.pki.institution)
+    synthetic, regular = ids.person(), ids.regular_person()
+    error = rpc_error(report, client, INSTITUTION_ORG, (synthetic, OWNER, ""))
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    assert "test mode" in error.details()
+    assert report(client, INSTITUTION_ORG, (regular, OWNER, "")).registered_count == 1
+
+
+# --- all or nothing, periods --------------------------------------------------------------
+
+
+def test_report_is_all_or_nothing(server, ids):
+    client = server.client(server.pki.institution)
+    first, second, company = ids.person(), ids.person(), ids.company()
+    error = rpc_error(
+        report,
+        client,
+        INSTITUTION_ORG,
+        (first, OWNER, "2020-01-01"),
+        (second, OWNER, "2020-01-01"),
+        (company, DISPONENT, "2020-01-01"),  # a company cannot be disponent
+    )
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    assert "relationships[2].role" in error.details()
+    assert server.relationship_count() == 0
+    assert list_own(client, INSTITUTION_ORG, first) == []
+
+
+def test_end_is_all_or_nothing_and_unknown_items_are_not_found(server, ids):
+    client = server.client(server.pki.institution)
+    known, unknown = ids.person(), ids.person()
+    report(client, INSTITUTION_ORG, (known, OWNER, "2020-01-01"))
+    error = rpc_error(
+        end, client, INSTITUTION_ORG, (known, OWNER, "2024-01-01"), (unknown, OWNER, "2024-01-01")
+    )
+    assert error.code() is StatusCode.NOT_FOUND
+    assert "endings[1]" in error.details() and unknown not in error.details()
+    assert list_own(client, INSTITUTION_ORG, known) == [(OWNER, [("2020-01-01", "")])]
+
+
+def test_periods_and_re_entry(server, ids):
+    client = server.client(server.pki.institution)
+    customer = ids.person()
+    assert report(client, INSTITUTION_ORG, (customer, OWNER, "2018-01-01")).registered_count == 1
+    assert report(client, INSTITUTION_ORG, (customer, OWNER, "")).already_registered_count == 1
+    assert end(client, INSTITUTION_ORG, (customer, OWNER, "2020-01-01")).ended_count == 1
+    assert end(client, INSTITUTION_ORG, (customer, OWNER, "")).already_ended_count == 1
+    assert report(client, INSTITUTION_ORG, (customer, OWNER, "2023-01-01")).registered_count == 1
+    assert (
+        report(client, INSTITUTION_ORG, (customer, DISPONENT, "2024-01-01")).registered_count == 1
+    )
+    assert (
+        end(client, INSTITUTION_ORG, (customer, pb.ROLE_UNSPECIFIED, "2025-01-01")).ended_count == 1
+    )
+    assert list_own(client, INSTITUTION_ORG, customer) == [
+        (OWNER, [("2018-01-01", "2020-01-01"), ("2023-01-01", "2025-01-01")]),
+        (DISPONENT, [("2024-01-01", "2025-01-01")]),
+    ]
+
+
+# --- lookup ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reported(server, ids) -> str:
+    """Owner at the institution since 2020, disponent at the other one since 2022."""
+    customer = ids.person()
+    report(server.client(server.pki.institution), INSTITUTION_ORG, (customer, OWNER, "2020-01-01"))
+    other = server.client(server.pki.other_institution)
+    report(other, OTHER_INSTITUTION_ORG, (customer, DISPONENT, "2022-01-01"))
+    return customer
+
+
+def test_an_agency_finds_every_institution_with_names_and_roles(server, reported):
+    agency = server.client(server.pki.agency)
+    assert lookup(agency, reported) == [
+        (INSTITUTION_ORG, INSTITUTION_NAME, [OWNER], True),
+        (OTHER_INSTITUTION_ORG, "Andre Testbank", [DISPONENT], True),
+    ]
+    assert lookup(agency, reported, to_date="2021-12-31") == [
+        (INSTITUTION_ORG, INSTITUTION_NAME, [OWNER], True)
+    ]
+    assert lookup(agency, reported, role_filter=pb.ROLE_FILTER_OWNER_ONLY) == [
+        (INSTITUTION_ORG, INSTITUTION_NAME, [OWNER], True)
+    ]
+    assert lookup(agency, reported, role_filter=pb.ROLE_FILTER_UNSPECIFIED) == lookup(
+        agency, reported
+    )
+
+
+def test_an_owner_only_agency_never_sees_disponents(server, reported):
+    agency = server.client(server.pki.owner_only_agency)
+    assert lookup(agency, reported, role_filter=pb.ROLE_FILTER_ALL) == [
+        (INSTITUTION_ORG, INSTITUTION_NAME, [OWNER], True)
+    ]
+
+
+def test_an_institution_may_not_look_up(server, reported):
+    error = rpc_error(lookup, server.client(server.pki.institution), reported)
+    assert error.code() is StatusCode.PERMISSION_DENIED
+    assert "not registered as an agency" in error.details()
+
+
+def test_a_mandate_not_allowed_to_the_agency_is_denied(server, reported):
+    owner_only = server.client(server.pki.owner_only_agency)
+    error = rpc_error(lookup, owner_only, reported, legal_mandate=OTHER_MANDATE)
+    assert error.code() is StatusCode.PERMISSION_DENIED
+    assert "legal_mandate" in error.details()
+    agency = server.client(server.pki.agency)
+    assert lookup(agency, reported, legal_mandate=OTHER_MANDATE)  # allowed to this one
+
+
+def test_lookup_needs_mandate_case_reference_and_sane_dates(server, reported):
+    agency = server.client(server.pki.agency)
+    error = rpc_error(
+        lookup,
+        agency,
+        reported,
+        legal_mandate="",
+        account_info_request_id="case 17",
+        from_date="2024-01-02",
+        to_date="2024-01-01",
+    )
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    for field in ("legal_mandate", "account_info_request_id", "to_date"):
+        assert field in error.details()
+    error = rpc_error(lookup, agency, reported[:-1])
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    assert "customer_id" in error.details() and reported[:-1] not in error.details()
+
+
+def test_lookup_from_an_agency_is_answered_identically_for_an_unknown_customer(server, ids):
+    assert lookup(server.client(server.pki.agency), ids.person()) == []
+
+
+# --- persistence ----------------------------------------------------------------------------
+
+
+def test_data_survives_a_restart(server, ids):
+    client = server.client(server.pki.institution)
+    customer = ids.person()
+    report(client, INSTITUTION_ORG, (customer, OWNER, "2020-01-01"))
+    end(client, INSTITUTION_ORG, (customer, OWNER, "2021-01-01"))
+    report(client, INSTITUTION_ORG, (customer, OWNER, "2022-01-01"))
+    server.restart()
+    client = server.client(server.pki.institution)
+    assert list_own(client, INSTITUTION_ORG, customer) == [
+        (OWNER, [("2020-01-01", "2021-01-01"), ("2022-01-01", "")])
+    ]
+    assert lookup(server.client(server.pki.agency), customer) == [
+        (INSTITUTION_ORG, INSTITUTION_NAME, [OWNER], True)
+    ]
+
+
+def test_ca_bundle_mismatch_on_the_client_side_is_refused(server, ids):
+    """A client that trusts another CA must not talk to our server (server authentication)."""
+    client = KfrClient(
+        secure_channel(
+            f"localhost:{server.port}",
+            ca=server.pki.foreign_ca_institution.cert,  # not the server's CA
+            cert=server.pki.institution.cert,
+            key=server.pki.institution.key,
+        )
+    )
+    try:
+        error = rpc_error(report, client, INSTITUTION_ORG, (ids.person(), OWNER, ""), timeout=5)
+        assert error.code() is StatusCode.UNAVAILABLE
+    finally:
+        client.close()

@@ -1,0 +1,175 @@
+"""The LMDB store: layout, range reads, sealing, keyring binding."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from datetime import date
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from kfr_grpc.errors import ConfigError, CorruptRecord, StoreFull
+from kfr_grpc.keyring import Keyring, KeySet
+from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
+from kfr_grpc.register.model import Institution, Period, Role
+from kfr_grpc.store import Store
+
+MAP_SIZE = 64 * 1024 * 1024
+BANK_A, BANK_B = "311000004", "313000001"
+
+
+def person(ids) -> CustomerId:
+    return CustomerId(ids.person(), CustomerKind.PERSON)
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring.generate()
+
+
+@pytest.fixture
+def store(tmp_path: Path, keyring: Keyring):
+    opened = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    yield opened
+    opened.close()
+
+
+def test_histories_round_trip_and_range_reads_stay_within_one_customer(store, ids):
+    alice, bob = person(ids), person(ids)
+    history = (Period(date(2020, 1, 1), date(2021, 1, 1)), Period(date(2022, 1, 1)))
+    with store.write() as txn:
+        txn.put_history(alice, BANK_A, Role.OWNER, history)
+        txn.put_history(alice, BANK_B, Role.DISPONENT, (Period(date(2023, 5, 5)),))
+        txn.put_history(bob, BANK_A, Role.OWNER, (Period(date(2019, 1, 1)),))
+    with store.read() as view:
+        assert view.history(alice, BANK_A, Role.OWNER) == history
+        assert view.history(alice, BANK_A, Role.DISPONENT) == ()
+        everything = {(h.institution, h.role) for h in view.relationships(alice)}
+        assert everything == {(BANK_A, Role.OWNER), (BANK_B, Role.DISPONENT)}
+        at_b = list(view.relationships(alice, BANK_B))
+        assert [(h.institution, h.role) for h in at_b] == [(BANK_B, Role.DISPONENT)]
+        assert view.relationship_count() == 3
+
+
+def test_failed_write_transaction_leaves_nothing(store, ids):
+    customer = person(ids)
+    with pytest.raises(RuntimeError), store.write() as txn:
+        txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        raise RuntimeError("abort")
+    with store.read() as view:
+        assert view.relationship_count() == 0
+
+
+def test_institutions_round_trip(store):
+    institution = Institution(BANK_A, "Testbanken KFR ÆØÅ", date(2026, 1, 2))
+    with store.write() as txn:
+        txn.put_institution(institution)
+    with store.read() as view:
+        assert view.institution(BANK_A) == institution
+        assert view.institution(BANK_B) is None
+        assert list(view.institutions()) == [institution]
+
+
+def test_raw_files_contain_no_customer_id(tmp_path: Path, store, ids):
+    rng = random.Random(7)
+    customers = [person(ids) for _ in range(200)]
+    customers += [CustomerId(ids.company(), CustomerKind.ORGANISATION) for _ in range(50)]
+    with store.write() as txn:
+        for customer in customers:
+            role = rng.choice([Role.OWNER, Role.DISPONENT])
+            txn.put_history(customer, BANK_A, role, (Period(date(2020, 1, 1)),))
+    store.close()
+    raw = b"".join(path.read_bytes() for path in (tmp_path / "data").iterdir())
+    assert raw, "the store wrote nothing"
+    leaked = [c for c in customers if c.digits.encode() in raw]
+    assert not leaked, f"{len(leaked)} customer IDs found in clear in the LMDB files"
+
+
+def test_a_value_moved_to_another_key_fails_to_open(tmp_path: Path, store, keyring, ids):
+    first, second = person(ids), person(ids)
+    with store.write() as txn:
+        txn.put_history(first, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        txn.put_history(second, BANK_A, Role.OWNER, (Period(date(2021, 1, 1)),))
+    store.close()
+    env = lmdb.open(str(tmp_path / "data"), max_dbs=8, map_size=MAP_SIZE)
+    relationships = env.open_db(b"relationships")
+    with env.begin(write=True, db=relationships) as txn:
+        (_, value_a), (key_b, _) = list(txn.cursor())
+        txn.put(key_b, value_a)
+    env.close()
+    reopened = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    try:
+        with reopened.read() as view:
+            moved_to = [c for c in (first, second) if _opens(view, c) is False]
+        assert len(moved_to) == 1, "exactly the overwritten record must fail to open"
+    finally:
+        reopened.close()
+
+
+def _opens(view, customer: CustomerId) -> bool:
+    try:
+        view.history(customer, BANK_A, Role.OWNER)
+    except CorruptRecord:
+        return False
+    return True
+
+
+def _fingerprint(directory: Path) -> str:
+    return hashlib.sha256((directory / "data.mdb").read_bytes()).hexdigest()
+
+
+def test_another_keyring_is_refused_without_writing(tmp_path: Path, store, ids):
+    with store.write() as txn:
+        txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+    store.close()
+    data = tmp_path / "data"
+    before = _fingerprint(data)
+    with pytest.raises(ConfigError, match="written under keyring"):
+        Store.open(data, Keyring.generate(), map_size=MAP_SIZE)
+    assert _fingerprint(data) == before
+
+
+def test_same_keyring_id_with_other_keys_is_refused(tmp_path: Path, store, keyring):
+    store.close()
+    impostor = dataclasses.replace(keyring, seal=KeySet.generate())
+    before = _fingerprint(tmp_path / "data")
+    with pytest.raises(ConfigError, match="do not open"):
+        Store.open(tmp_path / "data", impostor, map_size=MAP_SIZE)
+    assert _fingerprint(tmp_path / "data") == before
+
+
+def test_a_foreign_lmdb_environment_is_refused(tmp_path: Path, keyring):
+    env = lmdb.open(str(tmp_path / "foreign"), map_size=MAP_SIZE)
+    with env.begin(write=True) as txn:
+        txn.put(b"something", b"else")
+    env.close()
+    with pytest.raises(ConfigError, match="not a KFR store"):
+        Store.open(tmp_path / "foreign", keyring, map_size=MAP_SIZE)
+
+
+def test_reopening_with_the_right_keyring_reads_everything(tmp_path: Path, store, keyring, ids):
+    customer = person(ids)
+    with store.write() as txn:
+        txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+    store.close()
+    reopened = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    try:
+        with reopened.read() as view:
+            assert view.history(customer, BANK_A, Role.OWNER) == (Period(date(2020, 1, 1)),)
+    finally:
+        reopened.close()
+
+
+def test_a_full_store_raises_store_full(tmp_path: Path, keyring, ids):
+    tiny = Store.open(tmp_path / "tiny", keyring, map_size=256 * 1024)
+    try:
+        with pytest.raises(StoreFull, match="map_size_mb"), tiny.write() as txn:
+            for _ in range(10_000):
+                txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        with tiny.read() as view:
+            assert view.relationship_count() == 0
+    finally:
+        tiny.close()
