@@ -189,6 +189,16 @@ def dev_ids(count: int, seed: int | None, d_number: bool) -> None:
 # --- client commands -----------------------------------------------------------------------
 
 
+def _pem_option(name: str, envvar: str, what: str) -> Callable:
+    return click.option(
+        name,
+        required=True,
+        envvar=envvar,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help=f"{what} (env {envvar}).",
+    )
+
+
 def _client_options(command: Callable) -> Callable:
     options = [
         click.option(
@@ -198,27 +208,9 @@ def _client_options(command: Callable) -> Callable:
             show_default=True,
             help="Server host:port (env KFR_TARGET).",
         ),
-        click.option(
-            "--ca",
-            required=True,
-            envvar="KFR_CA",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="CA bundle that signed the server's certificate (env KFR_CA).",
-        ),
-        click.option(
-            "--cert",
-            required=True,
-            envvar="KFR_CERT",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Your client certificate (env KFR_CERT).",
-        ),
-        click.option(
-            "--key",
-            required=True,
-            envvar="KFR_KEY",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Your client certificate's private key (env KFR_KEY).",
-        ),
+        _pem_option("--ca", "KFR_CA", "CA bundle that signed the server's certificate"),
+        _pem_option("--cert", "KFR_CERT", "Your client certificate"),
+        _pem_option("--key", "KFR_KEY", "Your client certificate's private key"),
         click.option(
             "--correlation-id", default=None, help="UUID for this request; one is made when absent."
         ),

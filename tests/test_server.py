@@ -285,6 +285,24 @@ def test_periods_and_re_entry(server, ids):
     ]
 
 
+def test_concurrent_writers_and_readers_lose_nothing(server, ids):
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[ids.person() for _ in range(50)] for _ in range(16)]
+
+    def write_then_read(batch: list[str]) -> int:
+        client = server.client(server.pki.institution)
+        report(client, INSTITUTION_ORG, *[(c, OWNER, "2020-01-01") for c in batch])
+        end(client, INSTITUTION_ORG, *[(c, OWNER, "2021-01-01") for c in batch[:10]])
+        agency = server.client(server.pki.agency)
+        return sum(bool(lookup(agency, c)) for c in batch)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(write_then_read, batches))
+    assert found == [50] * 16
+    assert server.relationship_count() == 16 * 50
+
+
 # --- lookup ---------------------------------------------------------------------------------
 
 
