@@ -35,6 +35,17 @@ _CONFIG_OPTION = click.option(
 )
 
 
+_DEV_OPTION = click.option(
+    "--dev",
+    "dev_dir",
+    default=str(Path("~/.kfr-dev")),
+    envvar="KFR_DEV",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A `kfr dev init` directory, used to mint tokens (env KFR_DEV).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """KFR: the customer relationship register."""
@@ -186,6 +197,52 @@ def dev_ids(count: int, seed: int | None, d_number: bool) -> None:
         click.echo(synthetic_person_id(rng, d_number=d_number))
 
 
+@dev.command("token")
+@click.option("--org", "org_number", required=True, help="The consumer: whom the call is for.")
+@click.option(
+    "--scope", required=True, help="Space-separated scopes, e.g. bits:kundeforhold.write."
+)
+@click.option("--supplier", default=None, help="A vendor's org number acting for --org.")
+@click.option("--ttl", default=120, show_default=True, type=click.IntRange(1), help="Seconds.")
+@click.option(
+    "--cnf-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Bind the token to this client certificate (cnf x5t#S256).",
+)
+@_DEV_OPTION
+def dev_token(
+    org_number: str, scope: str, supplier: str | None, ttl: int, cnf_cert: Path | None,
+    dev_dir: Path,
+) -> None:  # fmt: skip
+    """Print an access token signed by the dev setup's stand-in for Maskinporten."""
+    from kfr_grpc.dev.setup import DevSetup
+
+    with _kfr_errors():
+        issuer = DevSetup(dev_dir.expanduser()).token_issuer()
+    click.echo(
+        issuer.mint(
+            org_number,
+            scope,
+            now=SystemClock().now(),
+            supplier=supplier,
+            ttl=ttl,
+            cnf_certificate=cnf_cert.read_bytes() if cnf_cert else None,
+        )
+    )
+
+
+@dev.command("revoke")
+@click.argument("certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_DEV_OPTION
+def dev_revoke(certificate: Path, dev_dir: Path) -> None:
+    """Revoke CERTIFICATE in the dev CA's CRL (the server picks it up without restart)."""
+    from kfr_grpc.dev.setup import DevSetup
+
+    serial = DevSetup(dev_dir.expanduser()).revoke(certificate)
+    click.echo(f"revoked serial {serial:x} in {dev_dir / 'ca.crl'}")
+
+
 # --- client commands -----------------------------------------------------------------------
 
 
@@ -214,16 +271,33 @@ def _client_options(command: Callable) -> Callable:
         click.option(
             "--correlation-id", default=None, help="UUID for this request; one is made when absent."
         ),
+        click.option(
+            "--token",
+            default=None,
+            envvar="KFR_TOKEN",
+            help="Access token (JWT) to send (env KFR_TOKEN). Without it, a dev setup "
+            "(--dev) mints one for your certificate's organisation.",
+        ),
+        _DEV_OPTION,
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _call(options: dict[str, Any], invoke: Callable[[KfrClient, tuple], tuple]) -> None:
-    """Runs one RPC, prints the response as JSON and the correlation id on stderr."""
+def _call(
+    options: dict[str, Any], audience: str, invoke: Callable[[KfrClient, tuple], tuple]
+) -> None:
+    """Runs one RPC, prints the response as JSON and the correlation id on stderr.
+
+    ``audience`` ("institution" or "agency") picks the scope of a dev-minted token.
+    """
     channel = secure_channel(
-        options["target"], ca=options["ca"], cert=options["cert"], key=options["key"]
+        options["target"],
+        ca=options["ca"],
+        cert=options["cert"],
+        key=options["key"],
+        token=options["token"] or _dev_token(options, audience),
     )
     client = KfrClient(channel)
     metadata = new_metadata(options["correlation_id"])
@@ -244,6 +318,32 @@ def _call(options: dict[str, Any], invoke: Callable[[KfrClient, tuple], tuple]) 
             ensure_ascii=False,
         )
     )
+
+
+def _dev_token(options: dict[str, Any], audience: str) -> str:
+    """A token from the dev setup for the client certificate's organisation, bound to it."""
+    from kfr_grpc.dev.setup import SIGNING_KEY_NAME, DevSetup
+
+    setup = DevSetup(options["dev_dir"].expanduser())
+    if not setup.file(SIGNING_KEY_NAME).is_file():
+        _fail("no access token: pass --token, or --dev with a `kfr dev init` directory")
+    certificate = options["cert"].read_bytes()
+    with _kfr_errors():
+        issuer = setup.token_issuer()
+        settings = load_config(setup.config).tokens
+    scope = settings.institution_scope if audience == "institution" else settings.agency_scope
+    return issuer.mint(
+        _org_number_of(certificate), scope, now=SystemClock().now(), cnf_certificate=certificate
+    )
+
+
+def _org_number_of(certificate_pem: bytes) -> str:
+    from cryptography import x509
+
+    from kfr_grpc.auth.certificates import org_number_from_certificate
+
+    with _kfr_errors():
+        return org_number_from_certificate(x509.load_pem_x509_certificate(certificate_pem))
 
 
 def _customer_ids(ids: tuple[str, ...], ids_file: Any) -> list[str]:
@@ -289,7 +389,7 @@ def report(
             for customer in _customer_ids(customer_ids, ids_file)
         ],
     )
-    _call(options, lambda c, m: c.institutions.Report.with_call(request, metadata=m))
+    _call(options, "institution", lambda c, m: c.institutions.Report.with_call(request, metadata=m))
 
 
 @main.command()
@@ -319,7 +419,7 @@ def end(
             for customer in _customer_ids(customer_ids, ids_file)
         ],
     )
-    _call(options, lambda c, m: c.institutions.End.with_call(request, metadata=m))
+    _call(options, "institution", lambda c, m: c.institutions.End.with_call(request, metadata=m))
 
 
 @main.command("list-own")
@@ -329,7 +429,9 @@ def end(
 def list_own(institution: str, customer_id: str, **options: Any) -> None:
     """Show your own relationships with one customer, every period."""
     request = pb.ListOwnRequest(institution_org_number=institution, customer_id=customer_id)
-    _call(options, lambda c, m: c.institutions.ListOwn.with_call(request, metadata=m))
+    _call(
+        options, "institution", lambda c, m: c.institutions.ListOwn.with_call(request, metadata=m)
+    )
 
 
 @main.command()
@@ -358,7 +460,7 @@ def lookup(
         legal_mandate=mandate,
         account_info_request_id=case_ref or str(uuid.uuid4()),
     )
-    _call(options, lambda c, m: c.lookups.Lookup.with_call(request, metadata=m))
+    _call(options, "agency", lambda c, m: c.lookups.Lookup.with_call(request, metadata=m))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,22 @@ from kfr_grpc._proto import kfr_pb2_grpc
 CORRELATION_ID_KEY = "correlation-id"
 
 
-def secure_channel(target: str, *, ca: Path, cert: Path, key: Path) -> grpc.Channel:
-    """A mutual-TLS channel: the server is verified against ``ca``; we present ``cert``."""
+def secure_channel(
+    target: str, *, ca: Path, cert: Path, key: Path, token: str | None = None
+) -> grpc.Channel:
+    """A mutual-TLS channel: the server is verified against ``ca``; we present ``cert``.
+
+    With ``token``, every call carries ``authorization: Bearer <token>``.
+    """
     credentials = grpc.ssl_channel_credentials(
         root_certificates=ca.read_bytes(),
         private_key=key.read_bytes(),
         certificate_chain=cert.read_bytes(),
     )
+    if token is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
     return grpc.secure_channel(target, credentials)
 
 

@@ -19,6 +19,10 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAP_SIZE_MB = 8192
 DEFAULT_THREADS = 16
 DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_FILE_CHECK_SECONDS = 1.0
+DEFAULT_INSTITUTION_SCOPE = "bits:kundeforhold.write"
+DEFAULT_AGENCY_SCOPE = "bits:kundeforhold.read"
+MAX_LEEWAY_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,22 @@ class TlsConfig:
     cert: Path
     key: Path
     client_ca: Path
+    crls: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Where access tokens come from and what they must say."""
+
+    issuer: str
+    jwks: str  # a file path (resolved) or an https URL
+    audience: str | None = None
+    institution_scope: str = DEFAULT_INSTITUTION_SCOPE
+    agency_scope: str = DEFAULT_AGENCY_SCOPE
+    leeway_seconds: int = MAX_LEEWAY_SECONDS
+    jwks_ca: Path | None = None
+    jwks_min_refresh_seconds: float = 30.0
+    cache_size: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -46,10 +66,12 @@ class Config:
     keyring: Path
     test_mode: bool
     tls: TlsConfig
+    tokens: TokenConfig
     agencies: tuple[AgencyConfig, ...]
     map_size_mb: int = DEFAULT_MAP_SIZE_MB
     threads: int = DEFAULT_THREADS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    file_check_seconds: float = DEFAULT_FILE_CHECK_SECONDS
     log_level: str = "INFO"
 
     @property
@@ -58,19 +80,16 @@ class Config:
 
 
 _TOP_KEYS = {
-    "listen",
-    "data_dir",
-    "keyring",
-    "test_mode",
-    "log_level",
-    "tls",
-    "store",
-    "server",
-    "agencies",
-}
-_TLS_KEYS = {"cert", "key", "client_ca"}
+    "listen", "data_dir", "keyring", "test_mode", "log_level",
+    "tls", "tokens", "store", "server", "agencies",
+}  # fmt: skip
+_TLS_KEYS = {"cert", "key", "client_ca", "crls"}
+_TOKEN_KEYS = {
+    "issuer", "jwks", "audience", "institution_scope", "agency_scope", "leeway_seconds",
+    "jwks_ca", "jwks_min_refresh_seconds", "cache_size",
+}  # fmt: skip
 _STORE_KEYS = {"map_size_mb"}
-_SERVER_KEYS = {"threads", "grace_seconds"}
+_SERVER_KEYS = {"threads", "grace_seconds", "file_check_seconds"}
 _AGENCY_KEYS = {"org_number", "name", "mandates", "owner_only"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
@@ -99,6 +118,8 @@ class _Reader:
         self._known(store, _STORE_KEYS, "store.")
         server = self._table(document, "server")
         self._known(server, _SERVER_KEYS, "server.")
+        tokens = self._table(document, "tokens", required=True)
+        self._known(tokens, _TOKEN_KEYS, "tokens.")
         config = Config(
             path=self._path,
             listen=self._get(document, "listen", str, DEFAULT_LISTEN),
@@ -109,12 +130,15 @@ class _Reader:
                 cert=self._file(tls, "cert", "tls."),
                 key=self._file(tls, "key", "tls."),
                 client_ca=self._file(tls, "client_ca", "tls."),
+                crls=self._files(tls, "crls", "tls."),
             ),
+            tokens=self._tokens(tokens),
             agencies=self._agencies(document.get("agencies", [])),
             map_size_mb=self._positive(store, "map_size_mb", DEFAULT_MAP_SIZE_MB, "store."),
             threads=self._positive(server, "threads", DEFAULT_THREADS, "server."),
-            grace_seconds=float(
-                self._get(server, "grace_seconds", (int, float), DEFAULT_GRACE_SECONDS, "server.")
+            grace_seconds=self._seconds(server, "grace_seconds", DEFAULT_GRACE_SECONDS, "server."),
+            file_check_seconds=self._seconds(
+                server, "file_check_seconds", DEFAULT_FILE_CHECK_SECONDS, "server."
             ),
             log_level=self._get(document, "log_level", str, "INFO").upper(),
         )
@@ -125,6 +149,29 @@ class _Reader:
                 "keyring", "must not lie inside data_dir: keep secrets apart from data"
             )
         return config
+
+    def _tokens(self, table: dict) -> TokenConfig:
+        prefix = "tokens."
+        jwks = self._get(table, "jwks", str, None, prefix)
+        if not jwks.startswith("https://"):
+            jwks = str(self._file(table, "jwks", prefix))
+        leeway = self._get(table, "leeway_seconds", int, MAX_LEEWAY_SECONDS, prefix)
+        if not 0 <= leeway <= MAX_LEEWAY_SECONDS:
+            raise self._error(prefix + "leeway_seconds", f"must be 0 to {MAX_LEEWAY_SECONDS}")
+        audience = self._get(table, "audience", str, "", prefix)
+        return TokenConfig(
+            issuer=self._get(table, "issuer", str, None, prefix),
+            jwks=jwks,
+            audience=audience or None,
+            institution_scope=self._get(
+                table, "institution_scope", str, DEFAULT_INSTITUTION_SCOPE, prefix
+            ),
+            agency_scope=self._get(table, "agency_scope", str, DEFAULT_AGENCY_SCOPE, prefix),
+            leeway_seconds=leeway,
+            jwks_ca=self._file(table, "jwks_ca", prefix) if "jwks_ca" in table else None,
+            jwks_min_refresh_seconds=self._seconds(table, "jwks_min_refresh_seconds", 30.0, prefix),
+            cache_size=self._positive(table, "cache_size", 10_000, prefix),
+        )
 
     def _agencies(self, entries: Any) -> tuple[AgencyConfig, ...]:
         if not isinstance(entries, list):
@@ -178,6 +225,18 @@ class _Reader:
         if value <= 0:
             raise self._error(prefix + key, "must be positive")
         return value
+
+    def _seconds(self, table: dict, key: str, default: float, prefix: str) -> float:
+        value = float(self._get(table, key, (int, float), default, prefix))
+        if value < 0:
+            raise self._error(prefix + key, "must not be negative")
+        return value
+
+    def _files(self, table: dict, key: str, prefix: str) -> tuple[Path, ...]:
+        raw = self._get(table, key, list, [], prefix)
+        if not all(isinstance(item, str) for item in raw):
+            raise self._error(prefix + key, "must be a list of file paths")
+        return tuple((self._base / Path(item).expanduser()).resolve() for item in raw)
 
     def _file(self, table: dict, key: str, prefix: str = "") -> Path:
         raw = self._get(table, key, str, None, prefix)

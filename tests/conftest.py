@@ -9,34 +9,38 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.config import load_config
-from kfr_grpc.dev import pki
+from kfr_grpc.dev import pki, tokens
 from kfr_grpc.keyring import Keyring
 from tests.support import (
     AGENCY_ORG,
     INSTITUTION_NAME,
     INSTITUTION_ORG,
-    MANDATE,
     OTHER_INSTITUTION_NAME,
     OTHER_INSTITUTION_ORG,
-    OTHER_MANDATE,
     OWNER_ONLY_AGENCY_ORG,
+    READ_SCOPE,
+    TEST_ISSUER,
     TODAY,
     UNREGISTERED_ORG,
+    VENDOR_ORG,
+    WRITE_SCOPE,
     Identity,
     Ids,
     Pki,
     RunningServer,
     find_leaks,
+    write_config,
 )
 
 _ISSUED = pytest.StashKey[Ids]()
+SIGNING_KID = "test-key-1"
 
 
 @pytest.fixture
@@ -59,8 +63,8 @@ def no_ids_in_logs(
     assert not leaked, "a customer ID appeared in a log line"
 
 
-def _write(issued: pki.Issued, directory: Path, name: str) -> Identity:
-    identity = Identity(directory / f"{name}.crt", directory / f"{name}.key")
+def _write(issued: pki.Issued, directory: Path, name: str, org: str, scope: str) -> Identity:
+    identity = Identity(directory / f"{name}.crt", directory / f"{name}.key", org, scope)
     issued.write(identity.cert, identity.key)
     return identity
 
@@ -78,51 +82,48 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca.write(directory / "ca.crt", directory / "ca.key")
     past = datetime.now(UTC) - timedelta(days=30)
 
-    def enterprise(org: str, name: str, **kwargs: object) -> pki.Issued:
-        return pki.issue_enterprise(ca, org, name, **kwargs)
+    def institution(name: str, org: str, issued: pki.Issued | None = None) -> Identity:
+        issued = issued or pki.issue_enterprise(ca, org, f"Institution {org}")
+        return _write(issued, directory, name, org, WRITE_SCOPE)
 
+    def agency(name: str, org: str, **kwargs: object) -> Identity:
+        issued = pki.issue_enterprise(ca, org, f"Agency {org}", **kwargs)
+        return _write(issued, directory, name, org, READ_SCOPE)
+
+    nobody = pki.issue_client(ca, [x509.NameAttribute(NameOID.COMMON_NAME, "nobody")])
     return Pki(
+        authority=ca,
+        foreign_authority=foreign_ca,
         ca=directory / "ca.crt",
-        server=_write(pki.issue_server(ca), directory, "server"),
-        institution=_write(enterprise(INSTITUTION_ORG, INSTITUTION_NAME), directory, "inst"),
-        institution_org_identifier=_write(
-            enterprise(INSTITUTION_ORG, INSTITUTION_NAME, style="organizationIdentifier"),
-            directory,
+        server=_write(pki.issue_server(ca), directory, "server", "", ""),
+        institution=institution("inst", INSTITUTION_ORG),
+        institution_org_identifier=institution(
             "inst-oi",
+            INSTITUTION_ORG,
+            pki.issue_enterprise(ca, INSTITUTION_ORG, "x", style="organizationIdentifier"),
         ),
-        other_institution=_write(
-            enterprise(OTHER_INSTITUTION_ORG, OTHER_INSTITUTION_NAME), directory, "other"
+        other_institution=institution("other", OTHER_INSTITUTION_ORG),
+        unregistered=institution("unreg", UNREGISTERED_ORG),
+        agency=agency("agency", AGENCY_ORG, style="organizationIdentifier"),
+        owner_only_agency=agency("owner-only", OWNER_ONLY_AGENCY_ORG),
+        no_org_number=institution("no-org", INSTITUTION_ORG, nobody),
+        foreign_ca_institution=institution(
+            "foreign", INSTITUTION_ORG, pki.issue_enterprise(foreign_ca, INSTITUTION_ORG, "x")
         ),
-        unregistered=_write(enterprise(UNREGISTERED_ORG, "Uregistrert"), directory, "unreg"),
-        agency=_write(
-            enterprise(AGENCY_ORG, "Testetaten", style="organizationIdentifier"),
-            directory,
-            "agency",
-        ),
-        owner_only_agency=_write(
-            enterprise(OWNER_ONLY_AGENCY_ORG, "Eieretaten"), directory, "owner-only"
-        ),
-        no_org_number=_write(
-            pki.issue_client(ca, [x509.NameAttribute(NameOID.COMMON_NAME, "nobody")]),
-            directory,
-            "no-org",
-        ),
-        foreign_ca_institution=_write(
-            pki.issue_enterprise(foreign_ca, INSTITUTION_ORG, INSTITUTION_NAME),
-            directory,
-            "foreign",
-        ),
-        expired_institution=_write(
-            enterprise(
-                INSTITUTION_ORG,
-                INSTITUTION_NAME,
-                not_before=past - timedelta(days=30),
-                not_after=past,
-            ),
-            directory,
+        expired_institution=institution(
             "expired",
+            INSTITUTION_ORG,
+            pki.issue_enterprise(
+                ca, INSTITUTION_ORG, "x", not_before=past - timedelta(days=30), not_after=past
+            ),
         ),
+        vendor=institution("vendor", VENDOR_ORG),
     )
+
+
+@pytest.fixture(scope="session")
+def signing_key():
+    return tokens.new_signing_key()
 
 
 @pytest.fixture
@@ -130,42 +131,6 @@ def keyring_path(tmp_path: Path) -> Path:
     path = tmp_path / "secrets" / "keyring.json"
     path.parent.mkdir(mode=0o700)
     Keyring.generate().save(path)
-    return path
-
-
-def write_config(
-    directory: Path, test_pki: Pki, keyring_path: Path, *, test_mode: bool = True
-) -> Path:
-    path = directory / "kfr.toml"
-    path.write_text(
-        f'''listen = "127.0.0.1:0"
-data_dir = "data"
-keyring = "{keyring_path}"
-test_mode = {"true" if test_mode else "false"}
-log_level = "DEBUG"
-
-[tls]
-cert = "{test_pki.server.cert}"
-key = "{test_pki.server.key}"
-client_ca = "{test_pki.ca}"
-
-[server]
-threads = 4
-grace_seconds = 1
-
-[[agencies]]
-org_number = "{AGENCY_ORG}"
-name = "Testetaten"
-mandates = ["{MANDATE}", "{OTHER_MANDATE}"]
-
-[[agencies]]
-org_number = "{OWNER_ONLY_AGENCY_ORG}"
-name = "Eieretaten"
-mandates = ["{MANDATE}"]
-owner_only = true
-''',
-        encoding="utf-8",
-    )
     return path
 
 
@@ -181,15 +146,27 @@ def _register_institutions(config_path: Path) -> None:
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path, test_pki: Pki, keyring_path: Path) -> Iterator:
+def server_factory(
+    tmp_path: Path, test_pki: Pki, keyring_path: Path, signing_key
+) -> Iterator[Callable[..., RunningServer]]:
     servers: list[RunningServer] = []
 
-    def make(*, test_mode: bool = True, clock: FixedClock | None = None) -> RunningServer:
+    def make(
+        *, test_mode: bool = True, clock: FixedClock | None = None, tokens_toml: str = ""
+    ) -> RunningServer:
+        """A started server; ``tokens_toml`` adds lines to its [tokens] table."""
         directory = tmp_path / f"server{len(servers)}"
         directory.mkdir()
-        config_path = write_config(directory, test_pki, keyring_path, test_mode=test_mode)
+        config_path = write_config(
+            directory, test_pki, keyring_path, test_mode=test_mode, tokens=tokens_toml
+        )
+        tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)
-        running = RunningServer(config_path, test_pki, clock or FixedClock.on(TODAY))
+        settings = load_config(config_path).tokens
+        issuer = tokens.TokenIssuer(signing_key, SIGNING_KID, TEST_ISSUER, settings.audience)
+        running = RunningServer(
+            directory, config_path, test_pki, clock or FixedClock.on(TODAY), issuer
+        )
         running.start()
         servers.append(running)
         return running

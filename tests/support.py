@@ -10,7 +10,9 @@ from pathlib import Path
 from kfr_grpc.client import KfrClient, secure_channel
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.config import load_config
+from kfr_grpc.dev import pki
 from kfr_grpc.dev.synthetic import regular_person_id, synthetic_org_number, synthetic_person_id
+from kfr_grpc.dev.tokens import TokenIssuer
 from kfr_grpc.server import KfrServer
 
 TODAY = date(2026, 6, 15)
@@ -24,6 +26,10 @@ AGENCY_ORG = "312000008"
 OWNER_ONLY_AGENCY_ORG = "315000009"
 MANDATE = "Skatteforvaltningsloven § 10-2"
 OTHER_MANDATE = "Tvangsfullbyrdelsesloven § 7-9"
+VENDOR_ORG = "316000002"
+TEST_ISSUER = "https://maskinporten.test.kfr.invalid/"
+WRITE_SCOPE = "bits:kundeforhold.write"
+READ_SCOPE = "bits:kundeforhold.read"
 
 
 class Ids:
@@ -55,12 +61,18 @@ def find_leaks(values: list[str], caplog) -> list[str]:
 
 @dataclass(frozen=True)
 class Identity:
+    """A client certificate and key, the organisation it names, and the scope it gets."""
+
     cert: Path
     key: Path
+    org: str
+    scope: str
 
 
 @dataclass(frozen=True)
 class Pki:
+    authority: pki.Issued
+    foreign_authority: pki.Issued
     ca: Path
     server: Identity
     institution: Identity
@@ -72,15 +84,24 @@ class Pki:
     no_org_number: Identity
     foreign_ca_institution: Identity
     expired_institution: Identity
+    vendor: Identity
+
+
+DEFAULT = object()  # "mint the usual token for this identity"
 
 
 class RunningServer:
-    """A real KFR server on a free loopback port, and clients for each test identity."""
+    """A real KFR server on a free loopback port, with clients and tokens for test identities."""
 
-    def __init__(self, config_path: Path, test_pki: Pki, clock: FixedClock) -> None:
+    def __init__(
+        self, directory: Path, config_path: Path, test_pki: Pki, clock: FixedClock,
+        issuer: TokenIssuer,
+    ) -> None:  # fmt: skip
+        self.directory = directory
         self.config_path = config_path
         self.pki = test_pki
         self.clock = clock
+        self.issuer = issuer
         self._clients: list[KfrClient] = []
         self.server: KfrServer | None = None
 
@@ -100,9 +121,24 @@ class RunningServer:
         self.stop()
         self.start()
 
-    def client(self, identity: Identity, *, ca: Path | None = None) -> KfrClient:
+    def token(self, identity: Identity, **kwargs) -> str:
+        """A token for ``identity``'s organisation and scope; ``kwargs`` as for ``mint``."""
+        consumer = kwargs.pop("consumer", identity.org)
+        scope = kwargs.pop("scope", identity.scope)
+        return self.issuer.mint(consumer, scope, now=self.clock.now(), **kwargs)
+
+    def client(
+        self, identity: Identity, *, token: object = DEFAULT, ca: Path | None = None
+    ) -> KfrClient:
+        """A client over mutual TLS as ``identity``; ``token=None`` sends no token."""
+        if token is DEFAULT:
+            token = self.token(identity)
         channel = secure_channel(
-            f"localhost:{self.port}", ca=ca or self.pki.ca, cert=identity.cert, key=identity.key
+            f"localhost:{self.port}",
+            ca=ca or self.pki.ca,
+            cert=identity.cert,
+            key=identity.key,
+            token=token,
         )
         client = KfrClient(channel)
         self._clients.append(client)
@@ -116,7 +152,60 @@ class RunningServer:
     def data_dir(self) -> Path:
         return load_config(self.config_path).data_dir
 
+    @property
+    def crl_path(self) -> Path:
+        return self.directory / "ca.crl"
+
+    @property
+    def jwks_path(self) -> Path:
+        return self.directory / "jwks.json"
+
     def relationship_count(self) -> int:
         assert self.server is not None
         with self.server.store.read() as view:
             return view.relationship_count()
+
+
+def write_config(
+    directory: Path, test_pki: Pki, keyring_path: Path, *, test_mode: bool, tokens: str
+) -> Path:
+    path = directory / "kfr.toml"
+    path.write_text(
+        f'''listen = "127.0.0.1:0"
+data_dir = "data"
+keyring = "{keyring_path}"
+test_mode = {"true" if test_mode else "false"}
+log_level = "DEBUG"
+
+[tls]
+cert = "{test_pki.server.cert}"
+key = "{test_pki.server.key}"
+client_ca = "{directory / "client-ca.pem"}"
+crls = ["ca.crl"]
+
+[tokens]
+issuer = "{TEST_ISSUER}"
+jwks = "jwks.json"
+{tokens}
+
+[server]
+threads = 4
+grace_seconds = 1
+file_check_seconds = 0
+
+[[agencies]]
+org_number = "{AGENCY_ORG}"
+name = "Testetaten"
+mandates = ["{MANDATE}", "{OTHER_MANDATE}"]
+
+[[agencies]]
+org_number = "{OWNER_ONLY_AGENCY_ORG}"
+name = "Eieretaten"
+mandates = ["{MANDATE}"]
+owner_only = true
+''',
+        encoding="utf-8",
+    )
+    (directory / "client-ca.pem").write_bytes(test_pki.ca.read_bytes())
+    (directory / "ca.crl").write_bytes(pki.make_crl(test_pki.authority))
+    return path

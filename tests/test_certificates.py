@@ -6,7 +6,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from kfr_grpc.auth.certificates import org_number_from_certificate, org_number_from_pem
+from kfr_grpc.auth.certificates import org_number_from_certificate
+from kfr_grpc.auth.peer import parse_peer_certificate
 from kfr_grpc.dev import pki
 from kfr_grpc.errors import Unauthenticated
 
@@ -19,7 +20,7 @@ def ca() -> pki.Issued:
 @pytest.mark.parametrize("style", ["serialNumber", "organizationIdentifier"])
 def test_both_certificate_styles(ca, style):
     issued = pki.issue_enterprise(ca, "311000004", "Testbanken", style=style)
-    assert org_number_from_pem(issued.cert_pem) == "311000004"
+    assert parse_peer_certificate(issued.cert_pem).org_number == "311000004"
 
 
 def _with_subject(ca, *attributes: x509.NameAttribute) -> x509.Certificate:
@@ -56,4 +57,15 @@ def test_the_same_org_number_in_both_places_is_fine(ca):
 
 def test_garbage_is_unauthenticated():
     with pytest.raises(Unauthenticated):
-        org_number_from_pem(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+        parse_peer_certificate(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+
+
+def test_peer_certificate_carries_its_rfc8705_thumbprint_and_serial(ca):
+    from kfr_grpc.dev.tokens import certificate_thumbprint
+
+    issued = pki.issue_enterprise(ca, "311000004", "Testbanken")
+    peer = parse_peer_certificate(issued.cert_pem)
+    assert peer.thumbprint == certificate_thumbprint(issued.cert_pem)
+    assert len(peer.thumbprint) == 43 and "=" not in peer.thumbprint
+    assert peer.serial == issued.certificate.serial_number
+    assert peer.issuer == ca.certificate.subject.public_bytes()

@@ -51,9 +51,11 @@ def test_dev_init_makes_a_complete_setup(tmp_path: Path):
     for name in (
         "ca.crt", "ca.key", "server.crt", "server.key", "institution.crt", "institution.key",
         "agency.crt", "agency.key", "keyring.json", "kfr.toml",
+        "ca.crl", "jwks.json", "token-signing.key",
     ):  # fmt: skip
         assert (directory / name).is_file(), name
-    for key in ("ca.key", "server.key", "institution.key", "agency.key", "keyring.json"):
+    private = ("ca.key", "server.key", "institution.key", "agency.key", "keyring.json")
+    for key in (*private, "token-signing.key"):
         assert (directory / key).stat().st_mode & 0o077 == 0, key
     listed = run("institutions", "list", "--config", str(directory / "kfr.toml"))
     assert listed.exit_code == 0
@@ -136,6 +138,7 @@ class ServerProcess:
             "--ca", str(self.directory / "ca.crt"),
             "--cert", str(self.directory / f"{who}.crt"),
             "--key", str(self.directory / f"{who}.key"),
+            "--dev", str(self.directory),
         ]  # fmt: skip
         command, *rest = args
         return run(command, *options, *rest, input=input)
@@ -250,3 +253,51 @@ def test_serve_refuses_a_data_directory_of_another_keyring(tmp_path: Path):
     assert result.returncode != 0
     assert "refusing to open it" in result.stderr
     assert data_file.read_bytes() == before
+
+
+def test_dev_token_revocation_and_explicit_tokens(served: ServerProcess, ids):
+    directory = served.directory
+    token = run(
+        "dev", "token", "--org", TEST_INSTITUTION_ORG, "--scope", "bits:kundeforhold.write",
+        "--cnf-cert", str(directory / "institution.crt"), "--dev", str(directory),
+    ).output.strip()  # fmt: skip
+    assert token.count(".") == 2
+    result = served.client(
+        "institution", "report", "--institution", TEST_INSTITUTION_ORG, "--token", token,
+        ids.person(),
+    )  # fmt: skip
+    assert _json(result)["registered_count"] == 1
+    read_only = run(
+        "dev", "token", "--org", TEST_INSTITUTION_ORG, "--scope", "bits:kundeforhold.read",
+        "--dev", str(directory),
+    ).output.strip()  # fmt: skip
+    denied = served.client(
+        "institution", "report", "--institution", TEST_INSTITUTION_ORG, "--token", read_only,
+        ids.person(),
+    )  # fmt: skip
+    assert denied.exit_code == 1 and "PERMISSION_DENIED" in denied.output
+
+    revoked = run("dev", "revoke", str(directory / "institution.crt"), "--dev", str(directory))
+    assert revoked.exit_code == 0, revoked.output
+    deadline = time.monotonic() + 5  # the dev server looks at its files once a second
+    while True:
+        result = served.client(
+            "institution", "report", "--institution", TEST_INSTITUTION_ORG, ids.person()
+        )
+        if result.exit_code != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert result.exit_code == 1
+    assert "UNAUTHENTICATED: the client certificate has been revoked" in result.output
+
+
+def test_client_commands_without_token_or_dev_setup_say_what_to_do(tmp_path: Path, ids):
+    run("dev", "init", str(tmp_path / "dev"))
+    directory = tmp_path / "dev"
+    result = run(
+        "lookup", "--ca", str(directory / "ca.crt"), "--cert", str(directory / "agency.crt"),
+        "--key", str(directory / "agency.key"), "--dev", str(tmp_path / "nothing-here"),
+        "--mandate", TEST_MANDATE, ids.person(),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "pass --token" in result.output

@@ -16,6 +16,9 @@ keyring = "secrets/keyring.json"
 cert = "server.crt"
 key = "server.key"
 client_ca = "ca.crt"
+[tokens]
+issuer = "https://maskinporten.no/"
+jwks = "jwks.json"
 """
 
 
@@ -33,6 +36,27 @@ def test_minimal_config_has_sensible_defaults_and_resolves_paths(tmp_path: Path)
     assert config.keyring == (tmp_path / "secrets" / "keyring.json").resolve()
     assert config.tls.client_ca == (tmp_path / "ca.crt").resolve()
     assert config.agencies == ()
+    assert config.tls.crls == ()
+    tokens = config.tokens
+    assert tokens.jwks == str((tmp_path / "jwks.json").resolve())
+    assert (tokens.institution_scope, tokens.agency_scope) == (
+        "bits:kundeforhold.write",
+        "bits:kundeforhold.read",
+    )
+    assert tokens.audience is None and tokens.leeway_seconds == 30
+
+
+def test_https_jwks_and_crls(tmp_path: Path):
+    text = MINIMAL.replace(
+        'jwks = "jwks.json"', 'jwks = "https://maskinporten.no/jwk"\naudience = "kfr"'
+    )
+    text = text.replace(
+        'client_ca = "ca.crt"', 'client_ca = "ca.crt"\ncrls = ["a.crl", "/x/b.crl"]'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.tokens.jwks == "https://maskinporten.no/jwk"
+    assert config.tokens.audience == "kfr"
+    assert config.tls.crls == ((tmp_path / "a.crl").resolve(), Path("/x/b.crl"))
 
 
 def test_agencies_are_read(tmp_path: Path):
@@ -66,6 +90,7 @@ owner_only = true
         ("[[agencies]]\norg_number = '123456789'\nmandates = ['A']", "agencies[0].org_number"),
         ("[[agencies]]\norg_number = '312000008'\nmandates = []", "agencies[0].mandates"),
         ("[[agencies]]\norg_number = '312000008'", "agencies[0].mandates is required"),
+        ("[server]\nfile_check_seconds = -1", "server.file_check_seconds must not be negative"),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, extra: str, message: str):
@@ -74,9 +99,17 @@ def test_errors_name_the_setting(tmp_path: Path, extra: str, message: str):
     assert message in str(raised.value)
 
 
-def test_missing_tls_table_is_an_error(tmp_path: Path):
+def test_token_leeway_is_at_most_30_seconds(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"tokens\.leeway_seconds must be 0 to 30"):
+        load_config(write(tmp_path, MINIMAL + "leeway_seconds = 60\n"))
+
+
+def test_missing_tables_are_errors(tmp_path: Path):
     with pytest.raises(ConfigError, match="tls is required"):
         load_config(write(tmp_path, 'data_dir = "d"\nkeyring = "k"\n'))
+    without_tokens = MINIMAL[: MINIMAL.index("[tokens]")]
+    with pytest.raises(ConfigError, match="tokens is required"):
+        load_config(write(tmp_path, without_tokens))
 
 
 def test_keyring_inside_the_data_directory_is_refused(tmp_path: Path):

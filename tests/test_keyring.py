@@ -59,9 +59,9 @@ def test_repr_shows_no_key_material():
         assert repr(key) not in repr(keyring)
 
 
-def test_pseudonyms_are_stable_and_keyed():
+def test_pseudonyms_are_stable_and_keyed(ids):
     first, second = Keyring.generate(), Keyring.generate()
-    digits = "01018012345"
+    digits = ids.person()
     assert first.pseudonymiser().pseudonym(digits) == first.pseudonymiser().pseudonym(digits)
     assert first.pseudonymiser().pseudonym(digits) != second.pseudonymiser().pseudonym(digits)
     assert len(first.pseudonymiser().pseudonym(digits)) == 32

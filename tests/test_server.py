@@ -15,6 +15,7 @@ from tests.support import (
     MANDATE,
     OTHER_INSTITUTION_ORG,
     OTHER_MANDATE,
+    READ_SCOPE,
     UNREGISTERED_ORG,
     RunningServer,
 )
@@ -113,7 +114,7 @@ def test_org_number_must_match_the_certificate(server, ids):
     customer = ids.person()
     error = rpc_error(report, client, OTHER_INSTITUTION_ORG, (customer, OWNER, ""))
     assert error.code() is StatusCode.PERMISSION_DENIED
-    assert "does not match" in error.details()
+    assert "is not the organisation 311000004 this call is made for" in error.details()
     assert server.relationship_count() == 0
     report(client, INSTITUTION_ORG, (customer, OWNER, ""))
     error = rpc_error(end, client, OTHER_INSTITUTION_ORG, (customer, OWNER, ""))
@@ -340,8 +341,11 @@ def test_an_owner_only_agency_never_sees_disponents(server, reported):
     ]
 
 
-def test_an_institution_may_not_look_up(server, reported):
-    error = rpc_error(lookup, server.client(server.pki.institution), reported)
+def test_an_organisation_not_configured_as_agency_may_not_look_up(server, reported):
+    # Even holding the read scope, an institution is not an agency.
+    institution = server.pki.institution
+    client = server.client(institution, token=server.token(institution, scope=READ_SCOPE))
+    error = rpc_error(lookup, client, reported)
     assert error.code() is StatusCode.PERMISSION_DENIED
     assert "not registered as an agency" in error.details()
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 
-from kfr_grpc.auth.certificates import org_number_from_pem
-from kfr_grpc.auth.policy import Caller
+from kfr_grpc.auth.authenticator import Caller
 from kfr_grpc.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -55,21 +54,19 @@ class RequestContext:
         return getattr(self._context, name)
 
 
-def caller_from_context(context: grpc.ServicerContext) -> Caller:
-    """The caller named by the verified client certificate of this call's connection."""
-    pem_certificates = context.auth_context().get("x509_pem_cert")
-    if not pem_certificates:
-        raise Unauthenticated("a client certificate is required (mutual TLS)")
-    return Caller(org_number=org_number_from_pem(pem_certificates[0]))
+class CallAuthenticator(Protocol):
+    def authenticate(
+        self, pem_certificates: Sequence[bytes], metadata: Sequence[tuple[str, str]]
+    ) -> Caller: ...
+
+    def authorize(self, method: str, caller: Caller) -> None: ...
 
 
 class RequestInterceptor(grpc.ServerInterceptor):
     """Wraps every unary-response handler with the shared per-call work."""
 
-    def __init__(
-        self, identify: Callable[[grpc.ServicerContext], Caller] = caller_from_context
-    ) -> None:
-        self._identify = identify
+    def __init__(self, authenticator: CallAuthenticator) -> None:
+        self._authenticator = authenticator
 
     def intercept_service(
         self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
@@ -103,8 +100,12 @@ class RequestInterceptor(grpc.ServerInterceptor):
             try:
                 if not correlation_ok:
                     raise InvalidArgument.field(f"metadata {CORRELATION_ID_KEY}", "must be a UUID")
-                caller = self._identify(context)
+                pem_certificates = context.auth_context().get("x509_pem_cert", [])
+                caller = self._authenticator.authenticate(pem_certificates, metadata or ())
                 caller_org = caller.org_number
+                if caller.supplier is not None:
+                    caller_org += f" via={caller.supplier}"
+                self._authenticator.authorize(method, caller)
                 return behaviour(request, RequestContext(context, caller, correlation_id))
             except KfrError as error:
                 code, message = _status_for(error, correlation_id)

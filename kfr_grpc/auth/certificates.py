@@ -7,8 +7,6 @@ layer has already verified the certificate chain; this module only reads the sub
 
 from __future__ import annotations
 
-import functools
-
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -17,16 +15,6 @@ from kfr_grpc.register.customer_ids import parse_org_number
 from kfr_grpc.register.values import InvalidValue
 
 _NTR_PREFIX = "NTRNO-"
-
-
-@functools.lru_cache(maxsize=4096)
-def org_number_from_pem(pem: bytes) -> str:
-    """The organisation number of a PEM certificate; cached, as clients reconnect often."""
-    try:
-        certificate = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise Unauthenticated("the client certificate cannot be parsed") from None
-    return org_number_from_certificate(certificate)
 
 
 def org_number_from_certificate(certificate: x509.Certificate) -> str:

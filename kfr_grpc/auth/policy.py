@@ -1,8 +1,9 @@
 """What an authenticated caller may do.
 
 - Institutions act only for themselves: ``institution_org_number`` in a request must be
-  the caller's own organisation number. (That the institution is registered is the
-  register's rule.)
+  the organisation the call is made for (the token's consumer; a vendor acting for an
+  institution acts for that institution only). That the institution is registered is
+  the register's rule.
 - Only configured agencies may look up, and only under a legal mandate allowed to them;
   an owner-only agency sees owner relationships only.
 """
@@ -10,19 +11,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from kfr_grpc.auth.authenticator import Caller
 from kfr_grpc.config import AgencyConfig
 from kfr_grpc.errors import InvalidArgument, PermissionDenied
 from kfr_grpc.register.customer_ids import parse_org_number
 from kfr_grpc.register.values import InvalidValue
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The authenticated party behind a call."""
-
-    org_number: str
 
 
 class AccessPolicy:
@@ -39,8 +33,8 @@ class AccessPolicy:
             raise InvalidArgument.field("institution_org_number", str(error)) from None
         if claimed != caller.org_number:
             raise PermissionDenied(
-                f"institution_org_number {claimed} does not match the organisation number "
-                f"{caller.org_number} in your client certificate"
+                f"institution_org_number {claimed} is not the organisation {caller.org_number} "
+                "this call is made for (the access token's consumer)"
             )
         return claimed
 

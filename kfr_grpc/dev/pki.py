@@ -131,6 +131,30 @@ def issue_client(ca: Issued, subject: list[x509.NameAttribute]) -> Issued:
     return _issue(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
 
+def make_crl(ca: Issued, revoked_serials: list[int] = (), *, days: int = 30) -> bytes:
+    """A PEM CRL signed by ``ca`` revoking ``revoked_serials``, valid for ``days``."""
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=days))
+    )
+    for serial in revoked_serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - timedelta(minutes=1))
+            .build()
+        )
+    crl = builder.sign(ca.key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def revoked_serials(crl_pem: bytes) -> list[int]:
+    return [entry.serial_number for entry in x509.load_pem_x509_crl(crl_pem)]
+
+
 def _issue(
     ca: Issued,
     subject: list[x509.NameAttribute],

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from kfr_grpc.clock import SystemClock
 from kfr_grpc.config import DEFAULT_LISTEN, load_config
-from kfr_grpc.dev import pki
+from kfr_grpc.dev import pki, tokens
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.server import open_register
@@ -20,7 +22,11 @@ TEST_AGENCY_ORG = "312000008"
 TEST_AGENCY_NAME = "Testetaten KFR"
 TEST_MANDATE = "Skatteforvaltningsloven § 10-2"
 
+TEST_ISSUER = "https://maskinporten.dev.kfr.invalid/"
+TEST_SIGNING_KID = "kfr-dev-1"
+
 CONFIG_NAME = "kfr.toml"
+SIGNING_KEY_NAME = "token-signing.key"
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,21 @@ class DevSetup:
 
     def file(self, name: str) -> Path:
         return self.directory / name
+
+    def token_issuer(self) -> tokens.TokenIssuer:
+        """Mints tokens the dev server accepts (issuer and audience from its config)."""
+        key, kid = tokens.read_signing_key(self.file(SIGNING_KEY_NAME))
+        settings = load_config(self.config).tokens
+        return tokens.TokenIssuer(key, kid, settings.issuer, settings.audience)
+
+    def revoke(self, certificate: Path) -> int:
+        """Adds ``certificate`` to the dev CA's CRL; returns its serial."""
+        serial = x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number
+        crl_path = self.file("ca.crl")
+        serials = pki.revoked_serials(crl_path.read_bytes())
+        ca = pki.Issued.load(self.file("ca.crt"), self.file("ca.key"))
+        _write_atomically(crl_path, pki.make_crl(ca, sorted({*serials, serial})))
+        return serial
 
 
 def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSetup:
@@ -52,6 +73,10 @@ def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSet
     pki.issue_enterprise(
         ca, TEST_AGENCY_ORG, TEST_AGENCY_NAME, style="organizationIdentifier"
     ).write(setup.file("agency.crt"), setup.file("agency.key"))
+    setup.file("ca.crl").write_bytes(pki.make_crl(ca, [], days=825))
+    signing_key = tokens.new_signing_key()
+    tokens.write_signing_key(setup.file(SIGNING_KEY_NAME), signing_key, TEST_SIGNING_KID)
+    tokens.write_jwks(setup.file("jwks.json"), {TEST_SIGNING_KID: signing_key})
     Keyring.generate().save(setup.file("keyring.json"))
     setup.config.write_text(_config_text(listen), encoding="utf-8")
 
@@ -75,6 +100,13 @@ test_mode = true
 cert = "server.crt"
 key = "server.key"
 client_ca = "ca.crt"
+crls = ["ca.crl"]  # `kfr dev revoke CERT` adds to it; re-read when it changes
+
+[tokens]
+# A stand-in for Maskinporten: `kfr dev token` signs with token-signing.key, whose
+# public half is in jwks.json (re-read when it changes).
+issuer = "{TEST_ISSUER}"
+jwks = "jwks.json"
 
 [[agencies]]
 org_number = "{TEST_AGENCY_ORG}"
@@ -82,3 +114,10 @@ name = "{TEST_AGENCY_NAME}"
 mandates = ["{TEST_MANDATE}"]
 owner_only = false
 '''
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` in one step, so a reader never sees a half-written file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    temporary.replace(path)
