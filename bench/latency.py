@@ -4,9 +4,10 @@
 
 Starts a server from a fresh dev setup (its own process, so client and server do not
 share an interpreter), loads synthetic relationships with Report in batches of 1000,
-then times sequential single calls of each kind over one mutual-TLS channel. The
-baseline is a call refused by policy (an institution asking Lookup): the same TLS,
-interceptor and protobuf path with no store work, measured in the same run.
+then times sequential single calls of each kind over one mutual-TLS channel, each
+client reusing one certificate-bound access token. The baseline is a call refused by
+policy (an institution asking Lookup): the same TLS, token, interceptor and protobuf
+path with no store work, measured in the same run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ import grpc
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.client import KfrClient, secure_channel
-from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, TEST_MANDATE, create_dev_setup
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.config import load_config
+from kfr_grpc.dev.setup import (
+    TEST_AGENCY_ORG,
+    TEST_INSTITUTION_ORG,
+    TEST_MANDATE,
+    DevSetup,
+    create_dev_setup,
+)
 from kfr_grpc.dev.synthetic import synthetic_person_id
 
 BATCH = 1000
@@ -50,8 +59,8 @@ def main() -> None:
         )
         try:
             _wait_for_port(port)
-            institution = _client(setup.directory, port, "institution")
-            agency = _client(setup.directory, port, "agency")
+            institution = _client(setup, port, "institution", TEST_INSTITUTION_ORG)
+            agency = _client(setup, port, "agency", TEST_AGENCY_ORG)
             customers = [synthetic_person_id(rng) for _ in range(args.relationships)]
             load_seconds = _load(institution, customers)
             rows = _measure(institution, agency, customers, rng, args.calls)
@@ -61,13 +70,21 @@ def main() -> None:
     _print(args, load_seconds, rows)
 
 
-def _client(directory: Path, port: int, who: str) -> KfrClient:
+def _client(setup: DevSetup, port: int, who: str, org: str) -> KfrClient:
+    """A client with a certificate-bound token, reused for every call (as real clients do)."""
+    settings = load_config(setup.config).tokens
+    scope = settings.institution_scope if who == "institution" else settings.agency_scope
+    cert = setup.file(f"{who}.crt")
+    token = setup.token_issuer().mint(
+        org, scope, now=SystemClock().now(), ttl=3600, cnf_certificate=cert.read_bytes()
+    )
     return KfrClient(
         secure_channel(
             f"localhost:{port}",
-            ca=directory / "ca.crt",
-            cert=directory / f"{who}.crt",
-            key=directory / f"{who}.key",
+            ca=setup.file("ca.crt"),
+            cert=cert,
+            key=setup.file(f"{who}.key"),
+            token=token,
         )
     )
 

@@ -117,6 +117,17 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                 ca, INSTITUTION_ORG, "x", not_before=past - timedelta(days=30), not_after=past
             ),
         ),
+        future_institution=institution(
+            "future",
+            INSTITUTION_ORG,
+            pki.issue_enterprise(
+                ca,
+                INSTITUTION_ORG,
+                "x",
+                not_before=datetime.now(UTC) + timedelta(days=1),
+                not_after=datetime.now(UTC) + timedelta(days=30),
+            ),
+        ),
         vendor=institution("vendor", VENDOR_ORG),
     )
 

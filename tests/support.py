@@ -84,6 +84,7 @@ class Pki:
     no_org_number: Identity
     foreign_ca_institution: Identity
     expired_institution: Identity
+    future_institution: Identity
     vendor: Identity
 
 

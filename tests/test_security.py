@@ -275,7 +275,8 @@ def test_a_crl_not_signed_by_the_client_ca_is_not_loaded(server, ids, caplog):
 
 
 def test_certificate_from_another_ca(server, ids):
-    error = refused_report(server, ids, token=None, identity=server.pki.foreign_ca_institution)
+    identity = server.pki.foreign_ca_institution
+    error = refused_report(server, ids, token=server.token(identity), identity=identity)
     assert error.code() is StatusCode.UNAVAILABLE
 
 
@@ -295,5 +296,12 @@ def _foreign_ca_pem(server: RunningServer) -> bytes:
 
 
 def test_expired_certificate(server, ids):
-    error = refused_report(server, ids, token=None, identity=server.pki.expired_institution)
+    identity = server.pki.expired_institution
+    error = refused_report(server, ids, token=server.token(identity), identity=identity)
+    assert error.code() is StatusCode.UNAVAILABLE
+
+
+def test_not_yet_valid_certificate(server, ids):
+    identity = server.pki.future_institution
+    error = refused_report(server, ids, token=server.token(identity), identity=identity)
     assert error.code() is StatusCode.UNAVAILABLE

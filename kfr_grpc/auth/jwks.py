@@ -86,9 +86,12 @@ class JwksSource:
         else:
             path = Path(location)
             self._file = WatchedFiles(
-                f"JWKS {path}", [path], lambda: _read_jwks_file(path),
-                check_seconds=check_seconds, monotonic=monotonic,
-            )  # fmt: skip
+                f"JWKS {path}",
+                [path],
+                lambda: _read_jwks_file(path),
+                check_seconds=check_seconds,
+                monotonic=monotonic,
+            )
 
     @property
     def keys(self) -> Keys:
