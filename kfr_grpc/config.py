@@ -59,6 +59,15 @@ class AgencyConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    """The server's own periodic work."""
+
+    request_log_days: int = 90  # how long institutions' request records are kept
+    purge_interval_seconds: float = 86400.0  # retention runs this often (daily)
+    lookup_counts_flush_seconds: float = 60.0  # lookup counters are stored this often
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen: str
@@ -72,6 +81,7 @@ class Config:
     threads: int = DEFAULT_THREADS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     file_check_seconds: float = DEFAULT_FILE_CHECK_SECONDS
+    maintenance: MaintenanceConfig = MaintenanceConfig()
     log_level: str = "INFO"
 
     @property
@@ -81,7 +91,7 @@ class Config:
 
 _TOP_KEYS = {
     "listen", "data_dir", "keyring", "test_mode", "log_level",
-    "tls", "tokens", "store", "server", "agencies",
+    "tls", "tokens", "store", "server", "maintenance", "agencies",
 }  # fmt: skip
 _TLS_KEYS = {"cert", "key", "client_ca", "crls"}
 _TOKEN_KEYS = {
@@ -90,6 +100,7 @@ _TOKEN_KEYS = {
 }  # fmt: skip
 _STORE_KEYS = {"map_size_mb"}
 _SERVER_KEYS = {"threads", "grace_seconds", "file_check_seconds"}
+_MAINTENANCE_KEYS = {"request_log_days", "purge_interval_seconds", "lookup_counts_flush_seconds"}
 _AGENCY_KEYS = {"org_number", "name", "mandates", "owner_only"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
@@ -120,6 +131,8 @@ class _Reader:
         self._known(server, _SERVER_KEYS, "server.")
         tokens = self._table(document, "tokens", required=True)
         self._known(tokens, _TOKEN_KEYS, "tokens.")
+        maintenance = self._table(document, "maintenance")
+        self._known(maintenance, _MAINTENANCE_KEYS, "maintenance.")
         config = Config(
             path=self._path,
             listen=self._get(document, "listen", str, DEFAULT_LISTEN),
@@ -140,6 +153,7 @@ class _Reader:
             file_check_seconds=self._seconds(
                 server, "file_check_seconds", DEFAULT_FILE_CHECK_SECONDS, "server."
             ),
+            maintenance=self._maintenance(maintenance),
             log_level=self._get(document, "log_level", str, "INFO").upper(),
         )
         if config.log_level not in _LOG_LEVELS:
@@ -171,6 +185,20 @@ class _Reader:
             jwks_ca=self._file(table, "jwks_ca", prefix) if "jwks_ca" in table else None,
             jwks_min_refresh_seconds=self._seconds(table, "jwks_min_refresh_seconds", 30.0, prefix),
             cache_size=self._positive(table, "cache_size", 10_000, prefix),
+        )
+
+    def _maintenance(self, table: dict) -> MaintenanceConfig:
+        prefix, defaults = "maintenance.", MaintenanceConfig()
+        return MaintenanceConfig(
+            request_log_days=self._positive(
+                table, "request_log_days", defaults.request_log_days, prefix
+            ),
+            purge_interval_seconds=self._seconds(
+                table, "purge_interval_seconds", defaults.purge_interval_seconds, prefix
+            ),
+            lookup_counts_flush_seconds=self._seconds(
+                table, "lookup_counts_flush_seconds", defaults.lookup_counts_flush_seconds, prefix
+            ),
         )
 
     def _agencies(self, entries: Any) -> tuple[AgencyConfig, ...]:

@@ -1,14 +1,15 @@
 """The register's secrets and the two primitives built on them.
 
-- ``Pseudonymiser``: HMAC-SHA256 of a customer ID under the pseudonym key. Index keys
-  in the store are pseudonyms, so the IDs never appear in clear.
+- ``Pseudonymiser``: HMAC-SHA256 of a customer ID under a pseudonym key. Index keys in
+  the store are pseudonyms, so the IDs never appear in clear.
 - ``Sealer``: AES-256-GCM. Every stored value is sealed with its storage key as
   associated data, so a value copied under another key fails to open. A sealed value
   starts with the version of the key that sealed it, so adding a key version (rotation)
-  needs no migration.
+  needs no migration in one go.
 
-Callers never handle raw keys or nonces. The keyring lives in one JSON file, mode 0600,
-outside the data directory: ``kfr keys init PATH`` creates it.
+Both kinds of key are versioned. ``kfr keys rotate`` adds a version; the old versions
+stay until nothing uses them. Callers never handle raw keys or nonces. The keyring lives
+in one JSON file, mode 0600, outside the data directory: ``kfr keys init PATH``.
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ import json
 import os
 import secrets
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kfr_grpc.errors import ConfigError
+from kfr_grpc.watched import WatchedFiles
 
 KEYRING_FORMAT = 1
+MAX_KEY_VERSION = 255  # a sealed value and a relationship key store it in one byte
 _KEY_BYTES = 32
 _NONCE_BYTES = 12
-_MAX_KEY_VERSION = 255  # a sealed value stores its key version in one byte
+_TAG_BYTES = 16
 _PSEUDONYM_CONTEXT = b"kfr/customer-id/v1\x00"
 
 
@@ -38,9 +42,13 @@ class SealError(Exception):
     """A sealed value could not be opened: wrong key, wrong place, or tampered with."""
 
 
+class MissingKeyVersion(SealError):
+    """The value was sealed with a key version this keyring does not hold."""
+
+
 @dataclass(frozen=True)
 class KeySet:
-    """Versioned keys of one purpose; ``primary`` is the version used for new data."""
+    """Versioned keys of one purpose; ``primary`` is the newest version."""
 
     primary: int
     keys: dict[int, bytes] = field(repr=False)
@@ -48,6 +56,18 @@ class KeySet:
     @classmethod
     def generate(cls) -> KeySet:
         return cls(primary=1, keys={1: secrets.token_bytes(_KEY_BYTES)})
+
+    def rotated(self) -> KeySet:
+        """This set plus a new key, which becomes primary."""
+        version = max(self.keys) + 1
+        if version > MAX_KEY_VERSION:
+            raise ConfigError(f"no key version left (at most {MAX_KEY_VERSION})")
+        return KeySet(primary=version, keys={**self.keys, version: secrets.token_bytes(_KEY_BYTES)})
+
+    def without(self, versions: set[int]) -> KeySet:
+        if self.primary in versions:
+            raise ConfigError(f"the primary key version {self.primary} cannot be retired")
+        return replace(self, keys={v: k for v, k in self.keys.items() if v not in versions})
 
     def to_json(self) -> dict:
         return {
@@ -65,7 +85,7 @@ class KeySet:
         if primary not in keys:
             raise ConfigError(f"keyring: the {purpose} primary version {primary} has no key")
         for version, key in keys.items():
-            if not 1 <= version <= _MAX_KEY_VERSION or len(key) != _KEY_BYTES:
+            if not 1 <= version <= MAX_KEY_VERSION or len(key) != _KEY_BYTES:
                 raise ConfigError(f"keyring: {purpose} key version {version} is not a 256-bit key")
         return cls(primary=primary, keys=keys)
 
@@ -85,22 +105,45 @@ class Keyring:
     def sealer(self) -> Sealer:
         return Sealer(self.seal)
 
-    def pseudonymiser(self) -> Pseudonymiser:
-        return Pseudonymiser(self.pseudonym.keys[self.pseudonym.primary])
+    def pseudonymiser(self, version: int | None = None) -> Pseudonymiser:
+        """The pseudonymiser of ``version`` (default: the newest)."""
+        version = self.pseudonym.primary if version is None else version
+        key = self.pseudonym.keys.get(version)
+        if key is None:
+            raise MissingKeyVersion(f"the keyring has no pseudonym key version {version}")
+        return Pseudonymiser(key)
 
     def save(self, path: Path) -> None:
         """Writes a new keyring file readable by its owner only; never overwrites one."""
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"keyring {path} already exists; refusing to overwrite it") from None
+        self._write(descriptor)
+
+    def replace_file(self, path: Path) -> None:
+        """Replaces the keyring file at ``path`` in one step (for rotation and retirement).
+
+        Refuses a keyring with another id: a replacement only ever adds or drops versions.
+        """
+        if Keyring.load(path).id != self.id:
+            raise ConfigError(f"{path} holds another keyring; refusing to replace it")
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        self._write(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def _write(self, descriptor: int) -> None:
         document = {
             "kfr_keyring": KEYRING_FORMAT,
             "id": self.id,
             "seal": self.seal.to_json(),
             "pseudonym": self.pseudonym.to_json(),
         }
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        try:
-            descriptor = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise ConfigError(f"keyring {path} already exists; refusing to overwrite it") from None
         with os.fdopen(descriptor, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=2)
             out.write("\n")
@@ -137,6 +180,55 @@ class Keyring:
         )
 
 
+class KeyringProvider(Protocol):
+    def get(self) -> Keyring:
+        """The current keyring."""
+        ...
+
+    def refresh(self) -> Keyring:
+        """The keyring, re-read now if it comes from a file (a version was found missing)."""
+        ...
+
+
+class FixedKeyring:
+    """A keyring that never changes (short-lived commands, tests)."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+
+    def get(self) -> Keyring:
+        return self._keyring
+
+    def refresh(self) -> Keyring:
+        return self._keyring
+
+
+class KeyringFile:
+    """A keyring file, re-read when it changes: a running server picks up rotated keys."""
+
+    def __init__(self, path: Path, *, check_seconds: float = 1.0) -> None:
+        first = Keyring.load(path)
+        self._watched = WatchedFiles(
+            f"keyring {path}",
+            [path],
+            lambda: _same_id(Keyring.load(path), first.id, path),
+            check_seconds=check_seconds,
+        )
+
+    def get(self) -> Keyring:
+        return self._watched.get()
+
+    def refresh(self) -> Keyring:
+        self._watched.check()
+        return self._watched.get()
+
+
+def _same_id(keyring: Keyring, expected: str, path: Path) -> Keyring:
+    if keyring.id != expected:
+        raise ConfigError(f"{path} now holds another keyring (id {keyring.id}); ignoring it")
+    return keyring
+
+
 class Pseudonymiser:
     """Turns a customer ID into a 32-byte pseudonym; the same ID always gives the same one."""
 
@@ -144,31 +236,46 @@ class Pseudonymiser:
         self._key = key
 
     def pseudonym(self, customer_digits: str) -> bytes:
-        return hmac.digest(
-            self._key, _PSEUDONYM_CONTEXT + customer_digits.encode("ascii"), "sha256"
-        )
+        message = _PSEUDONYM_CONTEXT + customer_digits.encode("ascii")
+        return hmac.digest(self._key, message, "sha256")
 
 
 class Sealer:
     """AES-256-GCM with the key version in front: ``version || nonce || ciphertext+tag``."""
 
+    OVERHEAD = 1 + _NONCE_BYTES + _TAG_BYTES
+
     def __init__(self, keys: KeySet) -> None:
         self._primary = keys.primary
         self._ciphers = {version: AESGCM(key) for version, key in keys.keys.items()}
 
-    def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
+    def has_version(self, version: int) -> bool:
+        return version in self._ciphers
+
+    def seal(self, plaintext: bytes, associated_data: bytes, version: int | None = None) -> bytes:
+        """Seals under ``version`` (default: the newest key)."""
+        version = self._primary if version is None else version
+        cipher = self._ciphers.get(version)
+        if cipher is None:
+            raise MissingKeyVersion(f"the keyring has no seal key version {version}")
         nonce = os.urandom(_NONCE_BYTES)
-        ciphertext = self._ciphers[self._primary].encrypt(nonce, plaintext, associated_data)
-        return bytes((self._primary,)) + nonce + ciphertext
+        return bytes((version,)) + nonce + cipher.encrypt(nonce, plaintext, associated_data)
 
     def open(self, sealed: bytes, associated_data: bytes) -> bytes:
-        if len(sealed) < 1 + _NONCE_BYTES + 16:
+        if len(sealed) < self.OVERHEAD:
             raise SealError("sealed value is too short")
         cipher = self._ciphers.get(sealed[0])
         if cipher is None:
-            raise SealError(f"sealed with key version {sealed[0]}, which this keyring lacks")
+            raise MissingKeyVersion(
+                f"sealed with key version {sealed[0]}, which this keyring lacks"
+            )
         nonce = sealed[1 : 1 + _NONCE_BYTES]
         try:
             return cipher.decrypt(nonce, sealed[1 + _NONCE_BYTES :], associated_data)
         except InvalidTag:
             raise SealError("sealed value does not open under this key and place") from None
+
+
+def sealed_version(sealed: bytes) -> int:
+    """The key version a sealed value was made with (without opening it)."""
+    return sealed[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -12,18 +14,21 @@ from kfr_grpc._proto import kfr_pb2, kfr_pb2_grpc
 from kfr_grpc.api.institution import InstitutionServicer
 from kfr_grpc.api.interceptor import RequestInterceptor
 from kfr_grpc.api.lookup import LookupServicer
+from kfr_grpc.api.recording import RegisterRecorder
 from kfr_grpc.auth.authenticator import Authenticator
 from kfr_grpc.auth.jwks import JwksSource
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.auth.tokens import TokenSettings, TokenVerifier
 from kfr_grpc.auth.trust import ClientTrust, load_client_trust
-from kfr_grpc.auth.watched import WatchedFiles
 from kfr_grpc.clock import Clock, SystemClock
-from kfr_grpc.config import Config
+from kfr_grpc.config import Config, MaintenanceConfig
 from kfr_grpc.errors import ConfigError
-from kfr_grpc.keyring import Keyring
+from kfr_grpc.keyring import Keyring, KeyringFile
+from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register
+from kfr_grpc.register.statistics import LookupStatistics
 from kfr_grpc.store import Store
+from kfr_grpc.watched import WatchedFiles
 
 log = logging.getLogger("kfr.server")
 
@@ -32,11 +37,72 @@ log = logging.getLogger("kfr.server")
 _MAX_CONCURRENT_RPCS_PER_THREAD = 4
 
 
-def open_register(config: Config, clock: Clock) -> tuple[Register, Store]:
-    """Loads the keyring and opens the store: what the server and admin commands share."""
-    keyring = Keyring.load(config.keyring)
-    store = Store.open(config.data_dir, keyring, map_size=config.map_size)
-    return Register(store, clock, test_mode=config.test_mode), store
+def open_store(config: Config, *, follow_keyring: bool = False) -> Store:
+    """Loads the keyring and opens the store: what the server and admin commands share.
+
+    With ``follow_keyring`` (the server), a rotated keyring file is picked up without a
+    restart.
+    """
+    if follow_keyring:
+        keys = KeyringFile(config.keyring, check_seconds=config.file_check_seconds)
+        return Store.open(config.data_dir, keys, map_size=config.map_size)
+    return Store.open(config.data_dir, Keyring.load(config.keyring), map_size=config.map_size)
+
+
+def operations_for(config: Config, store: Store, clock: Clock) -> Operations:
+    return Operations(store, clock, request_log_days=config.maintenance.request_log_days)
+
+
+class Maintenance:
+    """The server's periodic work in one background thread: storing the lookup counters
+    and, once per ``purge_interval_seconds`` (first soon after start), retention."""
+
+    def __init__(
+        self, config: MaintenanceConfig, operations: Operations, statistics: LookupStatistics
+    ) -> None:
+        self._config = config
+        self._operations = operations
+        self._statistics = statistics
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kfr-maintenance", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops the thread and stores the last counts."""
+        self._stopping.set()
+        self._thread.join()
+        self._flush()
+
+    def _run(self) -> None:
+        next_purge = time.monotonic() + min(60.0, self._config.purge_interval_seconds)
+        tick = min(self._config.lookup_counts_flush_seconds, self._config.purge_interval_seconds)
+        while not self._stopping.wait(max(tick, 0.05)):
+            self._flush()
+            if time.monotonic() >= next_purge:
+                self._purge()
+                next_purge = time.monotonic() + self._config.purge_interval_seconds
+
+    def _flush(self) -> None:
+        try:
+            self._statistics.flush()
+        except Exception:
+            log.exception("storing the lookup counters failed; they are kept for the next try")
+
+    def _purge(self) -> None:
+        try:
+            result = self._operations.purge()
+        except Exception:
+            log.exception("retention failed; it runs again at the next interval")
+            return
+        log.info(
+            "retention: removed %d periods, %d relationships, %d request records (cutoff %s)",
+            result.periods_removed,
+            result.relationships_removed,
+            result.request_records_removed,
+            result.cutoff.isoformat(),
+        )
 
 
 def build_authenticator(
@@ -86,11 +152,17 @@ class KfrServer:
             check_seconds=config.file_check_seconds,
         )
         authenticator = build_authenticator(config, clock, self._trust)
-        self._register, self._store = open_register(config, clock)
+        self._store = open_store(config, follow_keyring=True)
+        self._register = Register(self._store, clock, test_mode=config.test_mode)
+        statistics = LookupStatistics(self._store, clock)
+        self._maintenance = Maintenance(
+            config.maintenance, operations_for(config, self._store, clock), statistics
+        )
+        recorder = RegisterRecorder(self._register, statistics, clock)
         policy = AccessPolicy(config.agencies)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="kfr-rpc"),
-            interceptors=[RequestInterceptor(authenticator)],
+            interceptors=[RequestInterceptor(authenticator, recorder)],
             maximum_concurrent_rpcs=config.threads * _MAX_CONCURRENT_RPCS_PER_THREAD,
         )
         kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
@@ -144,6 +216,7 @@ class KfrServer:
 
     def start(self) -> int:
         self._server.start()
+        self._maintenance.start()
         log.info(
             "serving on %s (port %d), data in %s, test mode %s",
             self._config.listen,
@@ -159,6 +232,7 @@ class KfrServer:
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
         self._server.stop(self._config.grace_seconds if grace is None else grace).wait()
+        self._maintenance.stop()
         self._store.close()
         log.info("stopped")
 

@@ -146,12 +146,14 @@ def keyring_path(tmp_path: Path) -> Path:
 
 
 def _register_institutions(config_path: Path) -> None:
-    from kfr_grpc.server import open_register
+    from kfr_grpc.register.operations import Operations
+    from kfr_grpc.server import open_store
 
-    register, store = open_register(load_config(config_path), FixedClock.on(TODAY))
+    store = open_store(load_config(config_path))
     try:
-        register.add_institution(INSTITUTION_ORG, INSTITUTION_NAME)
-        register.add_institution(OTHER_INSTITUTION_ORG, OTHER_INSTITUTION_NAME)
+        operations = Operations(store, FixedClock.on(TODAY))
+        operations.add_institution(INSTITUTION_ORG, INSTITUTION_NAME)
+        operations.add_institution(OTHER_INSTITUTION_ORG, OTHER_INSTITUTION_NAME)
     finally:
         store.close()
 

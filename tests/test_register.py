@@ -12,6 +12,7 @@ from kfr_grpc.clock import FixedClock
 from kfr_grpc.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.register.model import Period, Role
+from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import MAX_ITEMS_PER_CALL, EndItem, Register, ReportItem
 from kfr_grpc.store import Store
 
@@ -29,8 +30,9 @@ def clock() -> FixedClock:
 def register(tmp_path: Path, clock: FixedClock):
     store = Store.open(tmp_path / "data", Keyring.generate(), map_size=64 * 1024 * 1024)
     register = Register(store, clock, test_mode=True)
-    register.add_institution(BANK, "Testbanken")
-    register.add_institution(OTHER_BANK, "Andre bank")
+    operations = Operations(store, clock)
+    operations.add_institution(BANK, "Testbanken")
+    operations.add_institution(OTHER_BANK, "Andre bank")
     yield register
     store.close()
 
@@ -143,7 +145,7 @@ def test_synthetic_ids_need_test_mode(tmp_path, clock, ids):
     store = Store.open(tmp_path / "prod", Keyring.generate(), map_size=64 * 1024 * 1024)
     try:
         production = Register(store, clock, test_mode=False)
-        production.add_institution(BANK, "Testbanken")
+        Operations(store, clock).add_institution(BANK, "Testbanken")
         with pytest.raises(InvalidArgument, match="test mode"):
             production.report(BANK, [ReportItem(ids.person(), OWNER)])
         assert production.report(BANK, [ReportItem(ids.regular_person(), OWNER)]).registered == 1
@@ -307,13 +309,14 @@ def test_lookup_validation(register, ids):
 # --- institutions ---------------------------------------------------------------------------
 
 
-def test_institutions_are_registered_once(register):
-    assert register.add_institution(BANK, "Testbanken") == (register.institutions()[0], False)
+def test_institutions_are_registered_once(register, clock):
+    operations = Operations(register._store, clock)
+    assert operations.add_institution(BANK, "Testbanken") == (operations.institutions()[0], False)
     with pytest.raises(AlreadyExists, match="already registered"):
-        register.add_institution(BANK, "Another name")
+        operations.add_institution(BANK, "Another name")
     with pytest.raises(InvalidArgument, match="org_number"):
-        register.add_institution("123456789", "Bad check digit")
+        operations.add_institution("123456789", "Bad check digit")
     with pytest.raises(InvalidArgument, match="name"):
-        register.add_institution(UNKNOWN_BANK, "  ")
-    assert [i.org_number for i in register.institutions()] == [BANK, OTHER_BANK]
-    assert all(i.registered_on == TODAY for i in register.institutions())
+        operations.add_institution(UNKNOWN_BANK, "  ")
+    assert [i.org_number for i in operations.institutions()] == [BANK, OTHER_BANK]
+    assert all(i.registered_on == TODAY for i in operations.institutions())

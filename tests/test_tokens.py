@@ -16,10 +16,10 @@ import pytest
 from kfr_grpc.auth import tokens as token_module
 from kfr_grpc.auth.jwks import JwksSource, parse_jwks
 from kfr_grpc.auth.tokens import TokenSettings, TokenVerifier
-from kfr_grpc.auth.watched import WatchedFiles
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.dev import pki, tokens
 from kfr_grpc.errors import Unauthenticated
+from kfr_grpc.watched import WatchedFiles
 from tests.support import TODAY
 
 ISSUER = "https://issuer.test/"

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10kfr/v1/kfr.proto\x12\x06kfr.v1\"\\\n\rReportRequest\x12\x1e\n\x16institution_org_number\x18\x01 \x01(\t\x12+\n\rrelationships\x18\x02 \x03(\x0b\x32\x14.kfr.v1.Relationship\"S\n\x0cRelationship\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.kfr.v1.Role\x12\x12\n\nstart_date\x18\x03 \x01(\t\"L\n\x0eReportResponse\x12\x18\n\x10registered_count\x18\x01 \x01(\x05\x12 \n\x18\x61lready_registered_count\x18\x02 \x01(\x05\"M\n\nEndRequest\x12\x1e\n\x16institution_org_number\x18\x01 \x01(\t\x12\x1f\n\x07\x65ndings\x18\x02 \x03(\x0b\x32\x0e.kfr.v1.Ending\"K\n\x06\x45nding\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.kfr.v1.Role\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\"?\n\x0b\x45ndResponse\x12\x13\n\x0b\x65nded_count\x18\x01 \x01(\x05\x12\x1b\n\x13\x61lready_ended_count\x18\x02 \x01(\x05\"E\n\x0eListOwnRequest\x12\x1e\n\x16institution_org_number\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"A\n\x0fListOwnResponse\x12.\n\rrelationships\x18\x01 \x03(\x0b\x32\x17.kfr.v1.OwnRelationship\"N\n\x0fOwnRelationship\x12\x1a\n\x04role\x18\x01 \x01(\x0e\x32\x0c.kfr.v1.Role\x12\x1f\n\x07periods\x18\x02 \x03(\x0b\x32\x0e.kfr.v1.Period\".\n\x06Period\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"\xa9\x01\n\rLookupRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tfrom_date\x18\x02 \x01(\t\x12\x0f\n\x07to_date\x18\x03 \x01(\t\x12\'\n\x0brole_filter\x18\x04 \x01(\x0e\x32\x12.kfr.v1.RoleFilter\x12\x15\n\rlegal_mandate\x18\x05 \x01(\t\x12\x1f\n\x17\x61\x63\x63ount_info_request_id\x18\x06 \x01(\t\"C\n\x0eLookupResponse\x12\x31\n\x0cinstitutions\x18\x01 \x03(\x0b\x32\x1b.kfr.v1.InstitutionRelation\"d\n\x13InstitutionRelation\x12\x12\n\norg_number\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1b\n\x05roles\x18\x03 \x03(\x0e\x32\x0c.kfr.v1.Role\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08*@\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_OWNER\x10\x01\x12\x12\n\x0eROLE_DISPONENT\x10\x02*Z\n\nRoleFilter\x12\x1b\n\x17ROLE_FILTER_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_FILTER_ALL\x10\x01\x12\x1a\n\x16ROLE_FILTER_OWNER_ONLY\x10\x02\x32\xb9\x01\n\x12InstitutionService\x12\x37\n\x06Report\x12\x15.kfr.v1.ReportRequest\x1a\x16.kfr.v1.ReportResponse\x12.\n\x03\x45nd\x12\x12.kfr.v1.EndRequest\x1a\x13.kfr.v1.EndResponse\x12:\n\x07ListOwn\x12\x16.kfr.v1.ListOwnRequest\x1a\x17.kfr.v1.ListOwnResponse2H\n\rLookupService\x12\x37\n\x06Lookup\x12\x15.kfr.v1.LookupRequest\x1a\x16.kfr.v1.LookupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10kfr/v1/kfr.proto\x12\x06kfr.v1\"\\\n\rReportRequest\x12\x1e\n\x16institution_org_number\x18\x01 \x01(\t\x12+\n\rrelationships\x18\x02 \x03(\x0b\x32\x14.kfr.v1.Relationship\"S\n\x0cRelationship\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.kfr.v1.Role\x12\x12\n\nstart_date\x18\x03 \x01(\t\"L\n\x0eReportResponse\x12\x18\n\x10registered_count\x18\x01 \x01(\x05\x12 \n\x18\x61lready_registered_count\x18\x02 \x01(\x05\"M\n\nEndRequest\x12\x1e\n\x16institution_org_number\x18\x01 \x01(\t\x12\x1f\n\x07\x65ndings\x18\x02 \x03(\x0b\x32\x0e.kfr.v1.Ending\"K\n\x06\x45nding\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.kfr.v1.Role\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\"?\n\x0b\x45ndResponse\x12\x13\n\x0b\x65nded_count\x18\x01 \x01(\x05\x12\x1b\n\x13\x61lready_ended_count\x18\x02 \x01(\x05\"E\n\x0eListOwnRequest\x12\x1e\n\x16institution_org_number\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"A\n\x0fListOwnResponse\x12.\n\rrelationships\x18\x01 \x03(\x0b\x32\x17.kfr.v1.OwnRelationship\"N\n\x0fOwnRelationship\x12\x1a\n\x04role\x18\x01 \x01(\x0e\x32\x0c.kfr.v1.Role\x12\x1f\n\x07periods\x18\x02 \x03(\x0b\x32\x0e.kfr.v1.Period\"N\n\x14GetRequestLogRequest\x12\x1e\n\x16institution_org_number\x18\x01 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\"B\n\x15GetRequestLogResponse\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.kfr.v1.RequestLogRecord\"\xb5\x02\n\x10RequestLogRecord\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x1e\n\x16institution_org_number\x18\x04 \x01(\t\x12\x1b\n\x13supplier_org_number\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x34\n\x06\x63ounts\x18\x08 \x03(\x0b\x32$.kfr.v1.RequestLogRecord.CountsEntry\x12(\n\x08rejected\x18\t \x03(\x0b\x32\x16.kfr.v1.FieldViolation\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"/\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x06Period\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"\xa9\x01\n\rLookupRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tfrom_date\x18\x02 \x01(\t\x12\x0f\n\x07to_date\x18\x03 \x01(\t\x12\'\n\x0brole_filter\x18\x04 \x01(\x0e\x32\x12.kfr.v1.RoleFilter\x12\x15\n\rlegal_mandate\x18\x05 \x01(\t\x12\x1f\n\x17\x61\x63\x63ount_info_request_id\x18\x06 \x01(\t\"C\n\x0eLookupResponse\x12\x31\n\x0cinstitutions\x18\x01 \x03(\x0b\x32\x1b.kfr.v1.InstitutionRelation\"d\n\x13InstitutionRelation\x12\x12\n\norg_number\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1b\n\x05roles\x18\x03 \x03(\x0e\x32\x0c.kfr.v1.Role\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\"p\n\x1eLookupCollectionAccountRequest\x12\x16\n\x0e\x61\x63\x63ount_number\x18\x01 \x01(\t\x12\x15\n\rlegal_mandate\x18\x02 \x01(\t\x12\x1f\n\x17\x61\x63\x63ount_info_request_id\x18\x03 \x01(\t\"L\n\x1fLookupCollectionAccountResponse\x12)\n\x0cinstitutions\x18\x01 \x03(\x0b\x32\x13.kfr.v1.Institution\"/\n\x0bInstitution\x12\x12\n\norg_number\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t*@\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_OWNER\x10\x01\x12\x12\n\x0eROLE_DISPONENT\x10\x02*Z\n\nRoleFilter\x12\x1b\n\x17ROLE_FILTER_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_FILTER_ALL\x10\x01\x12\x1a\n\x16ROLE_FILTER_OWNER_ONLY\x10\x02\x32\x87\x02\n\x12InstitutionService\x12\x37\n\x06Report\x12\x15.kfr.v1.ReportRequest\x1a\x16.kfr.v1.ReportResponse\x12.\n\x03\x45nd\x12\x12.kfr.v1.EndRequest\x1a\x13.kfr.v1.EndResponse\x12:\n\x07ListOwn\x12\x16.kfr.v1.ListOwnRequest\x1a\x17.kfr.v1.ListOwnResponse\x12L\n\rGetRequestLog\x12\x1c.kfr.v1.GetRequestLogRequest\x1a\x1d.kfr.v1.GetRequestLogResponse2\xb4\x01\n\rLookupService\x12\x37\n\x06Lookup\x12\x15.kfr.v1.LookupRequest\x1a\x16.kfr.v1.LookupResponse\x12j\n\x17LookupCollectionAccount\x12&.kfr.v1.LookupCollectionAccountRequest\x1a\'.kfr.v1.LookupCollectionAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kfr.v1.kfr_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1115
-  _globals['_ROLE']._serialized_end=1179
-  _globals['_ROLEFILTER']._serialized_start=1181
-  _globals['_ROLEFILTER']._serialized_end=1271
+  _globals['_REQUESTLOGRECORD_COUNTSENTRY']._loaded_options = None
+  _globals['_REQUESTLOGRECORD_COUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_ROLE']._serialized_start=1865
+  _globals['_ROLE']._serialized_end=1929
+  _globals['_ROLEFILTER']._serialized_start=1931
+  _globals['_ROLEFILTER']._serialized_end=2021
   _globals['_REPORTREQUEST']._serialized_start=28
   _globals['_REPORTREQUEST']._serialized_end=120
   _globals['_RELATIONSHIP']._serialized_start=122
@@ -53,16 +55,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTOWNRESPONSE']._serialized_end=642
   _globals['_OWNRELATIONSHIP']._serialized_start=644
   _globals['_OWNRELATIONSHIP']._serialized_end=722
-  _globals['_PERIOD']._serialized_start=724
-  _globals['_PERIOD']._serialized_end=770
-  _globals['_LOOKUPREQUEST']._serialized_start=773
-  _globals['_LOOKUPREQUEST']._serialized_end=942
-  _globals['_LOOKUPRESPONSE']._serialized_start=944
-  _globals['_LOOKUPRESPONSE']._serialized_end=1011
-  _globals['_INSTITUTIONRELATION']._serialized_start=1013
-  _globals['_INSTITUTIONRELATION']._serialized_end=1113
-  _globals['_INSTITUTIONSERVICE']._serialized_start=1274
-  _globals['_INSTITUTIONSERVICE']._serialized_end=1459
-  _globals['_LOOKUPSERVICE']._serialized_start=1461
-  _globals['_LOOKUPSERVICE']._serialized_end=1533
+  _globals['_GETREQUESTLOGREQUEST']._serialized_start=724
+  _globals['_GETREQUESTLOGREQUEST']._serialized_end=802
+  _globals['_GETREQUESTLOGRESPONSE']._serialized_start=804
+  _globals['_GETREQUESTLOGRESPONSE']._serialized_end=870
+  _globals['_REQUESTLOGRECORD']._serialized_start=873
+  _globals['_REQUESTLOGRECORD']._serialized_end=1182
+  _globals['_REQUESTLOGRECORD_COUNTSENTRY']._serialized_start=1137
+  _globals['_REQUESTLOGRECORD_COUNTSENTRY']._serialized_end=1182
+  _globals['_FIELDVIOLATION']._serialized_start=1184
+  _globals['_FIELDVIOLATION']._serialized_end=1231
+  _globals['_PERIOD']._serialized_start=1233
+  _globals['_PERIOD']._serialized_end=1279
+  _globals['_LOOKUPREQUEST']._serialized_start=1282
+  _globals['_LOOKUPREQUEST']._serialized_end=1451
+  _globals['_LOOKUPRESPONSE']._serialized_start=1453
+  _globals['_LOOKUPRESPONSE']._serialized_end=1520
+  _globals['_INSTITUTIONRELATION']._serialized_start=1522
+  _globals['_INSTITUTIONRELATION']._serialized_end=1622
+  _globals['_LOOKUPCOLLECTIONACCOUNTREQUEST']._serialized_start=1624
+  _globals['_LOOKUPCOLLECTIONACCOUNTREQUEST']._serialized_end=1736
+  _globals['_LOOKUPCOLLECTIONACCOUNTRESPONSE']._serialized_start=1738
+  _globals['_LOOKUPCOLLECTIONACCOUNTRESPONSE']._serialized_end=1814
+  _globals['_INSTITUTION']._serialized_start=1816
+  _globals['_INSTITUTION']._serialized_end=1863
+  _globals['_INSTITUTIONSERVICE']._serialized_start=2024
+  _globals['_INSTITUTIONSERVICE']._serialized_end=2287
+  _globals['_LOOKUPSERVICE']._serialized_start=2290
+  _globals['_LOOKUPSERVICE']._serialized_end=2470
 # @@protoc_insertion_point(module_scope)

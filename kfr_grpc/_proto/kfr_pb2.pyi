@@ -99,6 +99,57 @@ class OwnRelationship(_message.Message):
     periods: _containers.RepeatedCompositeFieldContainer[Period]
     def __init__(self, role: _Optional[_Union[Role, str]] = ..., periods: _Optional[_Iterable[_Union[Period, _Mapping]]] = ...) -> None: ...
 
+class GetRequestLogRequest(_message.Message):
+    __slots__ = ("institution_org_number", "correlation_id")
+    INSTITUTION_ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    institution_org_number: str
+    correlation_id: str
+    def __init__(self, institution_org_number: _Optional[str] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+
+class GetRequestLogResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[RequestLogRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[RequestLogRecord, _Mapping]]] = ...) -> None: ...
+
+class RequestLogRecord(_message.Message):
+    __slots__ = ("correlation_id", "time", "method", "institution_org_number", "supplier_org_number", "status", "message", "counts", "rejected")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    INSTITUTION_ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SUPPLIER_ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: str
+    time: str
+    method: str
+    institution_org_number: str
+    supplier_org_number: str
+    status: str
+    message: str
+    counts: _containers.ScalarMap[str, int]
+    rejected: _containers.RepeatedCompositeFieldContainer[FieldViolation]
+    def __init__(self, correlation_id: _Optional[str] = ..., time: _Optional[str] = ..., method: _Optional[str] = ..., institution_org_number: _Optional[str] = ..., supplier_org_number: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., counts: _Optional[_Mapping[str, int]] = ..., rejected: _Optional[_Iterable[_Union[FieldViolation, _Mapping]]] = ...) -> None: ...
+
+class FieldViolation(_message.Message):
+    __slots__ = ("field", "reason")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    reason: str
+    def __init__(self, field: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class Period(_message.Message):
     __slots__ = ("start_date", "end_date")
     START_DATE_FIELD_NUMBER: _ClassVar[int]
@@ -140,3 +191,27 @@ class InstitutionRelation(_message.Message):
     roles: _containers.RepeatedScalarFieldContainer[Role]
     active: bool
     def __init__(self, org_number: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class LookupCollectionAccountRequest(_message.Message):
+    __slots__ = ("account_number", "legal_mandate", "account_info_request_id")
+    ACCOUNT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_MANDATE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_INFO_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    account_number: str
+    legal_mandate: str
+    account_info_request_id: str
+    def __init__(self, account_number: _Optional[str] = ..., legal_mandate: _Optional[str] = ..., account_info_request_id: _Optional[str] = ...) -> None: ...
+
+class LookupCollectionAccountResponse(_message.Message):
+    __slots__ = ("institutions",)
+    INSTITUTIONS_FIELD_NUMBER: _ClassVar[int]
+    institutions: _containers.RepeatedCompositeFieldContainer[Institution]
+    def __init__(self, institutions: _Optional[_Iterable[_Union[Institution, _Mapping]]] = ...) -> None: ...
+
+class Institution(_message.Message):
+    __slots__ = ("org_number", "name")
+    ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    org_number: str
+    name: str
+    def __init__(self, org_number: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...

@@ -52,6 +52,11 @@ class InstitutionServiceStub:
                 request_serializer=kfr_dot_v1_dot_kfr__pb2.ListOwnRequest.SerializeToString,
                 response_deserializer=kfr_dot_v1_dot_kfr__pb2.ListOwnResponse.FromString,
                 _registered_method=True)
+        self.GetRequestLog = channel.unary_unary(
+                '/kfr.v1.InstitutionService/GetRequestLog',
+                request_serializer=kfr_dot_v1_dot_kfr__pb2.GetRequestLogRequest.SerializeToString,
+                response_deserializer=kfr_dot_v1_dot_kfr__pb2.GetRequestLogResponse.FromString,
+                _registered_method=True)
 
 
 class InstitutionServiceServicer:
@@ -87,6 +92,16 @@ class InstitutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRequestLog(self, request, context):
+        """Returns the register's record of an earlier InstitutionService call, by the
+        correlation-id it ran under: for troubleshooting. Only the institution the call
+        was made for can read it; records expire (by default after 90 days). NOT_FOUND
+        when there is no such record for the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstitutionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -104,6 +119,11 @@ def add_InstitutionServiceServicer_to_server(servicer, server):
                     servicer.ListOwn,
                     request_deserializer=kfr_dot_v1_dot_kfr__pb2.ListOwnRequest.FromString,
                     response_serializer=kfr_dot_v1_dot_kfr__pb2.ListOwnResponse.SerializeToString,
+            ),
+            'GetRequestLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRequestLog,
+                    request_deserializer=kfr_dot_v1_dot_kfr__pb2.GetRequestLogRequest.FromString,
+                    response_serializer=kfr_dot_v1_dot_kfr__pb2.GetRequestLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -200,6 +220,33 @@ class InstitutionService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetRequestLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kfr.v1.InstitutionService/GetRequestLog',
+            kfr_dot_v1_dot_kfr__pb2.GetRequestLogRequest.SerializeToString,
+            kfr_dot_v1_dot_kfr__pb2.GetRequestLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class LookupServiceStub:
     """Used by public agencies, under a legal mandate, to find the institutions
@@ -218,6 +265,11 @@ class LookupServiceStub:
                 request_serializer=kfr_dot_v1_dot_kfr__pb2.LookupRequest.SerializeToString,
                 response_deserializer=kfr_dot_v1_dot_kfr__pb2.LookupResponse.FromString,
                 _registered_method=True)
+        self.LookupCollectionAccount = channel.unary_unary(
+                '/kfr.v1.LookupService/LookupCollectionAccount',
+                request_serializer=kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountRequest.SerializeToString,
+                response_deserializer=kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountResponse.FromString,
+                _registered_method=True)
 
 
 class LookupServiceServicer:
@@ -234,6 +286,15 @@ class LookupServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookupCollectionAccount(self, request, context):
+        """Returns the institution that uses an account number as a collection account
+        (an account through which its customers' payments pass). Same rules as Lookup:
+        agencies only, under an allowed legal mandate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LookupServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +302,11 @@ def add_LookupServiceServicer_to_server(servicer, server):
                     servicer.Lookup,
                     request_deserializer=kfr_dot_v1_dot_kfr__pb2.LookupRequest.FromString,
                     response_serializer=kfr_dot_v1_dot_kfr__pb2.LookupResponse.SerializeToString,
+            ),
+            'LookupCollectionAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupCollectionAccount,
+                    request_deserializer=kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountRequest.FromString,
+                    response_serializer=kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +339,33 @@ class LookupService:
             '/kfr.v1.LookupService/Lookup',
             kfr_dot_v1_dot_kfr__pb2.LookupRequest.SerializeToString,
             kfr_dot_v1_dot_kfr__pb2.LookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupCollectionAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kfr.v1.LookupService/LookupCollectionAccount',
+            kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountRequest.SerializeToString,
+            kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

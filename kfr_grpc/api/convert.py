@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.errors import FieldViolation, InvalidArgument
-from kfr_grpc.register.model import Period, Role
+from kfr_grpc.register.model import Institution, Period, RequestRecord, Role
 
 _ROLE_FROM_PB = {pb.ROLE_OWNER: Role.OWNER, pb.ROLE_DISPONENT: Role.DISPONENT}
 _ROLE_TO_PB = {role: number for number, role in _ROLE_FROM_PB.items()}
@@ -37,3 +37,21 @@ def date_to_pb(day: date | None) -> str:
 
 def period_to_pb(period: Period) -> pb.Period:
     return pb.Period(start_date=date_to_pb(period.start), end_date=date_to_pb(period.end))
+
+
+def request_record_to_pb(record: RequestRecord) -> pb.RequestLogRecord:
+    return pb.RequestLogRecord(
+        correlation_id=record.correlation_id,
+        time=record.time.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        method=record.method,
+        institution_org_number=record.institution,
+        supplier_org_number=record.supplier or "",
+        status=record.status,
+        message=record.message,
+        counts=record.counts,
+        rejected=[pb.FieldViolation(field=v.field, reason=v.reason) for v in record.rejected],
+    )
+
+
+def institution_to_pb(institution: Institution) -> pb.Institution:
+    return pb.Institution(org_number=institution.org_number, name=institution.name)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
-from kfr_grpc.api.convert import period_to_pb, role_to_pb, roles_from_pb
+from kfr_grpc.api.convert import (
+    period_to_pb,
+    request_record_to_pb,
+    role_to_pb,
+    roles_from_pb,
+)
 from kfr_grpc.api.interceptor import RequestContext
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.register.service import EndItem, Register, ReportItem
@@ -25,6 +30,10 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
             for item, role in zip(request.relationships, roles, strict=True)
         ]
         result = self._register.report(institution, items)
+        context.outcome.counts = {
+            "registered": result.registered,
+            "already_registered": result.already_registered,
+        }
         return pb.ReportResponse(
             registered_count=result.registered,
             already_registered_count=result.already_registered,
@@ -40,6 +49,7 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
             for item, role in zip(request.endings, roles, strict=True)
         ]
         result = self._register.end(institution, items)
+        context.outcome.counts = {"ended": result.ended, "already_ended": result.already_ended}
         return pb.EndResponse(ended_count=result.ended, already_ended_count=result.already_ended)
 
     def ListOwn(self, request: pb.ListOwnRequest, context: RequestContext) -> pb.ListOwnResponse:
@@ -47,6 +57,7 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
             context.caller, request.institution_org_number
         )
         histories = self._register.list_own(institution, request.customer_id)
+        context.outcome.counts = {"relationships": len(histories)}
         return pb.ListOwnResponse(
             relationships=[
                 pb.OwnRelationship(
@@ -56,3 +67,12 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
                 for history in histories
             ]
         )
+
+    def GetRequestLog(
+        self, request: pb.GetRequestLogRequest, context: RequestContext
+    ) -> pb.GetRequestLogResponse:
+        institution = self._policy.acting_institution(
+            context.caller, request.institution_org_number
+        )
+        records = self._register.request_log(institution, request.correlation_id)
+        return pb.GetRequestLogResponse(records=[request_record_to_pb(r) for r in records])

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -20,6 +21,7 @@ import grpc
 from kfr_grpc.auth.authenticator import Caller
 from kfr_grpc.errors import (
     AlreadyExists,
+    FieldViolation,
     InvalidArgument,
     KfrError,
     NotFound,
@@ -45,10 +47,17 @@ _STATUS: dict[type[KfrError], grpc.StatusCode] = {
 class RequestContext:
     """A ``grpc.ServicerContext`` that also knows who is calling and under which id."""
 
-    def __init__(self, context: grpc.ServicerContext, caller: Caller, correlation_id: str) -> None:
+    def __init__(
+        self,
+        context: grpc.ServicerContext,
+        caller: Caller,
+        correlation_id: str,
+        outcome: CallOutcome,
+    ) -> None:
         self._context = context
         self.caller = caller
         self.correlation_id = correlation_id
+        self.outcome = outcome
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -62,11 +71,39 @@ class CallAuthenticator(Protocol):
     def authorize(self, method: str, caller: Caller) -> None: ...
 
 
+@dataclass
+class CallOutcome:
+    """What a servicer tells the request log about a call it handled."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    mandate: str | None = None  # lookups: the legal mandate, as counted
+
+
+@dataclass
+class FinishedCall:
+    """One call as the request log and the lookup counters see it: no request fields."""
+
+    method: str
+    correlation_id: str
+    caller: Caller | None = None
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+    violations: tuple[FieldViolation, ...] = ()
+    outcome: CallOutcome = field(default_factory=CallOutcome)
+
+
+class CallRecorder(Protocol):
+    def record(self, call: FinishedCall) -> None: ...
+
+
 class RequestInterceptor(grpc.ServerInterceptor):
     """Wraps every unary-response handler with the shared per-call work."""
 
-    def __init__(self, authenticator: CallAuthenticator) -> None:
+    def __init__(
+        self, authenticator: CallAuthenticator, recorder: CallRecorder | None = None
+    ) -> None:
         self._authenticator = authenticator
+        self._recorder = recorder
 
     def intercept_service(
         self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
@@ -95,36 +132,49 @@ class RequestInterceptor(grpc.ServerInterceptor):
             started = time.perf_counter()
             correlation_id, correlation_ok = _correlation_id(metadata)
             context.send_initial_metadata(((CORRELATION_ID_KEY, correlation_id),))
-            caller_org = "-"
-            code = grpc.StatusCode.OK
+            call = FinishedCall(method, correlation_id)
             try:
                 if not correlation_ok:
                     raise InvalidArgument.field(f"metadata {CORRELATION_ID_KEY}", "must be a UUID")
                 pem_certificates = context.auth_context().get("x509_pem_cert", [])
-                caller = self._authenticator.authenticate(pem_certificates, metadata or ())
-                caller_org = caller.org_number
-                if caller.supplier is not None:
-                    caller_org += f" via={caller.supplier}"
-                self._authenticator.authorize(method, caller)
-                return behaviour(request, RequestContext(context, caller, correlation_id))
+                call.caller = self._authenticator.authenticate(pem_certificates, metadata or ())
+                self._authenticator.authorize(method, call.caller)
+                wrapped = RequestContext(context, call.caller, correlation_id, call.outcome)
+                return behaviour(request, wrapped)
             except KfrError as error:
-                code, message = _status_for(error, correlation_id)
-                context.abort(code, message)
+                call.code, call.message = _status_for(error, correlation_id)
+                call.violations = getattr(error, "violations", ())
+                context.abort(call.code, call.message)
             except Exception:
-                code = grpc.StatusCode.INTERNAL
                 log.exception("unexpected error correlation_id=%s", correlation_id)
-                context.abort(code, f"internal error; quote correlation-id {correlation_id}")
+                call.code = grpc.StatusCode.INTERNAL
+                call.message = f"internal error; quote correlation-id {correlation_id}"
+                context.abort(call.code, call.message)
             finally:
-                log.info(
-                    "request method=%s caller=%s correlation_id=%s status=%s duration_ms=%.2f",
-                    method,
-                    caller_org,
-                    correlation_id,
-                    code.name,
-                    (time.perf_counter() - started) * 1000,
-                )
+                self._finish(call, started)
 
         return handle
+
+    def _finish(self, call: FinishedCall, started: float) -> None:
+        caller = "-"
+        if call.caller is not None:
+            caller = call.caller.org_number
+            if call.caller.supplier is not None:
+                caller += f" via={call.caller.supplier}"
+        log.info(
+            "request method=%s caller=%s correlation_id=%s status=%s duration_ms=%.2f",
+            call.method,
+            caller,
+            call.correlation_id,
+            call.code.name,
+            (time.perf_counter() - started) * 1000,
+        )
+        if self._recorder is None:
+            return
+        try:
+            self._recorder.record(call)
+        except Exception:  # the call's answer stands; the operator hears about the record
+            log.exception("could not record the call correlation_id=%s", call.correlation_id)
 
 
 def _status_for(error: KfrError, correlation_id: str) -> tuple[grpc.StatusCode, str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
-from kfr_grpc.api.convert import role_to_pb
+from kfr_grpc.api.convert import institution_to_pb, role_to_pb
 from kfr_grpc.api.interceptor import RequestContext
 from kfr_grpc.auth.policy import AccessPolicy
+from kfr_grpc.config import AgencyConfig
 from kfr_grpc.errors import InvalidArgument
 from kfr_grpc.register.service import Register
 
+NOT_ALLOWED_MANDATE = "(not allowed)"
 _ROLE_FILTERS = {pb.ROLE_FILTER_UNSPECIFIED, pb.ROLE_FILTER_ALL, pb.ROLE_FILTER_OWNER_ONLY}
 
 
@@ -20,6 +22,7 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
 
     def Lookup(self, request: pb.LookupRequest, context: RequestContext) -> pb.LookupResponse:
         agency = self._policy.agency(context.caller)
+        context.outcome.mandate = _counted_mandate(agency, request.legal_mandate)
         if request.role_filter not in _ROLE_FILTERS:
             raise InvalidArgument.field("role_filter", f"has unknown value {request.role_filter}")
         query = self._register.parse_lookup(
@@ -43,3 +46,24 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
                 for relation in relations
             ]
         )
+
+    def LookupCollectionAccount(
+        self, request: pb.LookupCollectionAccountRequest, context: RequestContext
+    ) -> pb.LookupCollectionAccountResponse:
+        agency = self._policy.agency(context.caller)
+        context.outcome.mandate = _counted_mandate(agency, request.legal_mandate)
+        query = self._register.parse_collection_account_lookup(
+            account_number=request.account_number,
+            legal_mandate=request.legal_mandate,
+            account_info_request_id=request.account_info_request_id,
+        )
+        self._policy.require_mandate(agency, query.legal_mandate)
+        institutions = self._register.lookup_collection_account(query)
+        return pb.LookupCollectionAccountResponse(
+            institutions=[institution_to_pb(i) for i in institutions]
+        )
+
+
+def _counted_mandate(agency: AgencyConfig, mandate: str) -> str:
+    """The mandate as the lookup counters record it: only ever a configured one."""
+    return mandate.strip() if mandate.strip() in agency.mandates else NOT_ALLOWED_MANDATE

@@ -23,8 +23,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from kfr_grpc.auth.watched import WatchedFiles
 from kfr_grpc.errors import ConfigError
+from kfr_grpc.watched import WatchedFiles
 
 log = logging.getLogger("kfr.jwks")
 

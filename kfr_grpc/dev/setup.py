@@ -12,7 +12,8 @@ from kfr_grpc.config import DEFAULT_LISTEN, load_config
 from kfr_grpc.dev import pki, tokens
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring
-from kfr_grpc.server import open_register
+from kfr_grpc.register.operations import Operations
+from kfr_grpc.server import open_store
 
 # Organisation numbers with valid check digits in the 3xx series, which Tenor uses for
 # synthetic organisations.
@@ -80,9 +81,11 @@ def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSet
     Keyring.generate().save(setup.file("keyring.json"))
     setup.config.write_text(_config_text(listen), encoding="utf-8")
 
-    register, store = open_register(load_config(setup.config), SystemClock())
+    store = open_store(load_config(setup.config))
     try:
-        register.add_institution(TEST_INSTITUTION_ORG, TEST_INSTITUTION_NAME)
+        Operations(store, SystemClock()).add_institution(
+            TEST_INSTITUTION_ORG, TEST_INSTITUTION_NAME
+        )
     finally:
         store.close()
     return setup

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from kfr_grpc.errors import FieldViolation
+from kfr_grpc.register.customer_ids import CustomerId
 
 
 class Role(enum.Enum):
@@ -47,10 +50,40 @@ class RoleHistory:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredHistory:
+    """A role history together with its customer, as maintenance jobs read them."""
+
+    customer: CustomerId
+    institution: str
+    role: Role
+    periods: History
+
+
+@dataclass(frozen=True, slots=True)
 class Institution:
     org_number: str
     name: str
     registered_on: date
+    closed_on: date | None = None  # the institution ceased to exist: no more reports
+    collection_accounts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What the register keeps about one InstitutionService call, for troubleshooting.
+
+    Never a customer ID: rejected items are named by field path and position.
+    """
+
+    correlation_id: str
+    time: datetime
+    method: str
+    institution: str
+    supplier: str | None
+    status: str
+    message: str
+    counts: dict[str, int] = field(default_factory=dict)
+    rejected: tuple[FieldViolation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,40 +9,33 @@ applied entirely or not at all.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import TypeVar
 
 from kfr_grpc.clock import Clock
-from kfr_grpc.errors import (
-    AlreadyExists,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-)
-from kfr_grpc.register.customer_ids import (
-    CustomerId,
-    CustomerKind,
-    parse_customer_id,
-    parse_org_number,
-)
+from kfr_grpc.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from kfr_grpc.register.customer_ids import CustomerId, CustomerKind, parse_customer_id
 from kfr_grpc.register.model import (
     EndResult,
     Institution,
     InstitutionRelation,
     ReportResult,
+    RequestRecord,
     Role,
     RoleHistory,
 )
 from kfr_grpc.register.periods import end_period, start_period
-from kfr_grpc.register.values import InvalidValue, parse_date, parse_uuid, require_text
+from kfr_grpc.register.values import (
+    Violations,
+    parse_account_number,
+    parse_date,
+    parse_uuid,
+    require_text,
+)
 from kfr_grpc.store import Store, StoreView
 
 MAX_ITEMS_PER_CALL = 1000
-
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +65,15 @@ class LookupQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class CollectionAccountQuery:
+    """A validated LookupCollectionAccount request."""
+
+    account: str
+    legal_mandate: str
+    case_reference: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
 class _ParsedReport:
     customer: CustomerId
     role: Role
@@ -85,28 +87,6 @@ class _ParsedEnd:
     end: date
 
 
-class _Violations:
-    """Collects field violations while parsing a request."""
-
-    def __init__(self) -> None:
-        self.found: list[FieldViolation] = []
-
-    def parse(self, field: str, parser: Callable[..., _T], *args: object) -> _T | None:
-        """Returns ``parser(*args)``, or None after noting why it failed."""
-        try:
-            return parser(*args)
-        except InvalidValue as error:
-            self.found.append(FieldViolation(field, str(error)))
-            return None
-
-    def add(self, field: str, reason: str) -> None:
-        self.found.append(FieldViolation(field, reason))
-
-    def raise_if_any(self) -> None:
-        if self.found:
-            raise InvalidArgument(self.found)
-
-
 class Register:
     """The register's rules over a ``Store``. Thread-safe; holds no mutable state."""
 
@@ -115,41 +95,16 @@ class Register:
         self._clock = clock
         self._test_mode = test_mode
 
-    # --- institutions (operator) -------------------------------------------------------
-
-    def add_institution(self, org_number: str, name: str) -> tuple[Institution, bool]:
-        """Registers an institution; returns it and whether it is new.
-
-        Idempotent: adding an institution again under the same name changes nothing.
-        """
-        violations = _Violations()
-        org = violations.parse("org_number", parse_org_number, org_number)
-        clean_name = violations.parse("name", require_text, name)
-        violations.raise_if_any()
-        with self._store.write() as txn:
-            existing = txn.institution(org)
-            if existing is not None and existing.name == clean_name:
-                return existing, False
-            if existing is not None:
-                raise AlreadyExists(f"institution {org} is already registered as {existing.name!r}")
-            institution = Institution(org, clean_name, self._clock.today())
-            txn.put_institution(institution)
-        return institution, True
-
-    def institutions(self) -> list[Institution]:
-        with self._store.read() as view:
-            return list(view.institutions())
-
     # --- institution service ------------------------------------------------------------
 
     def report(self, institution: str, items: Sequence[ReportItem]) -> ReportResult:
         """Registers relationships for ``institution``: all of them, or none."""
-        self._require_registered(institution)
+        self._require_registered(institution, open_for_reports=True)
         parsed = self._parse_report(items)
         registered = 0
         with self._store.write() as txn:
-            _require_registered_in(txn, institution)
-            conflicts = _Violations()
+            _require_registered_in(txn, institution, open_for_reports=True)
+            conflicts = Violations()
             for index, item in enumerate(parsed):
                 history = txn.history(item.customer, institution, item.role)
                 updated = conflicts.parse(
@@ -163,12 +118,12 @@ class Register:
 
     def end(self, institution: str, items: Sequence[EndItem]) -> EndResult:
         """Ends relationships of ``institution``: all of them, or none."""
-        self._require_registered(institution)
+        self._require_registered(institution, open_for_reports=True)
         parsed = self._parse_end(items)
         ended = 0
         with self._store.write() as txn:
-            _require_registered_in(txn, institution)
-            conflicts = _Violations()
+            _require_registered_in(txn, institution, open_for_reports=True)
+            conflicts = Violations()
             missing: list[FieldViolation] = []
             for index, item in enumerate(parsed):
                 histories = {
@@ -195,7 +150,7 @@ class Register:
     def list_own(self, institution: str, customer_id: str) -> list[RoleHistory]:
         """The institution's own role histories with one customer, owner first."""
         self._require_registered(institution)
-        violations = _Violations()
+        violations = Violations()
         customer = violations.parse("customer_id", self._parse_customer, customer_id)
         violations.raise_if_any()
         with self._store.read() as view:
@@ -215,7 +170,7 @@ class Register:
         account_info_request_id: str,
     ) -> LookupQuery:
         today = self._clock.today()
-        violations = _Violations()
+        violations = Violations()
         customer = violations.parse("customer_id", self._parse_customer, customer_id)
         first = violations.parse("from_date", parse_date, from_date, today)
         last = violations.parse("to_date", parse_date, to_date, today)
@@ -253,6 +208,48 @@ class Register:
             for org, roles in sorted(roles_by_org.items())
         ]
 
+    def parse_collection_account_lookup(
+        self, *, account_number: str, legal_mandate: str, account_info_request_id: str
+    ) -> CollectionAccountQuery:
+        violations = Violations()
+        account = violations.parse("account_number", parse_account_number, account_number)
+        mandate = violations.parse("legal_mandate", require_text, legal_mandate)
+        case = violations.parse("account_info_request_id", parse_uuid, account_info_request_id)
+        violations.raise_if_any()
+        return CollectionAccountQuery(account, mandate, case)
+
+    def lookup_collection_account(self, query: CollectionAccountQuery) -> list[Institution]:
+        """The institution using ``query.account`` as a collection account, if any."""
+        with self._store.read() as view:
+            owner = view.collection_account_owner(query.account)
+            institution = view.institution(owner) if owner is not None else None
+        return [institution] if institution is not None else []
+
+    # --- request log ------------------------------------------------------------------------
+
+    def record_request(self, record: RequestRecord) -> None:
+        with self._store.write() as txn:
+            txn.put_request_record(record)
+
+    def request_log(self, institution: str, correlation_id: str) -> list[RequestRecord]:
+        """The records of ``institution``'s calls under ``correlation_id``, oldest first."""
+        self._require_registered(institution)
+        violations = Violations()
+        parsed = violations.parse("correlation_id", parse_uuid, correlation_id)
+        violations.raise_if_any()
+        with self._store.read() as view:
+            records = view.request_records(str(parsed))
+        own = [record for record in records if record.institution == institution]
+        if not own:
+            raise NotFound(
+                [
+                    FieldViolation(
+                        "correlation_id", "no call of your institution is recorded under it"
+                    )
+                ]
+            )
+        return own
+
     # --- parsing --------------------------------------------------------------------------
 
     def _parse_customer(self, raw: str) -> CustomerId:
@@ -261,7 +258,7 @@ class Register:
     def _parse_report(self, items: Sequence[ReportItem]) -> list[_ParsedReport]:
         today = self._clock.today()
         _check_batch_size("relationships", items)
-        violations = _Violations()
+        violations = Violations()
         parsed = []
         for index, item in enumerate(items):
             path = f"relationships[{index}]"
@@ -285,7 +282,7 @@ class Register:
     def _parse_end(self, items: Sequence[EndItem]) -> list[_ParsedEnd]:
         today = self._clock.today()
         _check_batch_size("endings", items)
-        violations = _Violations()
+        violations = Violations()
         parsed = []
         for index, item in enumerate(items):
             path = f"endings[{index}]"
@@ -299,9 +296,9 @@ class Register:
         violations.raise_if_any()
         return parsed
 
-    def _require_registered(self, institution: str) -> None:
+    def _require_registered(self, institution: str, *, open_for_reports: bool = False) -> None:
         with self._store.read() as view:
-            _require_registered_in(view, institution)
+            _require_registered_in(view, institution, open_for_reports=open_for_reports)
 
 
 _NO_SUCH_RELATIONSHIP = "no such relationship at this institution (never reported, or removed)"
@@ -319,11 +316,19 @@ def _check_batch_size(field: str, items: Sequence[object]) -> None:
         )
 
 
-def _require_registered_in(view: StoreView, institution: str) -> None:
-    if view.institution(institution) is None:
+def _require_registered_in(
+    view: StoreView, institution: str, *, open_for_reports: bool = False
+) -> None:
+    registered = view.institution(institution)
+    if registered is None:
         raise PermissionDenied(
             f"institution {institution} is not registered with the register; "
             "ask the register operator to register it before reporting"
+        )
+    if open_for_reports and registered.closed_on is not None:
+        raise PermissionDenied(
+            f"institution {institution} was closed on {registered.closed_on.isoformat()} "
+            "and can no longer report"
         )
 
 

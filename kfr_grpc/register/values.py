@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from datetime import date
+from typing import TypeVar
+
+from stdnum.exceptions import ValidationError
+from stdnum.no import kontonr
+
+from kfr_grpc.errors import FieldViolation, InvalidArgument
+
+_T = TypeVar("_T")
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -44,8 +53,41 @@ def parse_uuid(raw: str) -> uuid.UUID:
         ) from None
 
 
+def parse_account_number(raw: str) -> str:
+    """A Norwegian account number: 11 digits, mod-11 check digit (spaces and dots allowed)."""
+    compact = "".join(raw.split()).replace(".", "")
+    if not (compact.isascii() and compact.isdigit() and len(compact) == 11):
+        raise InvalidValue("must be an 11-digit Norwegian account number")
+    try:
+        return kontonr.validate(compact)
+    except ValidationError:
+        raise InvalidValue("is not a valid account number (check digit)") from None
+
+
 def require_text(raw: str) -> str:
     text = raw.strip()
     if not text:
         raise InvalidValue("is required")
     return text
+
+
+class Violations:
+    """Collects field violations while parsing a request."""
+
+    def __init__(self) -> None:
+        self.found: list[FieldViolation] = []
+
+    def parse(self, field: str, parser: Callable[..., _T], *args: object) -> _T | None:
+        """Returns ``parser(*args)``, or None after noting why it failed."""
+        try:
+            return parser(*args)
+        except InvalidValue as error:
+            self.found.append(FieldViolation(field, str(error)))
+            return None
+
+    def add(self, field: str, reason: str) -> None:
+        self.found.append(FieldViolation(field, reason))
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise InvalidArgument(self.found)

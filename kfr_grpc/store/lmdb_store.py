@@ -1,99 +1,183 @@
 """The register's LMDB environment.
 
-Sub-databases:
-- ``meta``: the store format and the id of the keyring the data was written under, plus
-  a sealed canary proving that keyring's seal key opens this store.
-- ``institutions``: org number (u32 BE) -> sealed institution record.
-- ``relationships``: pseudonymised key (see ``codec``) -> sealed history of one
-  (customer, institution, role).
+Sub-databases (layouts in ``codec``):
+- ``meta``: store format, keyring id, a sealed canary proving the keyring opens the
+  store, and the seal and pseudonym key versions that every new write must use. Writers
+  read those versions inside their own transaction, so a rotation takes effect in every
+  process at the same instant.
+- ``institutions``: org number -> sealed institution record.
+- ``relationships``: pseudonymised key -> sealed history of one (customer, institution,
+  role).
+- ``by_institution``, ``ended_by_date``: indexes over relationship keys (empty values),
+  so that closing an institution costs what it has and retention costs what it deletes.
+- ``collection_accounts``: account number -> sealed org number.
+- ``request_log`` (+ ``request_log_by_time``): sealed records of institutions' calls.
+- ``lookup_counts``: sealed per-day counters of lookups by agency and mandate.
 
-Every value outside ``meta`` is sealed with ``database name || key`` as associated data.
-Several processes (the server, ``kfr institutions …``) may open the same environment;
-LMDB serialises their writers.
+Every value outside ``meta`` and the indexes is sealed with ``database name || key`` as
+associated data. Several processes may open the environment at once (the server, the
+``kfr`` admin commands); LMDB serialises writers.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
 from kfr_grpc.errors import ConfigError, CorruptRecord, StoreFull
-from kfr_grpc.keyring import Keyring, Pseudonymiser, Sealer, SealError
+from kfr_grpc.keyring import (
+    FixedKeyring,
+    Keyring,
+    KeyringProvider,
+    MissingKeyVersion,
+    Pseudonymiser,
+    Sealer,
+    SealError,
+    sealed_version,
+)
 from kfr_grpc.register.customer_ids import CustomerId
-from kfr_grpc.register.model import History, Institution, Role, RoleHistory
+from kfr_grpc.register.model import (
+    History,
+    Institution,
+    RequestRecord,
+    Role,
+    RoleHistory,
+    StoredHistory,
+)
 from kfr_grpc.store import codec
 
-STORE_FORMAT = b"1"
-_META = b"meta"
-_INSTITUTIONS = b"institutions"
-_RELATIONSHIPS = b"relationships"
+STORE_FORMAT = b"2"
+META = b"meta"
+INSTITUTIONS = b"institutions"
+RELATIONSHIPS = b"relationships"
+BY_INSTITUTION = b"by_institution"
+ENDED_BY_DATE = b"ended_by_date"
+COLLECTION_ACCOUNTS = b"collection_accounts"
+REQUEST_LOG = b"request_log"
+REQUEST_LOG_BY_TIME = b"request_log_by_time"
+LOOKUP_COUNTS = b"lookup_counts"
+SEALED_DATABASES = (INSTITUTIONS, RELATIONSHIPS, COLLECTION_ACCOUNTS, REQUEST_LOG, LOOKUP_COUNTS)
+_DATABASES = (*SEALED_DATABASES, BY_INSTITUTION, ENDED_BY_DATE, REQUEST_LOG_BY_TIME)
+
 _FORMAT_KEY = b"format"
 _KEYRING_ID_KEY = b"keyring_id"
-_CANARY_KEY = b"canary"
+CANARY_KEY = b"canary"
 _CANARY = b"kfr store canary"
+SEAL_VERSION_KEY = b"seal_version"
+PSEUDONYM_VERSION_KEY = b"pseudonym_version"
 _MAX_READERS = 1024
+_STORE_FULL = "the register's store is full; the operator must raise store.map_size_mb"
+
+
+def associated_data(database: bytes, key: bytes) -> bytes:
+    return database + b"\x00" + key
+
+
+class _Crypto:
+    """The sealer and pseudonymisers of one keyring version (rebuilt when it changes)."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self.sealer: Sealer = keyring.sealer()
+        self.pseudonymisers: dict[int, Pseudonymiser] = {
+            version: keyring.pseudonymiser(version) for version in keyring.pseudonym.keys
+        }
+
+    def has(self, seal_version: int, pseudonym_version: int) -> bool:
+        return self.sealer.has_version(seal_version) and pseudonym_version in self.pseudonymisers
 
 
 class Store:
     """An open LMDB environment with the register's layout. Thread-safe."""
 
     def __init__(
-        self,
-        env: lmdb.Environment,
-        databases: dict[bytes, object],
-        sealer: Sealer,
-        pseudonymiser: Pseudonymiser,
+        self, env: lmdb.Environment, databases: dict[bytes, Any], keys: KeyringProvider
     ) -> None:
         self._env = env
         self._databases = databases
-        self._sealer = sealer
-        self._pseudonymiser = pseudonymiser
+        self._keys = keys
+        self._crypto = _Crypto(keys.get())
 
     @classmethod
-    def open(cls, path: Path, keyring: Keyring, *, map_size: int) -> Store:
-        """Opens (or creates) the store in ``path``.
+    def open(
+        cls,
+        path: Path,
+        keyring: Keyring | KeyringProvider,
+        *,
+        map_size: int,
+        readonly: bool = False,
+    ) -> Store:
+        """Opens (or, unless ``readonly``, creates) the store in ``path``.
 
         Refuses, before writing anything, a directory written under another keyring.
         """
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = FixedKeyring(keyring) if isinstance(keyring, Keyring) else keyring
+        if readonly and not (path / "data.mdb").is_file():
+            raise ConfigError(f"{path} holds no KFR store (no data.mdb)")
+        if not readonly:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             env = lmdb.open(
                 str(path),
                 map_size=map_size,
-                max_dbs=8,
+                max_dbs=len(_DATABASES) + 1,
                 max_readers=_MAX_READERS,
                 mode=0o600,
                 readahead=False,
+                readonly=readonly,
+                lock=not readonly,
             )
         except lmdb.Error as error:
             raise ConfigError(f"cannot open the data directory {path}: {error}") from None
-        sealer = keyring.sealer()
         try:
-            _check_or_initialise(env, path, keyring, sealer)
-            databases = {name: env.open_db(name) for name in (_INSTITUTIONS, _RELATIONSHIPS)}
+            _check_or_initialise(env, path, keys.get(), readonly=readonly)
+            # Handles opened outside a transaction stay valid for the environment's life
+            # (opening existing databases writes nothing).
+            databases = {name: env.open_db(name, create=False) for name in (*_DATABASES, META)}
         except BaseException:
             env.close()
             raise
-        return cls(env, databases, sealer, keyring.pseudonymiser())
+        return cls(env, databases, keys)
 
     def close(self) -> None:
         self._env.close()
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._current_crypto().keyring
 
     @contextlib.contextmanager
     def read(self) -> Iterator[StoreView]:
         """A consistent snapshot for reading."""
         with self._env.begin(buffers=False) as txn:
-            yield StoreView(self, txn)
+            pseudonym_version = _meta_version(txn, self._databases[META], PSEUDONYM_VERSION_KEY)
+            crypto = self._current_crypto()
+            if pseudonym_version not in crypto.pseudonymisers:
+                crypto = self._refreshed_crypto()
+            yield StoreView(self, txn, crypto)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[StoreTxn]:
         """One write transaction: committed when the block ends, aborted if it raises."""
         txn = self._env.begin(write=True)
         try:
-            yield StoreTxn(self, txn)
+            meta = self._databases[META]
+            seal_version = _meta_version(txn, meta, SEAL_VERSION_KEY)
+            pseudonym_version = _meta_version(txn, meta, PSEUDONYM_VERSION_KEY)
+            crypto = self._current_crypto()
+            if not crypto.has(seal_version, pseudonym_version):
+                crypto = self._refreshed_crypto()
+            if not crypto.has(seal_version, pseudonym_version):
+                raise ConfigError(
+                    f"the store writes with seal key version {seal_version} and pseudonym key "
+                    f"version {pseudonym_version}, but the keyring lacks one of them"
+                )
+            yield StoreTxn(self, txn, crypto, seal_version, pseudonym_version)
         except BaseException:
             txn.abort()
             raise
@@ -102,125 +186,406 @@ class Store:
         except lmdb.MapFullError:
             raise StoreFull(_STORE_FULL) from None
 
-    def _seal(self, database: bytes, key: bytes, plaintext: bytes) -> bytes:
-        return self._sealer.seal(plaintext, database + b"\x00" + key)
+    def copy_to(self, destination: Path) -> None:
+        """A consistent, compacted copy of the environment (a backup), taken while in use."""
+        self._env.copy(str(destination), compact=True)
 
-    def _open(self, database: bytes, key: bytes, sealed: bytes) -> bytes:
-        try:
-            return self._sealer.open(sealed, database + b"\x00" + key)
-        except SealError as error:
-            raise CorruptRecord(f"a {database.decode()} record failed to open: {error}") from None
+    def _current_crypto(self) -> _Crypto:
+        keyring = self._keys.get()
+        crypto = self._crypto
+        if crypto.keyring is not keyring:
+            crypto = self._crypto = _Crypto(keyring)
+        return crypto
 
-
-_STORE_FULL = "the register's store is full; the operator must raise store.map_size_mb"
+    def _refreshed_crypto(self) -> _Crypto:
+        self._keys.refresh()
+        return self._current_crypto()
 
 
 class StoreView:
     """Reads within one transaction."""
 
-    def __init__(self, store: Store, txn: lmdb.Transaction) -> None:
+    def __init__(self, store: Store, txn: lmdb.Transaction, crypto: _Crypto) -> None:
         self._store = store
         self._txn = txn
+        self._crypto = crypto
+        self._db = store._databases
+
+    # --- relationships ---------------------------------------------------------------------
 
     def relationship_count(self) -> int:
         """How many (customer, institution, role) records the store holds."""
-        return self._txn.stat(self._store._databases[_RELATIONSHIPS])["entries"]
+        return self._txn.stat(self._db[RELATIONSHIPS])["entries"]
 
-    def institution(self, org_number: str) -> Institution | None:
-        key = codec.org_key(org_number)
-        sealed = self._txn.get(key, db=self._store._databases[_INSTITUTIONS])
-        if sealed is None:
-            return None
-        return codec.decode_institution(org_number, self._store._open(_INSTITUTIONS, key, sealed))
-
-    def institutions(self) -> Iterator[Institution]:
-        cursor = self._txn.cursor(db=self._store._databases[_INSTITUTIONS])
-        for key, sealed in cursor:
-            plaintext = self._store._open(_INSTITUTIONS, key, sealed)
-            yield codec.decode_institution(codec.org_from_key(key), plaintext)
+    def sealed_value_count(self) -> int:
+        return sum(self._txn.stat(self._db[name])["entries"] for name in SEALED_DATABASES)
 
     def relationships(
         self, customer: CustomerId, institution: str | None = None
     ) -> Iterator[RoleHistory]:
-        """Every role history of ``customer`` (at ``institution``, if given): a range read."""
-        pseudonym = self._store._pseudonymiser.pseudonym(customer.digits)
-        prefix = codec.relationship_prefix(pseudonym, institution)
-        cursor = self._txn.cursor(db=self._store._databases[_RELATIONSHIPS])
-        if not cursor.set_range(prefix):
-            return
-        for key, sealed in cursor:
-            if not key.startswith(prefix):
-                return
-            org_number, role = codec.split_relationship_key(key)
-            _, history = codec.decode_relationship(self._store._open(_RELATIONSHIPS, key, sealed))
-            yield RoleHistory(org_number, role, history)
+        """Every role history of ``customer`` (at ``institution``, if given): range reads."""
+        for version, pseudonymiser in self._pseudonymisers():
+            pseudonym = pseudonymiser.pseudonym(customer.digits)
+            prefix = codec.relationship_prefix(version, pseudonym, institution)
+            for key, sealed in self._range(RELATIONSHIPS, prefix):
+                _, org_number, role = codec.split_relationship_key(key)
+                _, history = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
+                yield RoleHistory(org_number, role, history)
 
     def history(self, customer: CustomerId, institution: str, role: Role) -> History:
         """The periods of one (customer, institution, role); empty if never reported."""
-        key = self._relationship_key(customer, institution, role)
-        sealed = self._txn.get(key, db=self._store._databases[_RELATIONSHIPS])
-        if sealed is None:
-            return ()
-        _, history = codec.decode_relationship(self._store._open(_RELATIONSHIPS, key, sealed))
-        return history
+        located = self._locate(customer, institution, role)
+        return located[1] if located is not None else ()
 
-    def _relationship_key(self, customer: CustomerId, institution: str, role: Role) -> bytes:
-        pseudonym = self._store._pseudonymiser.pseudonym(customer.digits)
-        return codec.relationship_key(pseudonym, institution, role)
+    def institution_histories(self, institution: str) -> Iterator[StoredHistory]:
+        """Every relationship of ``institution``, through the by-institution index."""
+        for index_key, _ in self._range(BY_INSTITUTION, codec.org_key(institution)):
+            yield self.stored_history(codec.relationship_of_index_key(index_key))
+
+    def ended_entries(
+        self, before: date, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, date, bytes]]:
+        """Up to ``limit`` entries of the ended-periods index with an end date before
+        ``before``, from the one after ``after``: (index key, end date, relationship key)."""
+        cursor = self._txn.cursor(db=self._db[ENDED_BY_DATE])
+        positioned = cursor.set_range(after) if after is not None else cursor.first()
+        if positioned and after is not None and cursor.key() == after:
+            positioned = cursor.next()
+        first_kept = codec.day_key(before)
+        entries = []
+        while positioned and len(entries) < limit:
+            index_key = cursor.key()
+            if index_key >= first_kept:
+                break
+            entries.append(
+                (index_key, codec.day_of(index_key), codec.relationship_of_index_key(index_key))
+            )
+            positioned = cursor.next()
+        return entries
+
+    def stored_history(self, key: bytes) -> StoredHistory:
+        sealed = self._txn.get(key, db=self._db[RELATIONSHIPS])
+        if sealed is None:
+            raise CorruptRecord("an index names a relationship that does not exist")
+        _, institution, role = codec.split_relationship_key(key)
+        customer, history = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
+        return StoredHistory(customer, institution, role, history)
+
+    def _locate(
+        self, customer: CustomerId, institution: str, role: Role
+    ) -> tuple[bytes, History] | None:
+        """Where the record is stored (under whichever pseudonym version) and its history."""
+        for version, pseudonymiser in self._pseudonymisers():
+            pseudonym = pseudonymiser.pseudonym(customer.digits)
+            key = codec.relationship_key(version, pseudonym, institution, role)
+            sealed = self._txn.get(key, db=self._db[RELATIONSHIPS])
+            if sealed is not None:
+                _, history = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
+                return key, history
+        return None
+
+    def _pseudonymisers(self) -> list[tuple[int, Pseudonymiser]]:
+        """Every pseudonym version that may hold data, newest first."""
+        return sorted(self._crypto.pseudonymisers.items(), reverse=True)
+
+    # --- institutions and collection accounts ------------------------------------------------
+
+    def institution(self, org_number: str) -> Institution | None:
+        key = codec.org_key(org_number)
+        sealed = self._txn.get(key, db=self._db[INSTITUTIONS])
+        if sealed is None:
+            return None
+        return codec.decode_institution(org_number, self._open(INSTITUTIONS, key, sealed))
+
+    def institutions(self) -> Iterator[Institution]:
+        for key, sealed in self._txn.cursor(db=self._db[INSTITUTIONS]):
+            plaintext = self._open(INSTITUTIONS, key, sealed)
+            yield codec.decode_institution(codec.org_from_key(key), plaintext)
+
+    def collection_account_owner(self, account: str) -> str | None:
+        key = account.encode("ascii")
+        sealed = self._txn.get(key, db=self._db[COLLECTION_ACCOUNTS])
+        if sealed is None:
+            return None
+        return self._open(COLLECTION_ACCOUNTS, key, sealed).decode("ascii")
+
+    # --- request log and counters -------------------------------------------------------------
+
+    def request_records(self, correlation_id: str) -> list[RequestRecord]:
+        """Every record under ``correlation_id``, oldest first."""
+        return [
+            codec.decode_request(self._open(REQUEST_LOG, key, sealed))
+            for key, sealed in self._range(REQUEST_LOG, codec.request_prefix(correlation_id))
+        ]
+
+    def count_request_records_before(self, before: datetime) -> int:
+        return len(self._request_time_keys_before(before, limit=None))
+
+    def _request_time_keys_before(self, before: datetime, limit: int | None) -> list[bytes]:
+        first_kept = codec.time_key(before)
+        keys = []
+        for time_key in self._txn.cursor(db=self._db[REQUEST_LOG_BY_TIME]).iternext(values=False):
+            if time_key >= first_kept or (limit is not None and len(keys) >= limit):
+                break
+            keys.append(time_key)
+        return keys
+
+    def lookup_counts(self) -> Iterator[tuple[date, str, str, dict[str, int]]]:
+        """(day, agency, mandate, counts by status) for every counted day."""
+        for key, sealed in self._txn.cursor(db=self._db[LOOKUP_COUNTS]):
+            day, agency, mandate = codec.split_lookup_count_key(key)
+            yield day, agency, mandate, codec.decode_counts(self._open(LOOKUP_COUNTS, key, sealed))
+
+    # --- sealing --------------------------------------------------------------------------------
+
+    def _range(self, database: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(db=self._db[database])
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def _open(self, database: bytes, key: bytes, sealed: bytes) -> bytes:
+        try:
+            return self._crypto.sealer.open(sealed, associated_data(database, key))
+        except MissingKeyVersion:
+            self._crypto = self._store._refreshed_crypto()  # a newer keyring may have it
+        except SealError as error:
+            raise CorruptRecord(f"a {database.decode()} record failed to open: {error}") from None
+        try:
+            return self._crypto.sealer.open(sealed, associated_data(database, key))
+        except SealError as error:
+            raise CorruptRecord(f"a {database.decode()} record failed to open: {error}") from None
 
 
 class StoreTxn(StoreView):
     """Reads and writes within one write transaction."""
 
+    def __init__(
+        self,
+        store: Store,
+        txn: lmdb.Transaction,
+        crypto: _Crypto,
+        seal_version: int,
+        pseudonym_version: int,
+    ) -> None:
+        super().__init__(store, txn, crypto)
+        self.seal_version = seal_version
+        self.pseudonym_version = pseudonym_version
+        self._located: dict[tuple[str, str, Role], tuple[bytes, History] | None] = {}
+
+    # --- relationships -------------------------------------------------------------------------
+
     def put_history(
         self, customer: CustomerId, institution: str, role: Role, history: History
     ) -> None:
-        key = self._relationship_key(customer, institution, role)
-        plaintext = codec.encode_relationship(customer.digits, history)
-        self._put(_RELATIONSHIPS, key, plaintext)
+        """Stores ``history`` (an empty one deletes the record), keeping the indexes in step.
+
+        A record found under an older pseudonym version moves to the current one.
+        """
+        located = self._locate(customer, institution, role)
+        pseudonym = self._crypto.pseudonymisers[self.pseudonym_version].pseudonym(customer.digits)
+        key = codec.relationship_key(self.pseudonym_version, pseudonym, institution, role)
+        previous: History = ()
+        if located is not None and located[0] != key:
+            self._delete_relationship(*located)
+        elif located is not None:
+            previous = located[1]
+        if not history:
+            if located is not None and located[0] == key:
+                self._delete_relationship(key, previous)
+            self._located[(customer.digits, institution, role)] = None
+            return
+        self._put(RELATIONSHIPS, key, codec.encode_relationship(customer, history))
+        if located is None or located[0] != key:
+            self._put_index(BY_INSTITUTION, codec.institution_index_key(key))
+        old_ended, new_ended = codec.ended_keys(key, previous), codec.ended_keys(key, history)
+        for index_key in old_ended - new_ended:
+            self._txn.delete(index_key, db=self._db[ENDED_BY_DATE])
+        for index_key in new_ended - old_ended:
+            self._put_index(ENDED_BY_DATE, index_key)
+        self._located[(customer.digits, institution, role)] = (key, history)
+
+    def move_relationship(self, key: bytes) -> None:
+        """Moves one record to the current pseudonym version (key rotation)."""
+        stored = self.stored_history(key)
+        located = self._locate(stored.customer, stored.institution, stored.role)
+        if located is not None and located[0] != key:
+            self._delete_relationship(key, stored.periods)  # a newer copy wins
+            return
+        self.put_history(stored.customer, stored.institution, stored.role, stored.periods)
+
+    def relationships_under_old_pseudonyms(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` relationship keys made with another than the current version."""
+        keys = []
+        for key in self._txn.cursor(db=self._db[RELATIONSHIPS]).iternext(values=False):
+            if key[0] == self.pseudonym_version:
+                continue
+            keys.append(key)
+            if len(keys) >= limit:
+                break
+        return keys
+
+    def _locate(
+        self, customer: CustomerId, institution: str, role: Role
+    ) -> tuple[bytes, History] | None:
+        memo = (customer.digits, institution, role)
+        if memo not in self._located:
+            self._located[memo] = super()._locate(customer, institution, role)
+        return self._located[memo]
+
+    def drop_ended_entry(self, index_key: bytes) -> None:
+        """Removes an ended-periods index entry whose period is gone (never expected)."""
+        self._txn.delete(index_key, db=self._db[ENDED_BY_DATE])
+
+    def _delete_relationship(self, key: bytes, history: History) -> None:
+        self._txn.delete(key, db=self._db[RELATIONSHIPS])
+        self._txn.delete(codec.institution_index_key(key), db=self._db[BY_INSTITUTION])
+        for index_key in codec.ended_keys(key, history):
+            self._txn.delete(index_key, db=self._db[ENDED_BY_DATE])
+
+    # --- institutions and collection accounts ----------------------------------------------------
 
     def put_institution(self, institution: Institution) -> None:
         key = codec.org_key(institution.org_number)
-        self._put(_INSTITUTIONS, key, codec.encode_institution(institution))
+        self._put(INSTITUTIONS, key, codec.encode_institution(institution))
+
+    def put_collection_account(self, account: str, org_number: str) -> None:
+        self._put(COLLECTION_ACCOUNTS, account.encode("ascii"), org_number.encode("ascii"))
+
+    def delete_collection_account(self, account: str) -> None:
+        self._txn.delete(account.encode("ascii"), db=self._db[COLLECTION_ACCOUNTS])
+
+    # --- request log and counters ----------------------------------------------------------------
+
+    def put_request_record(self, record: RequestRecord) -> None:
+        key = codec.request_key(record)
+        self._put(REQUEST_LOG, key, codec.encode_request(record))
+        self._put_index(REQUEST_LOG_BY_TIME, codec.request_time_key(key))
+
+    def expire_request_records(self, before: datetime, limit: int) -> int:
+        """Deletes up to ``limit`` request log records older than ``before``."""
+        expired = self._request_time_keys_before(before, limit)
+        for time_key in expired:
+            self._txn.delete(time_key, db=self._db[REQUEST_LOG_BY_TIME])
+            self._txn.delete(codec.request_of_time_key(time_key), db=self._db[REQUEST_LOG])
+        return len(expired)
+
+    def add_lookup_counts(
+        self, day: date, agency: str, mandate: str, counts: dict[str, int]
+    ) -> None:
+        key = codec.lookup_count_key(day, agency, mandate)
+        sealed = self._txn.get(key, db=self._db[LOOKUP_COUNTS])
+        total = codec.decode_counts(self._open(LOOKUP_COUNTS, key, sealed)) if sealed else {}
+        for status, count in counts.items():
+            total[status] = total.get(status, 0) + count
+        self._put(LOOKUP_COUNTS, key, codec.encode_counts(total))
+
+    # --- key rotation ---------------------------------------------------------------------------
+
+    def set_write_versions(self, *, seal: int | None = None, pseudonym: int | None = None) -> None:
+        """Makes every later write, in every process, use these key versions."""
+        meta = self._db[META]
+        if seal is not None:
+            self._txn.put(SEAL_VERSION_KEY, str(seal).encode(), db=meta)
+        if pseudonym is not None:
+            self._txn.put(PSEUDONYM_VERSION_KEY, str(pseudonym).encode(), db=meta)
+
+    def reseal_batch(
+        self, database: bytes, after: bytes | None, limit: int
+    ) -> tuple[bytes | None, int, int]:
+        """Re-seals values not under the current seal version, from the key after ``after``.
+
+        Returns the last key looked at (None once the database is done), how many values
+        were looked at and how many were re-sealed.
+        """
+        cursor = self._txn.cursor(db=self._db[database])
+        positioned = cursor.set_range(after) if after is not None else cursor.first()
+        if positioned and after is not None and cursor.key() == after:
+            positioned = cursor.next()
+        batch: list[tuple[bytes, bytes]] = []
+        while positioned and len(batch) < limit:
+            batch.append((cursor.key(), cursor.value()))
+            positioned = cursor.next()
+        stale = [(k, v) for k, v in batch if sealed_version(v) != self.seal_version]
+        for key, sealed in stale:
+            self._put(database, key, self._open(database, key, sealed))
+        last = batch[-1][0] if batch and positioned else None
+        return last, len(batch), len(stale)
+
+    def seal_versions_in_use(self) -> set[int]:
+        """Every seal key version some value is sealed with (a scan of the whole store)."""
+        versions = {sealed_version(self._txn.get(CANARY_KEY, db=self._db[META]))}
+        for database in SEALED_DATABASES:
+            for sealed in self._txn.cursor(db=self._db[database]).iternext(keys=False):
+                versions.add(sealed_version(sealed))
+        return versions
+
+    def reseal_canary(self) -> None:
+        meta = self._db[META]
+        canary = self._crypto.sealer.seal(
+            _CANARY, associated_data(META, CANARY_KEY), self.seal_version
+        )
+        self._txn.put(CANARY_KEY, canary, db=meta)
+
+    # --- writing ----------------------------------------------------------------------------------
 
     def _put(self, database: bytes, key: bytes, plaintext: bytes) -> None:
-        sealed = self._store._seal(database, key, plaintext)
+        sealed = self._crypto.sealer.seal(
+            plaintext, associated_data(database, key), self.seal_version
+        )
         try:
-            self._txn.put(key, sealed, db=self._store._databases[database])
+            self._txn.put(key, sealed, db=self._db[database])
+        except lmdb.MapFullError:
+            raise StoreFull(_STORE_FULL) from None
+
+    def _put_index(self, database: bytes, key: bytes) -> None:
+        try:
+            self._txn.put(key, b"", db=self._db[database])
         except lmdb.MapFullError:
             raise StoreFull(_STORE_FULL) from None
 
 
+def _meta_version(txn: lmdb.Transaction, meta: Any, key: bytes) -> int:
+    return int(txn.get(key, db=meta))
+
+
 def _check_or_initialise(
-    env: lmdb.Environment, path: Path, keyring: Keyring, sealer: Sealer
+    env: lmdb.Environment, path: Path, keyring: Keyring, *, readonly: bool
 ) -> None:
     """Verifies the store belongs to ``keyring``, or stamps a new, empty store with it."""
     with env.begin() as txn:
         try:
-            meta = env.open_db(_META, txn=txn, create=False)
+            meta = env.open_db(META, txn=txn, create=False)
         except lmdb.NotFoundError:
             meta = None
             is_empty = env.stat()["entries"] == 0
         else:
-            _verify_meta(txn, meta, path, keyring, sealer)
+            _verify_meta(txn, meta, path, keyring)
     if meta is not None:
         return
-    if not is_empty:
+    if readonly or not is_empty:
         raise ConfigError(f"{path} holds an LMDB environment that is not a KFR store")
+    sealer = keyring.sealer()
     with env.begin(write=True) as txn:
-        meta = env.open_db(_META, txn=txn)
+        meta = env.open_db(META, txn=txn)
+        for name in _DATABASES:
+            env.open_db(name, txn=txn)
         txn.put(_FORMAT_KEY, STORE_FORMAT, db=meta)
         txn.put(_KEYRING_ID_KEY, keyring.id.encode("ascii"), db=meta)
-        txn.put(_CANARY_KEY, sealer.seal(_CANARY, _META + b"\x00" + _CANARY_KEY), db=meta)
+        txn.put(CANARY_KEY, sealer.seal(_CANARY, associated_data(META, CANARY_KEY)), db=meta)
+        txn.put(SEAL_VERSION_KEY, str(keyring.seal.primary).encode(), db=meta)
+        txn.put(PSEUDONYM_VERSION_KEY, str(keyring.pseudonym.primary).encode(), db=meta)
 
 
-def _verify_meta(
-    txn: lmdb.Transaction, meta: object, path: Path, keyring: Keyring, sealer: Sealer
-) -> None:
+def _verify_meta(txn: lmdb.Transaction, meta: Any, path: Path, keyring: Keyring) -> None:
     store_format = txn.get(_FORMAT_KEY, db=meta)
     if store_format != STORE_FORMAT:
         raise ConfigError(
-            f"{path} has store format {store_format!r}; this version of kfr reads {STORE_FORMAT!r}"
+            f"{path} has store format {store_format!r}; this version of kfr reads "
+            f"{STORE_FORMAT!r}. Restore a backup made by a matching version, or start afresh."
         )
     written_under = (txn.get(_KEYRING_ID_KEY, db=meta) or b"").decode("ascii", "replace")
     if written_under != keyring.id:
@@ -230,7 +595,9 @@ def _verify_meta(
             "directory was created with."
         )
     try:
-        sealer.open(txn.get(_CANARY_KEY, db=meta) or b"", _META + b"\x00" + _CANARY_KEY)
+        keyring.sealer().open(
+            txn.get(CANARY_KEY, db=meta) or b"", associated_data(META, CANARY_KEY)
+        )
     except SealError:
         raise ConfigError(
             f"the keyring's seal keys do not open {path} (keyring id {keyring.id} matches, but "

@@ -1,0 +1,252 @@
+"""Operator commands: the server, keys, institutions, retention, backups, statistics."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from kfr_grpc.cli.common import (
+    CONFIG_OPTION,
+    fail,
+    kfr_errors,
+    load,
+    main,
+    opened_store,
+    operations,
+)
+from kfr_grpc.keyring import Keyring
+from kfr_grpc.server import KfrServer
+from kfr_grpc.store import backup as backups
+from kfr_grpc.store import keys as key_rotation
+
+# --- server --------------------------------------------------------------------------------
+
+
+@main.command()
+@CONFIG_OPTION
+def serve(config_path: Path) -> None:
+    """Run the server until SIGTERM or SIGINT."""
+    config = load(config_path)
+    logging.basicConfig(
+        level=config.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    with kfr_errors():
+        server = KfrServer(config)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    server.start()
+    stopping.wait()
+    server.stop()
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Manage the keyring (the register's secrets) and rotate keys."""
+
+
+@keys.command("init")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def keys_init(path: Path) -> None:
+    """Create a new keyring file at PATH (mode 0600). Keep it outside the data directory."""
+    keyring = Keyring.generate()
+    with kfr_errors():
+        keyring.save(path)
+    click.echo(f"keyring {keyring.id} written to {path}")
+    click.echo("Back it up apart from the data: without it the data cannot be read.")
+
+
+@keys.command("rotate")
+@click.option("--pseudonym", is_flag=True, help="Rotate the pseudonym key instead of the seal key.")
+@CONFIG_OPTION
+def keys_rotate(pseudonym: bool, config_path: Path) -> None:
+    """Add a new key version; new writes use it at once (the server too, no restart)."""
+    config = load(config_path)
+    with opened_store(config) as store, kfr_errors():
+        version = key_rotation.rotate(store, config.keyring, pseudonym=pseudonym)
+    purpose, follow_up = ("pseudonym", "repseudonymise") if pseudonym else ("seal", "reseal")
+    click.echo(f"{purpose} key version {version} added to {config.keyring} and in use")
+    click.echo(f"back up the keyring now; then run `kfr keys {follow_up}` to move old data")
+
+
+@keys.command("reseal")
+@CONFIG_OPTION
+def keys_reseal(config_path: Path) -> None:
+    """Re-seal every value with the current seal key, then retire unused key versions."""
+    config = load(config_path)
+    with opened_store(config) as store, kfr_errors():
+        with store.read() as view:
+            total = view.sealed_value_count()
+        with click.progressbar(length=total, label="re-sealing", file=sys.stderr) as bar:
+            result = key_rotation.reseal(store, config.keyring, progress=bar.update)
+    click.echo(f"looked at {result.examined} values, re-sealed {result.changed}")
+    click.echo(f"retired seal key versions: {_versions(result.retired)}")
+
+
+@keys.command("repseudonymise")
+@CONFIG_OPTION
+def keys_repseudonymise(config_path: Path) -> None:
+    """Rebuild the index under the current pseudonym key (resumable), then retire old keys.
+
+    The server keeps answering correctly while this runs; if it is interrupted, run it
+    again and it continues where it stopped.
+    """
+    config = load(config_path)
+    with opened_store(config) as store, kfr_errors():
+        with store.read() as view:
+            total = view.relationship_count()
+        with click.progressbar(length=total, label="re-pseudonymising", file=sys.stderr) as bar:
+            result = key_rotation.repseudonymise(store, config.keyring, progress=bar.update)
+    click.echo(f"moved {result.changed} relationships to the current pseudonym key")
+    if not result.finished:
+        fail("new writes under old keys arrived meanwhile; run the command again to finish")
+    click.echo(f"retired pseudonym key versions: {_versions(result.retired)}")
+
+
+def _versions(versions: tuple[int, ...]) -> str:
+    return ", ".join(str(v) for v in versions) or "none"
+
+
+# --- institutions ---------------------------------------------------------------------------
+
+
+@main.group()
+def institutions() -> None:
+    """Register, list and close the institutions that may report."""
+
+
+@institutions.command("add")
+@click.argument("org_number")
+@click.argument("name")
+@CONFIG_OPTION
+def institutions_add(org_number: str, name: str, config_path: Path) -> None:
+    """Register institution ORG_NUMBER under NAME (works while the server runs).
+
+    Adding an institution again under the same name changes nothing.
+    """
+    with operations(config_path) as ops, kfr_errors():
+        institution, created = ops.add_institution(org_number, name)
+    state = "registered" if created else "already registered:"
+    click.echo(f"{state} {institution.org_number} {institution.name}")
+
+
+@institutions.command("list")
+@CONFIG_OPTION
+def institutions_list(config_path: Path) -> None:
+    """List institutions: org number, registered, closed (or -), name."""
+    with operations(config_path) as ops, kfr_errors():
+        for institution in ops.institutions():
+            closed = institution.closed_on.isoformat() if institution.closed_on else "-"
+            registered = institution.registered_on.isoformat()
+            click.echo(f"{institution.org_number}\t{registered}\t{closed}\t{institution.name}")
+
+
+@institutions.command("close")
+@click.argument("org_number")
+@click.option("--date", "day", required=True, help="The day it ceased to exist, YYYY-MM-DD.")
+@CONFIG_OPTION
+def institutions_close(org_number: str, day: str, config_path: Path) -> None:
+    """The institution ceased to exist: end all its relationships on DATE (one transaction).
+
+    It can no longer report; lookups show its history until retention removes it.
+    """
+    with operations(config_path) as ops, kfr_errors():
+        result = ops.close_institution(org_number, day)
+    click.echo(f"closed {org_number} on {day}: {result.ended} active relationships ended")
+
+
+@institutions.command("collection-accounts")
+@click.argument("org_number")
+@click.option("--set", "accounts", multiple=True, help="An account number (repeat for more).")
+@click.option("--clear", is_flag=True, help="Remove all of them.")
+@CONFIG_OPTION
+def institutions_collection_accounts(
+    org_number: str, accounts: tuple[str, ...], clear: bool, config_path: Path
+) -> None:
+    """Show, or with --set replace, the institution's collection account numbers."""
+    with operations(config_path) as ops, kfr_errors():
+        if accounts or clear:
+            if accounts and clear:
+                fail("give either --set or --clear")
+            institution = ops.set_collection_accounts(org_number, accounts)
+        else:
+            institution = next((i for i in ops.institutions() if i.org_number == org_number), None)
+            if institution is None:
+                fail(f"institution {org_number} is not registered")
+    for account in institution.collection_accounts:
+        click.echo(account)
+
+
+# --- retention, backups, statistics ----------------------------------------------------------
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@CONFIG_OPTION
+def purge(dry_run: bool, config_path: Path) -> None:
+    """Remove periods that ended more than ten years ago, and expired request records."""
+    with operations(config_path) as ops, kfr_errors():
+        result = ops.purge(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {result.periods_removed} periods that ended before {result.cutoff.isoformat()} "
+        f"({result.relationships_removed} relationships left without any) and "
+        f"{result.request_records_removed} expired request log records"
+    )
+
+
+@main.command()
+@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@CONFIG_OPTION
+def backup(destination: Path, config_path: Path) -> None:
+    """Write a consistent, compacted copy of the store to DESTINATION (server may run).
+
+    The copy is sealed like the live store; the keyring is never included.
+    """
+    config = load(config_path)
+    if destination.resolve().is_relative_to(config.data_dir):
+        fail("the backup destination must not lie inside data_dir")
+    with opened_store(config) as store, kfr_errors():
+        result = backups.backup(store, destination, store.keyring)
+    click.echo(
+        f"backup in {result.path}: {result.bytes} bytes, {result.relationships} relationships, "
+        f"{result.institutions} institutions (keyring {store.keyring.id}, not included)"
+    )
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@CONFIG_OPTION
+def restore(source: Path, config_path: Path) -> None:
+    """Replace the store with the backup in SOURCE (stop the server first)."""
+    config = load(config_path)
+    with kfr_errors():
+        keyring = Keyring.load(config.keyring)
+        result, kept_aside = backups.restore(source, config.data_dir, keyring)
+    if kept_aside is not None:
+        click.echo(f"the previous store was moved to {kept_aside}")
+    click.echo(
+        f"restored {result.relationships} relationships and {result.institutions} institutions "
+        f"into {config.data_dir}"
+    )
+
+
+@main.command("lookup-counts")
+@CONFIG_OPTION
+def lookup_counts(config_path: Path) -> None:
+    """Agency lookups per day, agency, mandate and outcome (all that lookups leave behind)."""
+    config = load(config_path)
+    with opened_store(config) as store, kfr_errors(), store.read() as view:
+        for day, agency, mandate, counts in view.lookup_counts():
+            outcome = " ".join(f"{status}={count}" for status, count in sorted(counts.items()))
+            click.echo(f"{day.isoformat()}\t{agency}\t{mandate}\t{outcome}")

@@ -1,0 +1,267 @@
+"""Client commands: call a KFR server through the generated stubs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import grpc
+from cryptography import x509
+from google.protobuf import json_format
+
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.auth.certificates import org_number_from_certificate
+from kfr_grpc.cli.common import DEV_OPTION, fail, kfr_errors, main
+from kfr_grpc.client import KfrClient, correlation_id_of, new_metadata, secure_channel
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.config import load_config
+from kfr_grpc.dev.setup import SIGNING_KEY_NAME, DevSetup
+
+
+def _pem_option(name: str, envvar: str, what: str) -> Callable:
+    return click.option(
+        name,
+        required=True,
+        envvar=envvar,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help=f"{what} (env {envvar}).",
+    )
+
+
+def _client_options(command: Callable) -> Callable:
+    options = [
+        click.option(
+            "--target",
+            default="localhost:50051",
+            envvar="KFR_TARGET",
+            show_default=True,
+            help="Server host:port (env KFR_TARGET).",
+        ),
+        _pem_option("--ca", "KFR_CA", "CA bundle that signed the server's certificate"),
+        _pem_option("--cert", "KFR_CERT", "Your client certificate"),
+        _pem_option("--key", "KFR_KEY", "Your client certificate's private key"),
+        click.option(
+            "--correlation-id", default=None, help="UUID for this request; one is made when absent."
+        ),
+        click.option(
+            "--token",
+            default=None,
+            envvar="KFR_TOKEN",
+            help="Access token (JWT) to send (env KFR_TOKEN). Without it, a dev setup "
+            "(--dev) mints one for your certificate's organisation.",
+        ),
+        DEV_OPTION,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _call(
+    options: dict[str, Any], audience: str, invoke: Callable[[KfrClient, tuple], tuple]
+) -> None:
+    """Runs one RPC, prints the response as JSON and the correlation id on stderr.
+
+    ``audience`` ("institution" or "agency") picks the scope of a dev-minted token.
+    """
+    channel = secure_channel(
+        options["target"],
+        ca=options["ca"],
+        cert=options["cert"],
+        key=options["key"],
+        token=options["token"] or _dev_token(options, audience),
+    )
+    client = KfrClient(channel)
+    metadata = new_metadata(options["correlation_id"])
+    try:
+        response, call = invoke(client, metadata)
+    except grpc.RpcError as error:
+        correlation = correlation_id_of(error) or dict(metadata).get("correlation-id", "")
+        click.echo(f"correlation-id: {correlation}", err=True)
+        fail(f"{error.code().name}: {error.details()}")
+    finally:
+        client.close()
+    click.echo(f"correlation-id: {correlation_id_of(call)}", err=True)
+    click.echo(
+        json_format.MessageToJson(
+            response,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+            ensure_ascii=False,
+        )
+    )
+
+
+def _dev_token(options: dict[str, Any], audience: str) -> str:
+    """A token from the dev setup for the client certificate's organisation, bound to it."""
+    setup = DevSetup(options["dev_dir"].expanduser())
+    if not setup.file(SIGNING_KEY_NAME).is_file():
+        fail("no access token: pass --token, or --dev with a `kfr dev init` directory")
+    certificate = options["cert"].read_bytes()
+    with kfr_errors():
+        issuer = setup.token_issuer()
+        settings = load_config(setup.config).tokens
+    scope = settings.institution_scope if audience == "institution" else settings.agency_scope
+    return issuer.mint(
+        _org_number_of(certificate), scope, now=SystemClock().now(), cnf_certificate=certificate
+    )
+
+
+def _org_number_of(certificate_pem: bytes) -> str:
+    with kfr_errors():
+        return org_number_from_certificate(x509.load_pem_x509_certificate(certificate_pem))
+
+
+def _customer_ids(ids: tuple[str, ...], ids_file: Any) -> list[str]:
+    """IDs from the command line, or one per line from --ids-from (keeps them out of `ps`)."""
+    collected = list(ids)
+    if ids_file is not None:
+        collected += [line.strip() for line in ids_file if line.strip()]
+    if not collected:
+        fail("give customer IDs as arguments or with --ids-from FILE ('-' for stdin)")
+    return collected
+
+
+_ROLE_CHOICE = {"owner": pb.ROLE_OWNER, "disponent": pb.ROLE_DISPONENT}
+_IDS_FROM = click.option(
+    "--ids-from",
+    "ids_file",
+    type=click.File("r"),
+    default=None,
+    help="Read customer IDs from FILE, one per line ('-' for stdin).",
+)
+
+
+@main.command()
+@_client_options
+@click.option("--institution", required=True, help="Your organisation number.")
+@click.option("--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True)
+@click.option("--start-date", default="", help="YYYY-MM-DD; default today.")
+@_IDS_FROM
+@click.argument("customer_ids", nargs=-1)
+def report(
+    institution: str,
+    role: str,
+    start_date: str,
+    ids_file: Any,
+    customer_ids: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Report new relationships (at most 1000 per call; all or nothing)."""
+    request = pb.ReportRequest(
+        institution_org_number=institution,
+        relationships=[
+            pb.Relationship(customer_id=customer, role=_ROLE_CHOICE[role], start_date=start_date)
+            for customer in _customer_ids(customer_ids, ids_file)
+        ],
+    )
+    _call(options, "institution", lambda c, m: c.institutions.Report.with_call(request, metadata=m))
+
+
+@main.command()
+@_client_options
+@click.option("--institution", required=True, help="Your organisation number.")
+@click.option("--role", type=click.Choice([*_ROLE_CHOICE, "all"]), default="all", show_default=True)
+@click.option("--end-date", default="", help="YYYY-MM-DD; default today.")
+@_IDS_FROM
+@click.argument("customer_ids", nargs=-1)
+def end(
+    institution: str,
+    role: str,
+    end_date: str,
+    ids_file: Any,
+    customer_ids: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """End relationships (at most 1000 per call; all or nothing)."""
+    request = pb.EndRequest(
+        institution_org_number=institution,
+        endings=[
+            pb.Ending(
+                customer_id=customer,
+                role=_ROLE_CHOICE.get(role, pb.ROLE_UNSPECIFIED),
+                end_date=end_date,
+            )
+            for customer in _customer_ids(customer_ids, ids_file)
+        ],
+    )
+    _call(options, "institution", lambda c, m: c.institutions.End.with_call(request, metadata=m))
+
+
+@main.command("list-own")
+@_client_options
+@click.option("--institution", required=True, help="Your organisation number.")
+@click.argument("customer_id")
+def list_own(institution: str, customer_id: str, **options: Any) -> None:
+    """Show your own relationships with one customer, every period."""
+    request = pb.ListOwnRequest(institution_org_number=institution, customer_id=customer_id)
+    _call(
+        options, "institution", lambda c, m: c.institutions.ListOwn.with_call(request, metadata=m)
+    )
+
+
+@main.command()
+@_client_options
+@click.option("--from", "from_date", default="", help="First day, YYYY-MM-DD; default today.")
+@click.option("--to", "to_date", default="", help="Last day, YYYY-MM-DD; default today.")
+@click.option("--owner-only", is_flag=True, help="Only relationships where the customer is owner.")
+@click.option("--mandate", required=True, help="The legal mandate for this lookup.")
+@click.option("--case-ref", default=None, help="Your case reference (UUID); default a new one.")
+@click.argument("customer_id")
+def lookup(
+    customer_id: str,
+    from_date: str,
+    to_date: str,
+    owner_only: bool,
+    mandate: str,
+    case_ref: str | None,
+    **options: Any,
+) -> None:
+    """Find the institutions where a customer has or had a relationship (agencies)."""
+    request = pb.LookupRequest(
+        customer_id=customer_id,
+        from_date=from_date,
+        to_date=to_date,
+        role_filter=pb.ROLE_FILTER_OWNER_ONLY if owner_only else pb.ROLE_FILTER_ALL,
+        legal_mandate=mandate,
+        account_info_request_id=case_ref or str(uuid.uuid4()),
+    )
+    _call(options, "agency", lambda c, m: c.lookups.Lookup.with_call(request, metadata=m))
+
+
+@main.command("lookup-account")
+@_client_options
+@click.option("--mandate", required=True, help="The legal mandate for this lookup.")
+@click.option("--case-ref", default=None, help="Your case reference (UUID); default a new one.")
+@click.argument("account_number")
+def lookup_account(account_number: str, mandate: str, case_ref: str | None, **options: Any) -> None:
+    """Find the institution that uses ACCOUNT_NUMBER as a collection account (agencies)."""
+    request = pb.LookupCollectionAccountRequest(
+        account_number=account_number,
+        legal_mandate=mandate,
+        account_info_request_id=case_ref or str(uuid.uuid4()),
+    )
+    _call(
+        options,
+        "agency",
+        lambda c, m: c.lookups.LookupCollectionAccount.with_call(request, metadata=m),
+    )
+
+
+@main.command("request-log")
+@_client_options
+@click.option("--institution", required=True, help="Your organisation number.")
+@click.argument("correlation_id")
+def request_log(institution: str, correlation_id: str, **options: Any) -> None:
+    """Show what the register recorded about your call CORRELATION_ID (troubleshooting)."""
+    request = pb.GetRequestLogRequest(
+        institution_org_number=institution, correlation_id=correlation_id
+    )
+    _call(
+        options,
+        "institution",
+        lambda c, m: c.institutions.GetRequestLog.with_call(request, metadata=m),
+    )

@@ -1,0 +1,77 @@
+"""Shared pieces of the ``kfr`` command: the group, options, error handling, store access."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.config import Config, load_config
+from kfr_grpc.errors import KfrError
+from kfr_grpc.register.operations import Operations
+from kfr_grpc.server import open_store, operations_for
+from kfr_grpc.store import Store
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    envvar="KFR_CONFIG",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The server's TOML configuration file (env KFR_CONFIG).",
+)
+
+DEV_OPTION = click.option(
+    "--dev",
+    "dev_dir",
+    default=str(Path("~/.kfr-dev")),
+    envvar="KFR_DEV",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A `kfr dev init` directory, used to mint tokens (env KFR_DEV).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """KFR: the customer relationship register."""
+
+
+def fail(message: str) -> NoReturn:
+    raise click.ClickException(message)
+
+
+@contextmanager
+def kfr_errors() -> Iterator[None]:
+    """Turns the register's errors into a one-line message and exit status 1."""
+    try:
+        yield
+    except KfrError as error:
+        fail(str(error))
+
+
+def load(config_path: Path) -> Config:
+    with kfr_errors():
+        return load_config(config_path)
+
+
+@contextmanager
+def opened_store(config: Config) -> Iterator[Store]:
+    """The configured store, following keyring rotations, closed afterwards."""
+    with kfr_errors():
+        store = open_store(config, follow_keyring=True)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@contextmanager
+def operations(config_path: Path) -> Iterator[Operations]:
+    config = load(config_path)
+    with opened_store(config) as store:
+        yield operations_for(config, store, SystemClock())

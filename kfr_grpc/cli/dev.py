@@ -1,0 +1,87 @@
+"""``kfr dev …``: local development tooling."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import click
+
+from kfr_grpc.cli.common import DEV_OPTION, kfr_errors, main
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
+from kfr_grpc.dev.synthetic import synthetic_person_id
+
+
+@main.group()
+def dev() -> None:
+    """Local development tooling."""
+
+
+@dev.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--listen", default="127.0.0.1:50051", show_default=True, help="host:port to serve on."
+)
+def dev_init(directory: Path, listen: str) -> None:
+    """Create a complete local setup in DIRECTORY (certificates, keyring, config, store)."""
+    with kfr_errors():
+        setup = create_dev_setup(directory, listen=listen)
+    click.echo(f"dev setup written to {setup.directory}")
+    click.echo(f"  config:      {setup.config}")
+    click.echo(f"  institution: {TEST_INSTITUTION_ORG} (institution.crt/.key), registered")
+    click.echo(f"  agency:      {TEST_AGENCY_ORG} (agency.crt/.key)")
+    click.echo(f"start the server with: kfr serve --config {setup.config}")
+
+
+@dev.command("ids")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--seed", type=int, default=None, help="Make the same IDs every time.")
+@click.option("--d-number", is_flag=True, help="Synthetic D-numbers instead.")
+def dev_ids(count: int, seed: int | None, d_number: bool) -> None:
+    """Print synthetic (Tenor-style) fødselsnumre, accepted by a server in test mode only."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        click.echo(synthetic_person_id(rng, d_number=d_number))
+
+
+@dev.command("token")
+@click.option("--org", "org_number", required=True, help="The consumer: whom the call is for.")
+@click.option(
+    "--scope", required=True, help="Space-separated scopes, e.g. bits:kundeforhold.write."
+)
+@click.option("--supplier", default=None, help="A vendor's org number acting for --org.")
+@click.option("--ttl", default=120, show_default=True, type=click.IntRange(1), help="Seconds.")
+@click.option(
+    "--cnf-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Bind the token to this client certificate (cnf x5t#S256).",
+)
+@DEV_OPTION
+def dev_token(
+    org_number: str, scope: str, supplier: str | None, ttl: int, cnf_cert: Path | None,
+    dev_dir: Path,
+) -> None:  # fmt: skip
+    """Print an access token signed by the dev setup's stand-in for Maskinporten."""
+    with kfr_errors():
+        issuer = DevSetup(dev_dir.expanduser()).token_issuer()
+    click.echo(
+        issuer.mint(
+            org_number,
+            scope,
+            now=SystemClock().now(),
+            supplier=supplier,
+            ttl=ttl,
+            cnf_certificate=cnf_cert.read_bytes() if cnf_cert else None,
+        )
+    )
+
+
+@dev.command("revoke")
+@click.argument("certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@DEV_OPTION
+def dev_revoke(certificate: Path, dev_dir: Path) -> None:
+    """Revoke CERTIFICATE in the dev CA's CRL (the server picks it up without restart)."""
+    serial = DevSetup(dev_dir.expanduser()).revoke(certificate)
+    click.echo(f"revoked serial {serial:x} in {dev_dir / 'ca.crl'}")

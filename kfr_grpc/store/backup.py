@@ -1,0 +1,94 @@
+"""Backups and restores of the LMDB environment.
+
+A backup is LMDB's own consistent, compacted copy, taken from a read transaction while
+the server runs and writes: everything committed before the copy began is in it. It is
+exactly as protected as the live store (pseudonymised keys, sealed values) and never
+holds the keyring. A restore needs the server stopped and the same keyring.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from kfr_grpc.errors import ConfigError
+from kfr_grpc.keyring import Keyring
+from kfr_grpc.store.lmdb_store import Store
+
+DATA_FILE = "data.mdb"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    path: Path
+    bytes: int
+    relationships: int
+    institutions: int
+
+
+def backup(store: Store, destination: Path, keyring: Keyring) -> CopyResult:
+    """Copies the live store into ``destination`` (a new or empty directory)."""
+    if destination.exists() and any(destination.iterdir()):
+        raise ConfigError(f"backup destination {destination} is not empty")
+    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store.copy_to(destination)
+    os.chmod(destination / DATA_FILE, 0o600)
+    return verify(destination, keyring)
+
+
+def verify(directory: Path, keyring: Keyring) -> CopyResult:
+    """Opens a copy read-only under ``keyring`` and counts what it holds."""
+    size = (directory / DATA_FILE).stat().st_size
+    copy = Store.open(directory, keyring, map_size=max(size, 1 << 20), readonly=True)
+    try:
+        with copy.read() as view:
+            return CopyResult(
+                directory, size, view.relationship_count(), sum(1 for _ in view.institutions())
+            )
+    finally:
+        copy.close()
+
+
+def restore(source: Path, data_dir: Path, keyring: Keyring) -> tuple[CopyResult, Path | None]:
+    """Replaces the store in ``data_dir`` with the backup in ``source``.
+
+    Refuses while any process has the store open. The current store is kept aside, not
+    deleted: returns where it went (None if there was none).
+    """
+    if _in_use(data_dir):
+        raise ConfigError(f"{data_dir} is in use (is the server running?); stop it first")
+    verify(source, keyring)  # refuses a copy this keyring cannot open
+    kept_aside = None
+    if data_dir.exists() and any(data_dir.iterdir()):
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        kept_aside = data_dir.with_name(f"{data_dir.name}.before-restore-{stamp}")
+        data_dir.rename(kept_aside)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = data_dir / f"{DATA_FILE}.restoring"
+    shutil.copyfile(source / DATA_FILE, temporary)
+    os.chmod(temporary, 0o600)
+    with open(temporary, "rb") as copied:
+        os.fsync(copied.fileno())
+    temporary.replace(data_dir / DATA_FILE)
+    return verify(data_dir, keyring), kept_aside
+
+
+def _in_use(data_dir: Path) -> bool:
+    """True when some process has the LMDB environment open (it holds lock.mdb's lock)."""
+    lock_file = data_dir / "lock.mdb"
+    if not lock_file.exists():
+        return False
+    descriptor = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(descriptor, fcntl.LOCK_UN, 1, 0)
+        return False
+    finally:
+        os.close(descriptor)
