@@ -165,13 +165,22 @@ def server_factory(
     servers: list[RunningServer] = []
 
     def make(
-        *, test_mode: bool = True, clock: FixedClock | None = None, tokens_toml: str = ""
+        *,
+        test_mode: bool = True,
+        clock: FixedClock | None = None,
+        tokens_toml: str = "",
+        maintenance_toml: str = "",
     ) -> RunningServer:
-        """A started server; ``tokens_toml`` adds lines to its [tokens] table."""
+        """A started server; the ``*_toml`` lines go into its [tokens] / [maintenance]."""
         directory = tmp_path / f"server{len(servers)}"
         directory.mkdir()
         config_path = write_config(
-            directory, test_pki, keyring_path, test_mode=test_mode, tokens=tokens_toml
+            directory,
+            test_pki,
+            keyring_path,
+            test_mode=test_mode,
+            tokens=tokens_toml,
+            maintenance=maintenance_toml,
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)

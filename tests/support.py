@@ -168,7 +168,13 @@ class RunningServer:
 
 
 def write_config(
-    directory: Path, test_pki: Pki, keyring_path: Path, *, test_mode: bool, tokens: str
+    directory: Path,
+    test_pki: Pki,
+    keyring_path: Path,
+    *,
+    test_mode: bool,
+    tokens: str,
+    maintenance: str = "",
 ) -> Path:
     path = directory / "kfr.toml"
     path.write_text(
@@ -194,6 +200,9 @@ threads = 4
 grace_seconds = 1
 file_check_seconds = 0
 
+[maintenance]
+{maintenance}
+
 [[agencies]]
 org_number = "{AGENCY_ORG}"
 name = "Testetaten"
@@ -210,3 +219,18 @@ owner_only = true
     (directory / "client-ca.pem").write_bytes(test_pki.ca.read_bytes())
     (directory / "ca.crl").write_bytes(pki.make_crl(test_pki.authority))
     return path
+
+
+def dump_store(store) -> dict[tuple[bytes, bytes], bytes]:
+    """Every record of every database, sealed values opened: (database, key) -> bytes."""
+    from kfr_grpc.store.lmdb_store import _DATABASES, META, SEALED_DATABASES, associated_data
+
+    records = {}
+    with store.read() as view:
+        txn, sealer = view._txn, view._crypto.sealer
+        for name in (*_DATABASES, META):
+            for key, value in txn.cursor(db=store._databases[name]):
+                if name in SEALED_DATABASES:
+                    value = sealer.open(value, associated_data(name, key))
+                records[(name, key)] = value
+    return records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -301,3 +302,65 @@ def test_client_commands_without_token_or_dev_setup_say_what_to_do(tmp_path: Pat
     )  # fmt: skip
     assert result.exit_code == 1
     assert "pass --token" in result.output
+
+
+def test_operator_commands_against_a_running_server(served: ServerProcess, ids, tmp_path: Path):
+    config = str(served.directory / "kfr.toml")
+    customer = ids.person()
+    reported = served.client("institution", "report", "--institution", TEST_INSTITUTION_ORG,
+                             "--start-date", "2020-01-01", "--correlation-id",
+                             "6f1c2f3e-1111-4a4a-9b9b-123456789abc", customer)  # fmt: skip
+    assert _json(reported)["registered_count"] == 1
+
+    # Keys rotate under the running server; it keeps reading and writing.
+    for command in (["keys", "rotate"], ["keys", "rotate", "--pseudonym"], ["keys", "reseal"],
+                    ["keys", "repseudonymise"]):  # fmt: skip
+        result = run(*command, "--config", config)
+        assert result.exit_code == 0, result.output
+    assert "retired pseudonym key versions: 1" in result.output
+    found = served.client(
+        "agency", "lookup", "--from", "2020-01-01", "--mandate", TEST_MANDATE, customer
+    )
+    assert _json(found)["institutions"][0]["org_number"] == TEST_INSTITUTION_ORG
+    assert _json(served.client("institution", "report", "--institution", TEST_INSTITUTION_ORG,
+                               ids.person()))["registered_count"] == 1  # fmt: skip
+
+    # The request log of the first call, through the client command.
+    log = _json(served.client("institution", "request-log", "--institution", TEST_INSTITUTION_ORG,
+                              "6f1c2f3e-1111-4a4a-9b9b-123456789abc"))  # fmt: skip
+    assert log["records"][0]["counts"] == {"registered": 1, "already_registered": 0}
+
+    # Collection accounts.
+    assert run("institutions", "collection-accounts", TEST_INSTITUTION_ORG, "--set", "86011117947",
+               "--config", config).exit_code == 0  # fmt: skip
+    owner = served.client("agency", "lookup-account", "--mandate", TEST_MANDATE, "8601.11.17947")
+    assert _json(owner)["institutions"] == [
+        {"org_number": TEST_INSTITUTION_ORG, "name": TEST_INSTITUTION_NAME}
+    ]
+
+    # Retention and closure.
+    dry = run("purge", "--dry-run", "--config", config)
+    assert dry.exit_code == 0 and dry.output.startswith("would remove 0 periods")
+    closed = run(
+        "institutions", "close", TEST_INSTITUTION_ORG, "--date", "2026-01-31", "--config", config
+    )
+    assert closed.exit_code == 1 and "before the start" in closed.output  # one began today
+    today = datetime.date.today().isoformat()
+    closed = run("institutions", "close", TEST_INSTITUTION_ORG, "--date", today, "--config", config)
+    assert closed.exit_code == 0 and "2 active relationships ended" in closed.output
+    listed = run("institutions", "list", "--config", config).output
+    assert f"{TEST_INSTITUTION_ORG}\t{today}\t{today}\t{TEST_INSTITUTION_NAME}" in listed
+    refused = served.client(
+        "institution", "report", "--institution", TEST_INSTITUTION_ORG, ids.person()
+    )
+    assert refused.exit_code == 1 and "closed on" in refused.output
+
+    # Backups: taken while it runs; a restore must wait for it to stop.
+    backup_dir = tmp_path / "backup"
+    assert run("backup", str(backup_dir), "--config", config).exit_code == 0
+    refused = run("restore", str(backup_dir), "--config", config)
+    assert refused.exit_code == 1 and "is in use" in refused.output
+    assert served.terminate() == 0  # stores the lookup counters on the way out
+    counts = run("lookup-counts", "--config", config)
+    assert f"{TEST_AGENCY_ORG}\t{TEST_MANDATE}\tOK=2" in counts.output
+    assert run("restore", str(backup_dir), "--config", config).exit_code == 0

@@ -254,12 +254,10 @@ def lookup_account(account_number: str, mandate: str, case_ref: str | None, **op
 @main.command("request-log")
 @_client_options
 @click.option("--institution", required=True, help="Your organisation number.")
-@click.argument("correlation_id")
-def request_log(institution: str, correlation_id: str, **options: Any) -> None:
+@click.argument("logged_id", metavar="CORRELATION_ID")
+def request_log(institution: str, logged_id: str, **options: Any) -> None:
     """Show what the register recorded about your call CORRELATION_ID (troubleshooting)."""
-    request = pb.GetRequestLogRequest(
-        institution_org_number=institution, correlation_id=correlation_id
-    )
+    request = pb.GetRequestLogRequest(institution_org_number=institution, correlation_id=logged_id)
     _call(
         options,
         "institution",

@@ -12,12 +12,13 @@ a new pseudonym key.
 Index keys (values empty):
 - by institution: ``org (u32 BE) | relationship key``
 - ended by date: ``end date ordinal (u32 BE) | relationship key``, one per ended period
-- request log by time: ``time ns (u64 BE) | correlation id (16)``
+- request log by time: ``time ns (u64 BE) | correlation id (16) | random (4)``
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import uuid
 from datetime import UTC, date, datetime
@@ -33,6 +34,7 @@ _ORG = struct.Struct(">I")
 _RELATIONSHIP_KEY = struct.Struct(">B32sIB")
 _DAY = struct.Struct(">I")
 _TIME = struct.Struct(">Q")
+_SEQUENCE = struct.Struct(">H")
 _HEADER = struct.Struct(">BB")
 _COUNT = struct.Struct(">H")
 _PERIOD = struct.Struct(">II")
@@ -152,8 +154,16 @@ def _nanoseconds(moment: datetime) -> int:
     return int(moment.timestamp() * 1_000_000) * 1000
 
 
-def request_key(record: RequestRecord) -> bytes:
-    return uuid.UUID(record.correlation_id).bytes + _TIME.pack(_nanoseconds(record.time))
+def request_key(record: RequestRecord, sequence: int) -> bytes:
+    """``correlation id (16) | time ns (8) | sequence (u16) | 2 random bytes``.
+
+    Retries under one correlation id get a record each, in order even within one clock
+    tick (``sequence`` counts the writer's records); the random bytes keep two processes
+    writing in the same nanosecond apart.
+    """
+    moment = _TIME.pack(_nanoseconds(record.time))
+    suffix = _SEQUENCE.pack(sequence & 0xFFFF) + os.urandom(2)
+    return uuid.UUID(record.correlation_id).bytes + moment + suffix
 
 
 def request_prefix(correlation_id: str) -> bytes:
@@ -161,12 +171,12 @@ def request_prefix(correlation_id: str) -> bytes:
 
 
 def request_time_key(request: bytes) -> bytes:
-    """The by-time index key of the request log entry stored under ``request``."""
-    return request[16:] + request[:16]
+    """The by-time index key (``time | correlation id | random``) of a request log key."""
+    return request[16:24] + request[:16] + request[24:]
 
 
 def request_of_time_key(time_key: bytes) -> bytes:
-    return time_key[8:] + time_key[:8]
+    return time_key[8:24] + time_key[:8] + time_key[24:]
 
 
 def time_key(moment: datetime) -> bytes:

@@ -22,6 +22,7 @@ associated data. Several processes may open the environment at once (the server,
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -102,6 +103,7 @@ class Store:
         self._databases = databases
         self._keys = keys
         self._crypto = _Crypto(keys.get())
+        self._request_sequence = itertools.count()
 
     @classmethod
     def open(
@@ -461,7 +463,7 @@ class StoreTxn(StoreView):
     # --- request log and counters ----------------------------------------------------------------
 
     def put_request_record(self, record: RequestRecord) -> None:
-        key = codec.request_key(record)
+        key = codec.request_key(record, next(self._store._request_sequence))
         self._put(REQUEST_LOG, key, codec.encode_request(record))
         self._put_index(REQUEST_LOG_BY_TIME, codec.request_time_key(key))
 

@@ -1,0 +1,200 @@
+"""Key rotation on a populated store: seal and pseudonym keys, interrupted and resumed,
+with every Lookup and ListOwn answer compared with the answers before rotation."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.clock import FixedClock
+from kfr_grpc.keyring import Keyring, KeyringFile
+from kfr_grpc.register.model import Role
+from kfr_grpc.register.operations import Operations
+from kfr_grpc.register.service import EndItem, Register, ReportItem
+from kfr_grpc.store import Store
+from kfr_grpc.store import keys as rotation
+from kfr_grpc.store.lmdb_store import BY_INSTITUTION, ENDED_BY_DATE, RELATIONSHIPS
+from tests.support import INSTITUTION_ORG, OTHER_INSTITUTION_ORG, dump_store
+from tests.test_server import list_own, lookup, report
+
+TODAY = date(2026, 6, 15)
+BANKS = ("311000004", "313000001")
+
+
+@pytest.fixture
+def keyring_path(tmp_path: Path) -> Path:
+    path = tmp_path / "secrets" / "keyring.json"
+    path.parent.mkdir()
+    Keyring.generate().save(path)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path, keyring_path: Path):
+    opened = Store.open(
+        tmp_path / "data", KeyringFile(keyring_path, check_seconds=0), map_size=1 << 28
+    )
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def populated(store, ids) -> tuple[Register, list[str]]:
+    """300 customers with varied histories at two banks, plus the other kinds of record."""
+    clock = FixedClock.on(TODAY)
+    operations = Operations(store, clock)
+    for bank in BANKS:
+        operations.add_institution(bank, f"Bank {bank}")
+    operations.set_collection_accounts(BANKS[0], ["86011117947"])
+    register = Register(store, clock, test_mode=True)
+    rng = random.Random(4)
+    customers = [ids.person() for _ in range(280)] + [ids.company() for _ in range(20)]
+    for customer in customers:
+        for bank in rng.sample(BANKS, rng.randint(1, 2)):
+            register.report(bank, [ReportItem(customer, Role.OWNER, "2015-03-01")])
+            if rng.random() < 0.5:
+                register.end(bank, [EndItem(customer, Role.OWNER, "2018-01-01")])
+                if rng.random() < 0.5:
+                    register.report(bank, [ReportItem(customer, Role.OWNER, "2020-01-01")])
+    return register, customers
+
+
+def answers(register: Register, customers: list[str]) -> list:
+    """Every Lookup and ListOwn answer for ``customers``."""
+    result = []
+    for customer in customers:
+        query = register.parse_lookup(
+            customer_id=customer,
+            from_date="2010-01-01",
+            to_date="",
+            owner_only=False,
+            legal_mandate="m",
+            account_info_request_id=str(uuid.uuid4()),
+        )
+        result.append(register.lookup(query))
+        result.append([register.list_own(bank, customer) for bank in BANKS])
+    return result
+
+
+def assert_indexes_consistent(store: Store) -> None:
+    """Every relationship is in the by-institution index, every ended period in the
+    ended-by-date index, and the indexes name nothing else."""
+    from kfr_grpc.store import codec
+
+    records = dump_store(store)
+    relationships = {k: v for (db, k), v in records.items() if db == RELATIONSHIPS}
+    by_institution = {k for (db, k) in records if db == BY_INSTITUTION}
+    ended = {k for (db, k) in records if db == ENDED_BY_DATE}
+    expected_ended = set()
+    for key, value in relationships.items():
+        expected_ended |= codec.ended_keys(key, codec.decode_relationship(value)[1])
+    assert by_institution == {codec.institution_index_key(key) for key in relationships}
+    assert ended == expected_ended
+
+
+def test_seal_rotation_keeps_everything_readable_and_retires_the_old_key(
+    populated, store, keyring_path, ids
+):
+    register, customers = populated
+    before = answers(register, customers)
+    assert rotation.rotate(store, keyring_path, pseudonym=False) == 2
+    with store.write() as txn:
+        assert txn.seal_version == 2
+        assert txn.seal_versions_in_use() == {1}
+    assert answers(register, customers) == before  # old values still open
+
+    register.report(BANKS[0], [ReportItem(ids.person(), Role.OWNER, "2026-01-01")])
+    with store.write() as txn:
+        assert txn.seal_versions_in_use() == {1, 2}  # new writes use version 2
+
+    result = rotation.reseal(store, keyring_path)
+    assert result.finished and result.retired == (1,)
+    assert result.changed > len(customers)  # relationships, institutions, accounts...
+    with store.write() as txn:
+        assert txn.seal_versions_in_use() == {2}
+    assert set(Keyring.load(keyring_path).seal.keys) == {2}
+    assert answers(register, customers) == before
+
+
+def test_rotating_both_keys_interrupted_once_gives_the_same_answers(populated, store, keyring_path):
+    register, customers = populated
+    before = answers(register, customers)
+    rotation.rotate(store, keyring_path, pseudonym=False)
+    rotation.rotate(store, keyring_path, pseudonym=True)
+
+    stopped = rotation.repseudonymise(store, keyring_path, batch=100, stop_after_batches=1)
+    assert not stopped.finished and stopped.changed == 100
+    assert answers(register, customers) == before  # half moved: still right
+    assert_indexes_consistent(store)
+
+    finished = rotation.repseudonymise(store, keyring_path, batch=100)
+    assert finished.finished and finished.retired == (1,)
+    rotation.reseal(store, keyring_path)
+    assert answers(register, customers) == before
+    assert_indexes_consistent(store)
+    relationship_keys = [k for (db, k) in dump_store(store) if db == RELATIONSHIPS]
+    assert {key[0] for key in relationship_keys} == {2}
+    keyring = Keyring.load(keyring_path)
+    assert (set(keyring.seal.keys), set(keyring.pseudonym.keys)) == ({2}, {2})
+
+
+def test_writes_during_repseudonymisation_land_under_the_new_key(populated, store, keyring_path):
+    register, customers = populated
+    rotation.rotate(store, keyring_path, pseudonym=True)
+    rotation.repseudonymise(store, keyring_path, batch=50, stop_after_batches=1)
+    # Customers still under the old key get their relationships ended: the records move.
+    at_bank = [
+        c
+        for c in customers
+        if any(h.periods[-1].end is None for h in register.list_own(BANKS[1], c))
+    ]
+    register.end(BANKS[1], [EndItem(c, None, "2026-06-01") for c in at_bank])
+    rotation.repseudonymise(store, keyring_path)
+    for customer in at_bank:
+        (history,) = register.list_own(BANKS[1], customer)
+        assert history.periods[-1].end == date(2026, 6, 1)
+    assert_indexes_consistent(store)
+
+
+def test_retention_and_closure_still_work_after_repseudonymisation(populated, store, keyring_path):
+    rotation.rotate(store, keyring_path, pseudonym=True)
+    rotation.repseudonymise(store, keyring_path)
+    operations = Operations(store, FixedClock.on(date(2030, 1, 2)))
+    assert operations.purge().periods_removed > 0  # the ended-by-date index was rebuilt
+    result = Operations(store, FixedClock.on(TODAY)).close_institution(BANKS[0], "2026-06-01")
+    assert result.examined > 0
+    assert_indexes_consistent(store)
+
+
+def test_the_server_answers_correctly_while_keys_rotate(server, ids):
+    institution = server.client(server.pki.institution)
+    agency = server.client(server.pki.agency)
+    customers = [ids.person() for _ in range(120)]
+    for offset in range(0, len(customers), 40):
+        batch = [(c, pb.ROLE_OWNER, "2020-01-01") for c in customers[offset : offset + 40]]
+        report(institution, INSTITUTION_ORG, *batch)
+    report(server.client(server.pki.other_institution), OTHER_INSTITUTION_ORG,
+           (customers[0], pb.ROLE_DISPONENT, "2021-01-01"))  # fmt: skip
+
+    def everything() -> list:
+        return [lookup(agency, c) for c in customers] + [
+            list_own(institution, INSTITUTION_ORG, c) for c in customers[:10]
+        ]
+
+    before = everything()
+    store, keyring_path = server.server.store, server.keyring_path
+    rotation.rotate(store, keyring_path, pseudonym=False)
+    rotation.rotate(store, keyring_path, pseudonym=True)
+    during = []
+    rotation.repseudonymise(
+        store, keyring_path, batch=30, progress=lambda _: during.append(everything() == before)
+    )
+    rotation.reseal(store, keyring_path)
+    assert during and all(during)
+    assert everything() == before
+    report(institution, INSTITUTION_ORG, (ids.person(), pb.ROLE_OWNER, ""))  # writes still work
