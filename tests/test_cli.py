@@ -331,8 +331,10 @@ def test_operator_commands_against_a_running_server(served: ServerProcess, ids, 
     assert log["records"][0]["counts"] == {"registered": 1, "already_registered": 0}
 
     # Collection accounts.
-    assert run("institutions", "collection-accounts", TEST_INSTITUTION_ORG, "--set", "86011117947",
-               "--config", config).exit_code == 0  # fmt: skip
+    accounts = ["86011117947", "12345678903"]
+    command = ["institutions", "collection-accounts", TEST_INSTITUTION_ORG]
+    assert run(*command, "--set", *accounts, "--config", config).output.split() == accounts
+    assert run(*command, "--config", config).output.split() == accounts
     owner = served.client("agency", "lookup-account", "--mandate", TEST_MANDATE, "8601.11.17947")
     assert _json(owner)["institutions"] == [
         {"org_number": TEST_INSTITUTION_ORG, "name": TEST_INSTITUTION_NAME}

@@ -167,17 +167,21 @@ def institutions_close(org_number: str, day: str, config_path: Path) -> None:
 
 @institutions.command("collection-accounts")
 @click.argument("org_number")
-@click.option("--set", "accounts", multiple=True, help="An account number (repeat for more).")
+@click.argument("accounts", nargs=-1, metavar="[ACCOUNT]...")
+@click.option("--set", "replace", is_flag=True, help="Replace the list with the ACCOUNTs given.")
 @click.option("--clear", is_flag=True, help="Remove all of them.")
 @CONFIG_OPTION
 def institutions_collection_accounts(
-    org_number: str, accounts: tuple[str, ...], clear: bool, config_path: Path
+    org_number: str, accounts: tuple[str, ...], replace: bool, clear: bool, config_path: Path
 ) -> None:
-    """Show, or with --set replace, the institution's collection account numbers."""
+    """Show the institution's collection account numbers, or replace them:
+    `kfr institutions collection-accounts ORG_NUMBER --set ACCOUNT...`."""
+    if replace == clear and (replace or accounts):
+        fail("give --set ACCOUNT... or --clear")
+    if (replace and not accounts) or (accounts and not replace):
+        fail("give --set ACCOUNT... (at least one account), or --clear")
     with operations(config_path) as ops, kfr_errors():
-        if accounts or clear:
-            if accounts and clear:
-                fail("give either --set or --clear")
+        if replace or clear:
             institution = ops.set_collection_accounts(org_number, accounts)
         else:
             institution = next((i for i in ops.institutions() if i.org_number == org_number), None)
