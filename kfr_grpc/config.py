@@ -6,6 +6,7 @@ keys are errors, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ class Config:
     threads: int = DEFAULT_THREADS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     file_check_seconds: float = DEFAULT_FILE_CHECK_SECONDS
+    validation_processes: int = 1
     maintenance: MaintenanceConfig = MaintenanceConfig()
     log_level: str = "INFO"
 
@@ -99,10 +101,15 @@ _TOKEN_KEYS = {
     "jwks_ca", "jwks_min_refresh_seconds", "cache_size",
 }  # fmt: skip
 _STORE_KEYS = {"map_size_mb"}
-_SERVER_KEYS = {"threads", "grace_seconds", "file_check_seconds"}
+_SERVER_KEYS = {"threads", "grace_seconds", "file_check_seconds", "validation_processes"}
 _MAINTENANCE_KEYS = {"request_log_days", "purge_interval_seconds", "lookup_counts_flush_seconds"}
 _AGENCY_KEYS = {"org_number", "name", "mandates", "owner_only"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+def _default_validation_processes() -> int:
+    """One helper process for bulk-load validation when there is a second core."""
+    return 1 if (os.cpu_count() or 1) > 1 else 0
 
 
 def load_config(path: Path) -> Config:
@@ -152,6 +159,9 @@ class _Reader:
             grace_seconds=self._seconds(server, "grace_seconds", DEFAULT_GRACE_SECONDS, "server."),
             file_check_seconds=self._seconds(
                 server, "file_check_seconds", DEFAULT_FILE_CHECK_SECONDS, "server."
+            ),
+            validation_processes=self._count(
+                server, "validation_processes", _default_validation_processes(), "server."
             ),
             maintenance=self._maintenance(maintenance),
             log_level=self._get(document, "log_level", str, "INFO").upper(),
@@ -246,6 +256,12 @@ class _Reader:
         value = table[key]
         if not isinstance(value, kind) or (kind in (int, (int, float)) and isinstance(value, bool)):
             raise self._error(prefix + key, f"has the wrong type ({type(value).__name__})")
+        return value
+
+    def _count(self, table: dict, key: str, default: int, prefix: str) -> int:
+        value = self._get(table, key, int, default, prefix)
+        if value < 0:
+            raise self._error(prefix + key, "must not be negative")
         return value
 
     def _positive(self, table: dict, key: str, default: int, prefix: str) -> int:

@@ -20,6 +20,7 @@ class FieldViolation:
 
     field: str
     reason: str
+    code: str = "INVALID_VALUE"  # a word for programs: DATE_IN_FUTURE, CUSTOMER_ID_CHECKSUM…
 
     def __str__(self) -> str:
         return f"{self.field}: {self.reason}"
@@ -43,8 +44,8 @@ class InvalidArgument(KfrError):
         super().__init__(_describe(self.violations))
 
     @classmethod
-    def field(cls, field: str, reason: str) -> InvalidArgument:
-        return cls([FieldViolation(field, reason)])
+    def field(cls, field: str, reason: str, code: str = "INVALID_VALUE") -> InvalidArgument:
+        return cls([FieldViolation(field, reason, code)])
 
 
 class NotFound(KfrError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from concurrent import futures
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -165,8 +167,9 @@ class KfrServer:
             interceptors=[RequestInterceptor(authenticator, recorder)],
             maximum_concurrent_rpcs=config.threads * _MAX_CONCURRENT_RPCS_PER_THREAD,
         )
+        self._validation = _validation_executor(config.validation_processes)
         kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
-            InstitutionServicer(self._register, policy), self._server
+            InstitutionServicer(self._register, policy, self._validation), self._server
         )
         kfr_pb2_grpc.add_LookupServiceServicer_to_server(
             LookupServicer(self._register, policy), self._server
@@ -233,8 +236,20 @@ class KfrServer:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
         self._server.stop(self._config.grace_seconds if grace is None else grace).wait()
         self._maintenance.stop()
+        if self._validation is not None:
+            self._validation.shutdown(cancel_futures=True)
         self._store.close()
         log.info("stopped")
+
+
+def _validation_executor(processes: int) -> ProcessPoolExecutor | None:
+    """Helper processes that validate bulk-load chunks while the server writes (they hold
+    no keys: validation needs none). None: validate in the serving thread."""
+    if processes == 0:
+        return None
+    executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    executor.submit(int).result()  # start them now, not on the first bulk load
+    return executor
 
 
 def _read(path: Path, setting: str) -> bytes:

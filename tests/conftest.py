@@ -170,6 +170,7 @@ def server_factory(
         clock: FixedClock | None = None,
         tokens_toml: str = "",
         maintenance_toml: str = "",
+        validation_processes: int = 0,
     ) -> RunningServer:
         """A started server; the ``*_toml`` lines go into its [tokens] / [maintenance]."""
         directory = tmp_path / f"server{len(servers)}"
@@ -181,6 +182,7 @@ def server_factory(
             test_mode=test_mode,
             tokens=tokens_toml,
             maintenance=maintenance_toml,
+            validation_processes=validation_processes,
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)

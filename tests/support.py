@@ -175,6 +175,7 @@ def write_config(
     test_mode: bool,
     tokens: str,
     maintenance: str = "",
+    validation_processes: int = 0,
 ) -> Path:
     path = directory / "kfr.toml"
     path.write_text(
@@ -199,6 +200,7 @@ jwks = "jwks.json"
 threads = 4
 grace_seconds = 1
 file_check_seconds = 0
+validation_processes = {validation_processes}
 
 [maintenance]
 {maintenance}

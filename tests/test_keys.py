@@ -82,18 +82,20 @@ def answers(register: Register, customers: list[str]) -> list:
 
 
 def assert_indexes_consistent(store: Store) -> None:
-    """Every relationship is in the by-institution index, every ended period in the
-    ended-by-date index, and the indexes name nothing else."""
+    """Every relationship has its by-institution slot (naming it), every ended period its
+    ended-by-date entry, and the indexes name nothing else."""
     from kfr_grpc.store import codec
 
     records = dump_store(store)
     relationships = {k: v for (db, k), v in records.items() if db == RELATIONSHIPS}
-    by_institution = {k for (db, k) in records if db == BY_INSTITUTION}
+    slots = {k: v for (db, k), v in records.items() if db == BY_INSTITUTION}
     ended = {k for (db, k) in records if db == ENDED_BY_DATE}
-    expected_ended = set()
+    expected_slots, expected_ended = {}, set()
     for key, value in relationships.items():
-        expected_ended |= codec.ended_keys(key, codec.decode_relationship(value)[1])
-    assert by_institution == {codec.institution_index_key(key) for key in relationships}
+        _, history, slot = codec.decode_relationship(value)
+        expected_slots[codec.slot_key(key, slot)] = key
+        expected_ended |= codec.ended_keys(key, history)
+    assert slots == expected_slots
     assert ended == expected_ended
 
 

@@ -51,6 +51,36 @@ class ReportResponse(_message.Message):
     already_registered_count: int
     def __init__(self, registered_count: _Optional[int] = ..., already_registered_count: _Optional[int] = ...) -> None: ...
 
+class ReportStreamResponse(_message.Message):
+    __slots__ = ("accepted_count", "registered_count", "already_registered_count", "rejected_count", "rejected", "rejected_truncated", "chunk_count")
+    ACCEPTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_REGISTERED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    accepted_count: int
+    registered_count: int
+    already_registered_count: int
+    rejected_count: int
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedItem]
+    rejected_truncated: bool
+    chunk_count: int
+    def __init__(self, accepted_count: _Optional[int] = ..., registered_count: _Optional[int] = ..., already_registered_count: _Optional[int] = ..., rejected_count: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedItem, _Mapping]]] = ..., rejected_truncated: _Optional[bool] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+
+class RejectedItem(_message.Message):
+    __slots__ = ("position", "field", "code", "reason")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    field: str
+    code: str
+    reason: str
+    def __init__(self, position: _Optional[int] = ..., field: _Optional[str] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class EndRequest(_message.Message):
     __slots__ = ("institution_org_number", "endings")
     INSTITUTION_ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -143,12 +173,14 @@ class RequestLogRecord(_message.Message):
     def __init__(self, correlation_id: _Optional[str] = ..., time: _Optional[str] = ..., method: _Optional[str] = ..., institution_org_number: _Optional[str] = ..., supplier_org_number: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., counts: _Optional[_Mapping[str, int]] = ..., rejected: _Optional[_Iterable[_Union[FieldViolation, _Mapping]]] = ...) -> None: ...
 
 class FieldViolation(_message.Message):
-    __slots__ = ("field", "reason")
+    __slots__ = ("field", "reason", "code")
     FIELD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     field: str
     reason: str
-    def __init__(self, field: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    code: str
+    def __init__(self, field: _Optional[str] = ..., reason: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class Period(_message.Message):
     __slots__ = ("start_date", "end_date")

@@ -42,6 +42,11 @@ class InstitutionServiceStub:
                 request_serializer=kfr_dot_v1_dot_kfr__pb2.ReportRequest.SerializeToString,
                 response_deserializer=kfr_dot_v1_dot_kfr__pb2.ReportResponse.FromString,
                 _registered_method=True)
+        self.ReportStream = channel.stream_unary(
+                '/kfr.v1.InstitutionService/ReportStream',
+                request_serializer=kfr_dot_v1_dot_kfr__pb2.ReportRequest.SerializeToString,
+                response_deserializer=kfr_dot_v1_dot_kfr__pb2.ReportStreamResponse.FromString,
+                _registered_method=True)
         self.End = channel.unary_unary(
                 '/kfr.v1.InstitutionService/End',
                 request_serializer=kfr_dot_v1_dot_kfr__pb2.EndRequest.SerializeToString,
@@ -70,6 +75,21 @@ class InstitutionServiceServicer:
         is written and the error lists every bad item. Reporting a relationship that
         is already active is a no-op. A customer whose earlier relationship has ended
         gets a new period; the old period stays in the history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportStream(self, request_iterator, context):
+        """Bulk load: the client streams ReportRequest chunks of up to 50,000 relationships
+        each (institution_org_number in the first chunk; later chunks leave it empty or
+        repeat it). Chunk by chunk, the server validates every item and commits the valid
+        ones in one transaction: a chunk that is acknowledged is durable, one that fails
+        leaves nothing behind. Invalid items are rejected one by one (listed in the
+        response by position and reason code, never by value); the rest of the stream
+        goes on. When the call returns, every accepted item is visible to Lookup, so the
+        institution can end relationships right away. Reporting is idempotent: a stream
+        that failed half way can simply be sent again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +129,11 @@ def add_InstitutionServiceServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=kfr_dot_v1_dot_kfr__pb2.ReportRequest.FromString,
                     response_serializer=kfr_dot_v1_dot_kfr__pb2.ReportResponse.SerializeToString,
+            ),
+            'ReportStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.ReportStream,
+                    request_deserializer=kfr_dot_v1_dot_kfr__pb2.ReportRequest.FromString,
+                    response_serializer=kfr_dot_v1_dot_kfr__pb2.ReportStreamResponse.SerializeToString,
             ),
             'End': grpc.unary_unary_rpc_method_handler(
                     servicer.End,
@@ -156,6 +181,33 @@ class InstitutionService:
             '/kfr.v1.InstitutionService/Report',
             kfr_dot_v1_dot_kfr__pb2.ReportRequest.SerializeToString,
             kfr_dot_v1_dot_kfr__pb2.ReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kfr.v1.InstitutionService/ReportStream',
+            kfr_dot_v1_dot_kfr__pb2.ReportRequest.SerializeToString,
+            kfr_dot_v1_dot_kfr__pb2.ReportStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,24 +7,33 @@ from datetime import UTC, date
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.errors import FieldViolation, InvalidArgument
 from kfr_grpc.register.model import Institution, Period, RequestRecord, Role
+from kfr_grpc.register.values import InvalidValue
 
 _ROLE_FROM_PB = {pb.ROLE_OWNER: Role.OWNER, pb.ROLE_DISPONENT: Role.DISPONENT}
 _ROLE_TO_PB = {role: number for number, role in _ROLE_FROM_PB.items()}
 
 
-def roles_from_pb(numbers: list[int], field_of: str) -> list[Role | None]:
-    """Roles of a request's items (None for ROLE_UNSPECIFIED).
+def role_from_pb(number: int) -> Role | None:
+    """The role of a request item (None for ROLE_UNSPECIFIED); unknown numbers are refused."""
+    if number == pb.ROLE_UNSPECIFIED:
+        return None
+    role = _ROLE_FROM_PB.get(number)
+    if role is None:
+        raise InvalidValue(f"has unknown value {number}", "ROLE_UNKNOWN")
+    return role
 
-    ``field_of`` is the repeated field's name, used in the path of an unknown value.
-    """
-    unknown = [
-        FieldViolation(f"{field_of}[{index}].role", f"has unknown value {number}")
-        for index, number in enumerate(numbers)
-        if number != pb.ROLE_UNSPECIFIED and number not in _ROLE_FROM_PB
-    ]
+
+def roles_from_pb(numbers: list[int], field_of: str) -> list[Role | None]:
+    """Roles of a request's items; ``field_of`` names the repeated field for errors."""
+    roles, unknown = [], []
+    for index, number in enumerate(numbers):
+        try:
+            roles.append(role_from_pb(number))
+        except InvalidValue as error:
+            unknown.append(FieldViolation(f"{field_of}[{index}].role", str(error), error.code))
     if unknown:
         raise InvalidArgument(unknown)
-    return [_ROLE_FROM_PB.get(number) for number in numbers]
+    return roles
 
 
 def role_to_pb(role: Role) -> int:
@@ -49,7 +58,9 @@ def request_record_to_pb(record: RequestRecord) -> pb.RequestLogRecord:
         status=record.status,
         message=record.message,
         counts=record.counts,
-        rejected=[pb.FieldViolation(field=v.field, reason=v.reason) for v in record.rejected],
+        rejected=[
+            pb.FieldViolation(field=v.field, reason=v.reason, code=v.code) for v in record.rejected
+        ],
     )
 
 

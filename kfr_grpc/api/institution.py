@@ -1,9 +1,15 @@
-"""InstitutionService: reporting and ending relationships, listing one's own."""
+"""InstitutionService: reporting (one call or a bulk stream) and ending relationships,
+listing one's own, and the request log."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any
+
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
+from kfr_grpc.api.bulk import BulkLoad
 from kfr_grpc.api.convert import (
     period_to_pb,
     request_record_to_pb,
@@ -12,13 +18,18 @@ from kfr_grpc.api.convert import (
 )
 from kfr_grpc.api.interceptor import RequestContext
 from kfr_grpc.auth.policy import AccessPolicy
-from kfr_grpc.register.service import EndItem, Register, ReportItem
+from kfr_grpc.errors import InvalidArgument, KfrError
+from kfr_grpc.register.reports import ValidatedReports
+from kfr_grpc.register.service import EndItem, Register, ReportItem, check_chunk_size
 
 
 class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
-    def __init__(self, register: Register, policy: AccessPolicy) -> None:
+    def __init__(
+        self, register: Register, policy: AccessPolicy, validation: Executor | None = None
+    ) -> None:
         self._register = register
         self._policy = policy
+        self._validation = validation or InlineExecutor()
 
     def Report(self, request: pb.ReportRequest, context: RequestContext) -> pb.ReportResponse:
         institution = self._policy.acting_institution(
@@ -38,6 +49,53 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
             registered_count=result.registered,
             already_registered_count=result.already_registered,
         )
+
+    def ReportStream(
+        self, request_iterator: Iterator[pb.ReportRequest], context: RequestContext
+    ) -> pb.ReportStreamResponse:
+        """Chunk N is written while chunk N+1 is validated (in the validation executor,
+        another process when the server has one): one transaction per chunk."""
+        load = BulkLoad()
+        institution = None
+        validate = self._register.row_validator()
+        pending: tuple[Future, list[int]] | None = None
+        try:
+            for chunk in request_iterator:
+                institution = self._stream_institution(context, chunk, institution)
+                rows, positions = load.begin_chunk(chunk)
+                check_chunk_size(rows)
+                submitted = (self._validation.submit(validate, rows), positions)
+                if pending is not None:
+                    self._write_chunk(load, institution, *pending)
+                pending = submitted
+            if pending is not None:
+                self._write_chunk(load, institution, *pending)
+        except KfrError as error:
+            raise load.annotate(error) from None
+        if institution is None:
+            raise InvalidArgument.field("stream", "holds no chunk", "BATCH_EMPTY")
+        context.outcome.counts = load.counts()
+        context.outcome.rejected = load.violations()
+        return load.response()
+
+    def _write_chunk(
+        self, load: BulkLoad, institution: str, validation: Future, positions: list[int]
+    ) -> None:
+        validated = ValidatedReports.from_rows(validation.result())
+        load.finish_chunk(self._register.apply_chunk(institution, validated), positions)
+
+    def _stream_institution(
+        self, context: RequestContext, chunk: pb.ReportRequest, institution: str | None
+    ) -> str:
+        """The institution the stream reports for: named in the first chunk."""
+        if institution is None:
+            return self._policy.acting_institution(context.caller, chunk.institution_org_number)
+        named = chunk.institution_org_number.replace(" ", "")
+        if named and named != institution:
+            raise InvalidArgument.field(
+                "institution_org_number", "differs between chunks of one stream", "INVALID_VALUE"
+            )
+        return institution
 
     def End(self, request: pb.EndRequest, context: RequestContext) -> pb.EndResponse:
         institution = self._policy.acting_institution(
@@ -76,3 +134,15 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         )
         records = self._register.request_log(institution, request.correlation_id)
         return pb.GetRequestLogResponse(records=[request_record_to_pb(r) for r in records])
+
+
+class InlineExecutor(Executor):
+    """Runs submitted work at once, in the calling thread (no helper process)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+        return future

@@ -76,6 +76,7 @@ class CallOutcome:
     """What a servicer tells the request log about a call it handled."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    rejected: tuple[FieldViolation, ...] = ()  # items a successful call did not apply
     mandate: str | None = None  # lookups: the legal mandate, as counted
 
 
@@ -135,7 +136,9 @@ class RequestInterceptor(grpc.ServerInterceptor):
             call = FinishedCall(method, correlation_id)
             try:
                 if not correlation_ok:
-                    raise InvalidArgument.field(f"metadata {CORRELATION_ID_KEY}", "must be a UUID")
+                    raise InvalidArgument.field(
+                        f"metadata {CORRELATION_ID_KEY}", "must be a UUID", "UUID_MALFORMED"
+                    )
                 pem_certificates = context.auth_context().get("x509_pem_cert", [])
                 call.caller = self._authenticator.authenticate(pem_certificates, metadata or ())
                 self._authenticator.authorize(method, call.caller)

@@ -24,7 +24,9 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
         agency = self._policy.agency(context.caller)
         context.outcome.mandate = _counted_mandate(agency, request.legal_mandate)
         if request.role_filter not in _ROLE_FILTERS:
-            raise InvalidArgument.field("role_filter", f"has unknown value {request.role_filter}")
+            raise InvalidArgument.field(
+                "role_filter", f"has unknown value {request.role_filter}", "ROLE_FILTER_UNKNOWN"
+            )
         query = self._register.parse_lookup(
             customer_id=request.customer_id,
             from_date=request.from_date,

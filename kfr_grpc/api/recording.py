@@ -49,5 +49,5 @@ class RegisterRecorder:
             status=call.code.name,
             message=call.message,
             counts=dict(call.outcome.counts),
-            rejected=call.violations[:_MAX_REJECTED_RECORDED],
+            rejected=(call.violations or call.outcome.rejected)[:_MAX_REJECTED_RECORDED],
         )

@@ -26,11 +26,11 @@ class AccessPolicy:
     def acting_institution(self, caller: Caller, institution_org_number: str) -> str:
         """The institution a request acts for, after checking the caller may act for it."""
         if not institution_org_number.strip():
-            raise InvalidArgument.field("institution_org_number", "is required")
+            raise InvalidArgument.field("institution_org_number", "is required", "REQUIRED")
         try:
             claimed = parse_org_number(institution_org_number)
         except InvalidValue as error:
-            raise InvalidArgument.field("institution_org_number", str(error)) from None
+            raise InvalidArgument.field("institution_org_number", str(error), error.code) from None
         if claimed != caller.org_number:
             raise PermissionDenied(
                 f"institution_org_number {claimed} is not the organisation {caller.org_number} "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from kfr_grpc.client import KfrClient, correlation_id_of, new_metadata, secure_c
 from kfr_grpc.clock import SystemClock
 from kfr_grpc.config import load_config
 from kfr_grpc.dev.setup import SIGNING_KEY_NAME, DevSetup
+from kfr_grpc.loadfile import (
+    FORMATS,
+    Entry,
+    Malformed,
+    chunks,
+    detect_format,
+    lines_of_positions,
+    read_entries,
+)
 
 
 def _pem_option(name: str, envvar: str, what: str) -> Callable:
@@ -60,10 +70,10 @@ def _client_options(command: Callable) -> Callable:
     return command
 
 
-def _call(
+def _invoke(
     options: dict[str, Any], audience: str, invoke: Callable[[KfrClient, tuple], tuple]
-) -> None:
-    """Runs one RPC, prints the response as JSON and the correlation id on stderr.
+) -> Any:
+    """Runs one RPC and returns its response; prints the correlation id on stderr.
 
     ``audience`` ("institution" or "agency") picks the scope of a dev-minted token.
     """
@@ -85,6 +95,14 @@ def _call(
     finally:
         client.close()
     click.echo(f"correlation-id: {correlation_id_of(call)}", err=True)
+    return response
+
+
+def _call(
+    options: dict[str, Any], audience: str, invoke: Callable[[KfrClient, tuple], tuple]
+) -> None:
+    """Runs one RPC and prints the response as JSON."""
+    response = _invoke(options, audience, invoke)
     click.echo(
         json_format.MessageToJson(
             response,
@@ -263,3 +281,98 @@ def request_log(institution: str, logged_id: str, **options: Any) -> None:
         "institution",
         lambda c, m: c.institutions.GetRequestLog.with_call(request, metadata=m),
     )
+
+
+@main.command("report-file")
+@_client_options
+@click.option("--institution", required=True, help="Your organisation number.")
+@click.option(
+    "--format", "file_format", type=click.Choice(FORMATS), default="auto", show_default=True
+)
+@click.option(
+    "--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True,
+    help="The role of every entry of a batch-format file.",
+)  # fmt: skip
+@click.option("--chunk-size", default=20_000, show_default=True, type=click.IntRange(1, 50_000))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def report_file(
+    institution: str, file_format: str, role: str, chunk_size: int, path: Path, **options: Any
+) -> None:
+    """Bulk-load a file of relationships through ReportStream (constant memory).
+
+    Formats: the reference register's batch format (comma-separated customerId#startDate
+    entries, any line breaks) or CSV (customer_id,role,start_date). Prints a summary
+    with the line of every rejected entry (never the entry itself). Exit status 2 when
+    some entries were rejected.
+    """
+    if file_format == "auto":
+        file_format = detect_format(path)
+    role_number = _ROLE_CHOICE[role]
+    malformed = _Capped()
+    with (
+        path.open(encoding="utf-8-sig") as source,
+        click.progressbar(
+            length=path.stat().st_size, label=f"loading {path.name}", file=sys.stderr
+        ) as bar,
+    ):
+        entries = _entries_only(
+            read_entries(_counted(source, bar), file_format, role_number), malformed
+        )
+        stream = chunks(entries, institution, chunk_size)
+        response = _invoke(
+            options,
+            "institution",
+            lambda c, m: c.institutions.ReportStream.with_call(stream, metadata=m),
+        )
+    with path.open(encoding="utf-8-sig") as source:
+        positions = {item.position for item in response.rejected}
+        lines = lines_of_positions(source, file_format, role_number, positions)
+    _print_load_summary(response, lines, malformed)
+    if response.rejected_count or malformed.count:
+        sys.exit(2)
+
+
+class _Capped:
+    """Lines the client could not read: counted, and the first ones kept."""
+
+    limit = 10_000
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.kept: list[Malformed] = []
+
+    def add(self, item: Malformed) -> None:
+        self.count += 1
+        if len(self.kept) < self.limit:
+            self.kept.append(item)
+
+
+def _entries_only(items: Iterator[Entry | Malformed], malformed: _Capped) -> Iterator[Entry]:
+    for item in items:
+        if isinstance(item, Malformed):
+            malformed.add(item)
+        else:
+            yield item
+
+
+def _counted(source: Iterator[str], bar: Any) -> Iterator[str]:
+    for line in source:
+        bar.update(len(line.encode("utf-8")))
+        yield line
+
+
+def _print_load_summary(response: Any, lines: dict[int, int], malformed: _Capped) -> None:
+    click.echo(
+        f"accepted {response.accepted_count:,} entries (registered "
+        f"{response.registered_count:,}, already registered "
+        f"{response.already_registered_count:,}) in {response.chunk_count:,} chunks; "
+        f"rejected {response.rejected_count:,}; unreadable lines {malformed.count:,}"
+    )
+    problems = [
+        (lines.get(r.position, 0), f"{r.field}: {r.reason} [{r.code}]") for r in response.rejected
+    ]
+    problems += [(m.line, f"unreadable: {m.reason}") for m in malformed.kept]
+    for line, problem in sorted(problems):
+        click.echo(f"line {line}: {problem}")
+    if response.rejected_truncated or malformed.count > len(malformed.kept):
+        click.echo("(only the first 10,000 of each kind are listed)")

@@ -103,7 +103,9 @@ class Operations:
                     history, changed = end_period(stored.periods, closed_on)
                 except InvalidValue:
                     raise InvalidArgument.field(
-                        "date", "is before the start of an active relationship of the institution"
+                        "date",
+                        "is before the start of an active relationship of the institution",
+                        "END_BEFORE_START",
                     ) from None
                 if changed:
                     txn.put_history(stored.customer, org, stored.role, history)
@@ -204,7 +206,9 @@ def _expire(
 def _existing(txn: StoreTxn, org: str) -> Institution:
     institution = txn.institution(org)
     if institution is None:
-        raise NotFound([FieldViolation("org_number", f"institution {org} is not registered")])
+        raise NotFound(
+            [FieldViolation("org_number", f"institution {org} is not registered", "NOT_FOUND")]
+        )
     return institution
 
 

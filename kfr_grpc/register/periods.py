@@ -21,7 +21,10 @@ def start_period(history: History, start: date) -> tuple[History, bool]:
     if history and history[-1].is_active:
         return history, False
     if history and start < history[-1].end:
-        raise InvalidValue("is before the end of this customer's previous period with this role")
+        raise InvalidValue(
+            "is before the end of this customer's previous period with this role",
+            "START_BEFORE_PREVIOUS_END",
+        )
     return (*history, Period(start)), True
 
 
@@ -35,5 +38,5 @@ def end_period(history: History, end: date) -> tuple[History, bool]:
     if not current.is_active:
         return history, False
     if end < current.start:
-        raise InvalidValue("is before the start of the period it ends")
+        raise InvalidValue("is before the start of the period it ends", "END_BEFORE_START")
     return (*history[:-1], Period(current.start, end)), True

@@ -8,14 +8,15 @@ applied entirely or not at all.
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
 from kfr_grpc.clock import Clock
 from kfr_grpc.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
-from kfr_grpc.register.customer_ids import CustomerId, CustomerKind, parse_customer_id
+from kfr_grpc.register.customer_ids import CustomerId, parse_customer_id
 from kfr_grpc.register.model import (
     EndResult,
     Institution,
@@ -26,23 +27,28 @@ from kfr_grpc.register.model import (
     RoleHistory,
 )
 from kfr_grpc.register.periods import end_period, start_period
+from kfr_grpc.register.reports import (
+    ItemProblem,
+    ParsedReport,
+    ReportItem,
+    Row,
+    ValidatedReports,
+    validate_reports,
+    validate_rows,
+)
 from kfr_grpc.register.values import (
+    InvalidValue,
     Violations,
     parse_account_number,
     parse_date,
     parse_uuid,
     require_text,
 )
-from kfr_grpc.store import Store, StoreView
+from kfr_grpc.store import Store, StoreTxn, StoreView
 
 MAX_ITEMS_PER_CALL = 1000
 
-
-@dataclass(frozen=True, slots=True)
-class ReportItem:
-    customer_id: str
-    role: Role | None
-    start_date: str = ""
+__all__ = ["EndItem", "ItemProblem", "Register", "ReportItem"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +80,12 @@ class CollectionAccountQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class _ParsedReport:
-    customer: CustomerId
-    role: Role
-    start: date
+class ChunkResult:
+    """One chunk of a bulk load: what was written and what was rejected."""
+
+    registered: int
+    already_registered: int
+    rejected: list[ItemProblem]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,21 +108,44 @@ class Register:
     def report(self, institution: str, items: Sequence[ReportItem]) -> ReportResult:
         """Registers relationships for ``institution``: all of them, or none."""
         self._require_registered(institution, open_for_reports=True)
-        parsed = self._parse_report(items)
-        registered = 0
+        _check_batch_size("relationships", items)
+        validated = self.validate_reports(items)
+        if validated.problems:
+            raise InvalidArgument([p.violation("relationships") for p in validated.problems])
+        parsed = validated.parsed
         with self._store.write() as txn:
             _require_registered_in(txn, institution, open_for_reports=True)
-            conflicts = Violations()
-            for index, item in enumerate(parsed):
-                history = txn.history(item.customer, institution, item.role)
-                updated = conflicts.parse(
-                    f"relationships[{index}].start_date", start_period, history, item.start
-                )
-                if updated is not None and updated[1]:
-                    txn.put_history(item.customer, institution, item.role, updated[0])
-                    registered += 1
-            conflicts.raise_if_any()
+            registered, conflicts = _apply_reports(txn, institution, parsed)
+            if conflicts:
+                raise InvalidArgument([problem.violation("relationships") for problem in conflicts])
         return ReportResult(registered=registered, already_registered=len(parsed) - registered)
+
+    def report_chunk(self, institution: str, items: Sequence[ReportItem]) -> ChunkResult:
+        """One chunk of a bulk load: writes the valid items in one transaction and rejects
+        the others item by item (the unary ``report`` is all or nothing instead)."""
+        check_chunk_size(items)
+        return self.apply_chunk(institution, self.validate_reports(items))
+
+    def validate_reports(self, items: Sequence[ReportItem]) -> ValidatedReports:
+        return validate_reports(items, allow_synthetic=self._test_mode, today=self._clock.today())
+
+    def row_validator(self) -> Callable[[Sequence[Row]], tuple[list, list]]:
+        """``validate_rows`` with this register's settings, picklable: a bulk load runs it
+        in a helper process (then ``ValidatedReports.from_rows`` and ``apply_chunk``)."""
+        return functools.partial(
+            validate_rows,
+            allow_synthetic=self._test_mode,
+            today_ordinal=self._clock.today().toordinal(),
+        )
+
+    def apply_chunk(self, institution: str, validated: ValidatedReports) -> ChunkResult:
+        """Writes the valid items of a validated chunk in one transaction."""
+        with self._store.write() as txn:
+            _require_registered_in(txn, institution, open_for_reports=True)
+            registered, conflicts = _apply_reports(txn, institution, validated.parsed)
+        valid = sum(item is not None for item in validated.parsed) - len(conflicts)
+        rejected = sorted(validated.problems + conflicts, key=lambda problem: problem.index)
+        return ChunkResult(registered, valid - registered, rejected)
 
     def end(self, institution: str, items: Sequence[EndItem]) -> EndResult:
         """Ends relationships of ``institution``: all of them, or none."""
@@ -131,7 +162,9 @@ class Register:
                 }
                 histories = {role: history for role, history in histories.items() if history}
                 if not histories:
-                    missing.append(FieldViolation(f"endings[{index}]", _NO_SUCH_RELATIONSHIP))
+                    missing.append(
+                        FieldViolation(f"endings[{index}]", _NO_SUCH_RELATIONSHIP, "NOT_FOUND")
+                    )
                     continue
                 changed_any = False
                 for role, history in histories.items():
@@ -177,7 +210,7 @@ class Register:
         mandate = violations.parse("legal_mandate", require_text, legal_mandate)
         case = violations.parse("account_info_request_id", parse_uuid, account_info_request_id)
         if first is not None and last is not None and last < first:
-            violations.add("to_date", "is before from_date")
+            violations.add("to_date", "is before from_date", "DATE_RANGE_INVERTED")
         violations.raise_if_any()
         return LookupQuery(customer, first, last, owner_only, mandate, case)
 
@@ -244,7 +277,9 @@ class Register:
             raise NotFound(
                 [
                     FieldViolation(
-                        "correlation_id", "no call of your institution is recorded under it"
+                        "correlation_id",
+                        "no call of your institution is recorded under it",
+                        "NOT_FOUND",
                     )
                 ]
             )
@@ -254,30 +289,6 @@ class Register:
 
     def _parse_customer(self, raw: str) -> CustomerId:
         return parse_customer_id(raw, allow_synthetic=self._test_mode, today=self._clock.today())
-
-    def _parse_report(self, items: Sequence[ReportItem]) -> list[_ParsedReport]:
-        today = self._clock.today()
-        _check_batch_size("relationships", items)
-        violations = Violations()
-        parsed = []
-        for index, item in enumerate(items):
-            path = f"relationships[{index}]"
-            customer = violations.parse(
-                f"{path}.customer_id", self._parse_customer, item.customer_id
-            )
-            start = violations.parse(f"{path}.start_date", parse_date, item.start_date, today)
-            if item.role is None:
-                violations.add(f"{path}.role", "is required: ROLE_OWNER or ROLE_DISPONENT")
-            elif (
-                item.role is Role.DISPONENT
-                and customer
-                and customer.kind is CustomerKind.ORGANISATION
-            ):
-                violations.add(f"{path}.role", _DISPONENT_MUST_BE_PERSON)
-            if customer is not None and start is not None and item.role is not None:
-                parsed.append(_ParsedReport(customer, item.role, start))
-        violations.raise_if_any()
-        return parsed
 
     def _parse_end(self, items: Sequence[EndItem]) -> list[_ParsedEnd]:
         today = self._clock.today()
@@ -301,19 +312,54 @@ class Register:
             _require_registered_in(view, institution, open_for_reports=open_for_reports)
 
 
+MAX_ITEMS_PER_CHUNK = 50_000
+
 _NO_SUCH_RELATIONSHIP = "no such relationship at this institution (never reported, or removed)"
-_DISPONENT_MUST_BE_PERSON = (
-    "ROLE_DISPONENT needs a person (fødselsnummer or D-number), not an organisation number"
-)
 
 
 def _check_batch_size(field: str, items: Sequence[object]) -> None:
     if not items:
-        raise InvalidArgument.field(field, "must hold at least one item")
+        raise InvalidArgument.field(field, "must hold at least one item", "BATCH_EMPTY")
     if len(items) > MAX_ITEMS_PER_CALL:
         raise InvalidArgument.field(
-            field, f"holds {len(items)} items; at most {MAX_ITEMS_PER_CALL} are allowed per call"
+            field,
+            f"holds {len(items)} items; at most {MAX_ITEMS_PER_CALL} are allowed per call",
+            "BATCH_TOO_LARGE",
         )
+
+
+def check_chunk_size(items: Sequence[object]) -> None:
+    if len(items) > MAX_ITEMS_PER_CHUNK:
+        raise InvalidArgument.field(
+            "relationships",
+            f"holds {len(items)} items; at most {MAX_ITEMS_PER_CHUNK} per chunk",
+            "BATCH_TOO_LARGE",
+        )
+
+
+def _apply_reports(
+    txn: StoreTxn, institution: str, parsed: Sequence[ParsedReport | None]
+) -> tuple[int, list[ItemProblem]]:
+    """Starts a period for each parsed item (in order, so repeats see earlier ones).
+
+    Returns how many items started a period, and the items in conflict with the
+    customer's history, which are not written.
+    """
+    registered = 0
+    conflicts = []
+    for index, item in enumerate(parsed):
+        if item is None:
+            continue
+        history = txn.history(item.customer, institution, item.role)
+        try:
+            updated, changed = start_period(history, item.start)
+        except InvalidValue as error:
+            conflicts.append(ItemProblem(index, "start_date", str(error), error.code))
+            continue
+        if changed:
+            txn.put_history(item.customer, institution, item.role, updated)
+            registered += 1
+    return registered, conflicts
 
 
 def _require_registered_in(

@@ -23,7 +23,12 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class InvalidValue(ValueError):
-    """A value is wrong; ``str(error)`` says why, without the value."""
+    """A value is wrong; ``str(error)`` says why, without the value, and ``code`` says it
+    in a word a program can act on (``DATE_IN_FUTURE``, ``CUSTOMER_ID_CHECKSUM`` …)."""
+
+    def __init__(self, reason: str, code: str = "INVALID_VALUE") -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 def parse_date(raw: str, today: date) -> date:
@@ -31,25 +36,25 @@ def parse_date(raw: str, today: date) -> date:
     if not raw:
         return today
     if not _ISO_DATE.fullmatch(raw):
-        raise InvalidValue("must be a date written YYYY-MM-DD")
+        raise InvalidValue("must be a date written YYYY-MM-DD", "DATE_MALFORMED")
     try:
         parsed = date.fromisoformat(raw)
     except ValueError:
-        raise InvalidValue("is not a real calendar date") from None
+        raise InvalidValue("is not a real calendar date", "DATE_INVALID") from None
     if parsed > today:
-        raise InvalidValue("is in the future")
+        raise InvalidValue("is in the future", "DATE_IN_FUTURE")
     return parsed
 
 
 def parse_uuid(raw: str) -> uuid.UUID:
     """Parses a UUID in its canonical text form (any case, with or without braces)."""
     if not raw:
-        raise InvalidValue("is required (a UUID)")
+        raise InvalidValue("is required (a UUID)", "REQUIRED")
     try:
         return uuid.UUID(raw)
     except ValueError:
         raise InvalidValue(
-            "must be a UUID, for example 123e4567-e89b-12d3-a456-426614174000"
+            "must be a UUID, for example 123e4567-e89b-12d3-a456-426614174000", "UUID_MALFORMED"
         ) from None
 
 
@@ -57,17 +62,21 @@ def parse_account_number(raw: str) -> str:
     """A Norwegian account number: 11 digits, mod-11 check digit (spaces and dots allowed)."""
     compact = "".join(raw.split()).replace(".", "")
     if not (compact.isascii() and compact.isdigit() and len(compact) == 11):
-        raise InvalidValue("must be an 11-digit Norwegian account number")
+        raise InvalidValue(
+            "must be an 11-digit Norwegian account number", "ACCOUNT_NUMBER_MALFORMED"
+        )
     try:
         return kontonr.validate(compact)
     except ValidationError:
-        raise InvalidValue("is not a valid account number (check digit)") from None
+        raise InvalidValue(
+            "is not a valid account number (check digit)", "ACCOUNT_NUMBER_CHECKSUM"
+        ) from None
 
 
 def require_text(raw: str) -> str:
     text = raw.strip()
     if not text:
-        raise InvalidValue("is required")
+        raise InvalidValue("is required", "REQUIRED")
     return text
 
 
@@ -82,11 +91,11 @@ class Violations:
         try:
             return parser(*args)
         except InvalidValue as error:
-            self.found.append(FieldViolation(field, str(error)))
+            self.found.append(FieldViolation(field, str(error), error.code))
             return None
 
-    def add(self, field: str, reason: str) -> None:
-        self.found.append(FieldViolation(field, reason))
+    def add(self, field: str, reason: str, code: str) -> None:
+        self.found.append(FieldViolation(field, reason, code))
 
     def raise_if_any(self) -> None:
         if self.found:

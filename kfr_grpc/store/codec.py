@@ -4,15 +4,18 @@ Relationship key (38 bytes): ``pseudonym key version (u8) | pseudonym (32) |
 institution org number (u32 BE) | role (u8)``. All relationships of one customer under
 one pseudonym key are adjacent, so Lookup and ListOwn are range reads.
 
-Relationship value: ``format (u8) | id length (u8) | customer ID digits |
+Relationship value: ``format (u8) | id length (u8) | customer ID digits | slot (u64) |
 period count (u16) | periods (start, end as u32 date ordinals; end 0 while active)``.
 The customer ID is kept inside the sealed value so that the index can be rebuilt under
 a new pseudonym key.
 
-Index keys (values empty):
-- by institution: ``org (u32 BE) | relationship key``
-- ended by date: ``end date ordinal (u32 BE) | relationship key``, one per ended period
-- request log by time: ``time ns (u64 BE) | correlation id (16) | random (4)``
+Indexes:
+- by institution: ``org (u32 BE) | slot (u64 BE)`` -> relationship key. Slots are handed
+  out in increasing order per institution, so a bulk load appends to the index instead
+  of writing to a random page per item; the record keeps its slot.
+- ended by date: ``end date ordinal (u32 BE) | relationship key`` -> empty, one per ended
+  period
+- request log by time: ``time ns (u64 BE) | correlation id (16) | sequence, random (4)``
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ _SEQUENCE = struct.Struct(">H")
 _HEADER = struct.Struct(">BB")
 _COUNT = struct.Struct(">H")
 _PERIOD = struct.Struct(">II")
-_RELATIONSHIP_FORMAT = 1
+_SLOT = struct.Struct(">Q")
+_RELATIONSHIP_FORMAT = 2
 _OPEN_END = 0
 
 
@@ -68,22 +72,30 @@ def split_relationship_key(key: bytes) -> tuple[int, str, Role]:
     return version, f"{org:09d}", Role(role)
 
 
-def encode_relationship(customer: CustomerId, history: History) -> bytes:
+def encode_relationship(customer: CustomerId, history: History, slot: int) -> bytes:
     digits = customer.digits.encode("ascii")
-    parts = [_HEADER.pack(_RELATIONSHIP_FORMAT, len(digits)), digits, _COUNT.pack(len(history))]
+    parts = [
+        _HEADER.pack(_RELATIONSHIP_FORMAT, len(digits)),
+        digits,
+        _SLOT.pack(slot),
+        _COUNT.pack(len(history)),
+    ]
     for period in history:
         end = period.end.toordinal() if period.end is not None else _OPEN_END
         parts.append(_PERIOD.pack(period.start.toordinal(), end))
     return b"".join(parts)
 
 
-def decode_relationship(value: bytes) -> tuple[CustomerId, History]:
+def decode_relationship(value: bytes) -> tuple[CustomerId, History, int]:
+    """The customer, the history and the by-institution slot of a relationship value."""
     record_format, id_length = _HEADER.unpack_from(value)
     if record_format != _RELATIONSHIP_FORMAT:
         raise ValueError(f"unknown relationship record format {record_format}")
     offset = _HEADER.size
     digits = value[offset : offset + id_length].decode("ascii")
     offset += id_length
+    (slot,) = _SLOT.unpack_from(value, offset)
+    offset += _SLOT.size
     (count,) = _COUNT.unpack_from(value, offset)
     offset += _COUNT.size
     history = tuple(
@@ -91,7 +103,7 @@ def decode_relationship(value: bytes) -> tuple[CustomerId, History]:
         for start, end in _PERIOD.iter_unpack(value[offset : offset + count * _PERIOD.size])
     )
     kind = CustomerKind.PERSON if len(digits) == 11 else CustomerKind.ORGANISATION
-    return CustomerId(digits, kind), history
+    return CustomerId(digits, kind), history, slot
 
 
 def ended_keys(relationship: bytes, history: History) -> set[bytes]:
@@ -112,13 +124,17 @@ def day_of(index_key: bytes) -> date:
     return date.fromordinal(_DAY.unpack(index_key[:4])[0])
 
 
-def institution_index_key(relationship: bytes) -> bytes:
-    """``org | relationship key``: the org is taken from the relationship key itself."""
-    return relationship[33:37] + relationship
+def slot_key(relationship: bytes, slot: int) -> bytes:
+    """The by-institution index key of a relationship (its org is in its key)."""
+    return relationship[33:37] + _SLOT.pack(slot)
+
+
+def slot_of(slot_key: bytes) -> int:
+    return _SLOT.unpack(slot_key[4:12])[0]
 
 
 def relationship_of_index_key(index_key: bytes) -> bytes:
-    """The relationship key at the end of a by-institution or ended-by-date index key."""
+    """The relationship key at the end of an ended-by-date index key."""
     return index_key[-RELATIONSHIP_KEY_BYTES:]
 
 
@@ -193,7 +209,7 @@ def encode_request(record: RequestRecord) -> bytes:
         "status": record.status,
         "message": record.message,
         "counts": record.counts,
-        "rejected": [[v.field, v.reason] for v in record.rejected],
+        "rejected": [[v.field, v.reason, v.code] for v in record.rejected],
     }
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
@@ -209,7 +225,7 @@ def decode_request(value: bytes) -> RequestRecord:
         status=document["status"],
         message=document["message"],
         counts=document["counts"],
-        rejected=tuple(FieldViolation(field, reason) for field, reason in document["rejected"]),
+        rejected=tuple(FieldViolation(*violation) for violation in document["rejected"]),
     )
 
 

@@ -8,8 +8,8 @@ Sub-databases (layouts in ``codec``):
 - ``institutions``: org number -> sealed institution record.
 - ``relationships``: pseudonymised key -> sealed history of one (customer, institution,
   role).
-- ``by_institution``, ``ended_by_date``: indexes over relationship keys (empty values),
-  so that closing an institution costs what it has and retention costs what it deletes.
+- ``by_institution``, ``ended_by_date``: indexes over relationships, so that closing an
+  institution costs what it has and retention costs what it deletes.
 - ``collection_accounts``: account number -> sealed org number.
 - ``request_log`` (+ ``request_log_by_time``): sealed records of institutions' calls.
 - ``lookup_counts``: sealed per-day counters of lookups by agency and mandate.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from kfr_grpc.register.model import (
 )
 from kfr_grpc.store import codec
 
-STORE_FORMAT = b"2"
+STORE_FORMAT = b"3"
 META = b"meta"
 INSTITUTIONS = b"institutions"
 RELATIONSHIPS = b"relationships"
@@ -75,6 +76,15 @@ _MAX_READERS = 1024
 _STORE_FULL = "the register's store is full; the operator must raise store.map_size_mb"
 
 
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """A stored relationship: its key, its history and its by-institution slot."""
+
+    key: bytes
+    history: History
+    slot: int
+
+
 def associated_data(database: bytes, key: bytes) -> bytes:
     return database + b"\x00" + key
 
@@ -88,6 +98,8 @@ class _Crypto:
         self.pseudonymisers: dict[int, Pseudonymiser] = {
             version: keyring.pseudonymiser(version) for version in keyring.pseudonym.keys
         }
+        # Every pseudonym version that may hold data, newest first.
+        self.newest_first = sorted(self.pseudonymisers.items(), reverse=True)
 
     def has(self, seal_version: int, pseudonym_version: int) -> bool:
         return self.sealer.has_version(seal_version) and pseudonym_version in self.pseudonymisers
@@ -226,23 +238,23 @@ class StoreView:
         self, customer: CustomerId, institution: str | None = None
     ) -> Iterator[RoleHistory]:
         """Every role history of ``customer`` (at ``institution``, if given): range reads."""
-        for version, pseudonymiser in self._pseudonymisers():
+        for version, pseudonymiser in self._crypto.newest_first:
             pseudonym = pseudonymiser.pseudonym(customer.digits)
             prefix = codec.relationship_prefix(version, pseudonym, institution)
             for key, sealed in self._range(RELATIONSHIPS, prefix):
                 _, org_number, role = codec.split_relationship_key(key)
-                _, history = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
+                _, history, _ = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
                 yield RoleHistory(org_number, role, history)
 
     def history(self, customer: CustomerId, institution: str, role: Role) -> History:
         """The periods of one (customer, institution, role); empty if never reported."""
-        located = self._locate(customer, institution, role)
-        return located[1] if located is not None else ()
+        found = self._locate(customer, institution, role)
+        return found.history if found is not None else ()
 
     def institution_histories(self, institution: str) -> Iterator[StoredHistory]:
         """Every relationship of ``institution``, through the by-institution index."""
-        for index_key, _ in self._range(BY_INSTITUTION, codec.org_key(institution)):
-            yield self.stored_history(codec.relationship_of_index_key(index_key))
+        for _, relationship in self._range(BY_INSTITUTION, codec.org_key(institution)):
+            yield self.stored_history(relationship)
 
     def ended_entries(
         self, before: date, after: bytes | None, limit: int
@@ -259,9 +271,8 @@ class StoreView:
             index_key = cursor.key()
             if index_key >= first_kept:
                 break
-            entries.append(
-                (index_key, codec.day_of(index_key), codec.relationship_of_index_key(index_key))
-            )
+            relationship = codec.relationship_of_index_key(index_key)
+            entries.append((index_key, codec.day_of(index_key), relationship))
             positioned = cursor.next()
         return entries
 
@@ -270,25 +281,25 @@ class StoreView:
         if sealed is None:
             raise CorruptRecord("an index names a relationship that does not exist")
         _, institution, role = codec.split_relationship_key(key)
-        customer, history = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
+        customer, history, _ = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
         return StoredHistory(customer, institution, role, history)
 
-    def _locate(
-        self, customer: CustomerId, institution: str, role: Role
-    ) -> tuple[bytes, History] | None:
-        """Where the record is stored (under whichever pseudonym version) and its history."""
-        for version, pseudonymiser in self._pseudonymisers():
+    def _locate(self, customer: CustomerId, institution: str, role: Role) -> _Record | None:
+        """Where the record is stored (under whichever pseudonym version), with its history."""
+        for version, pseudonymiser in self._crypto.newest_first:
             pseudonym = pseudonymiser.pseudonym(customer.digits)
             key = codec.relationship_key(version, pseudonym, institution, role)
-            sealed = self._txn.get(key, db=self._db[RELATIONSHIPS])
-            if sealed is not None:
-                _, history = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
-                return key, history
+            found = self._read_record(key)
+            if found is not None:
+                return found
         return None
 
-    def _pseudonymisers(self) -> list[tuple[int, Pseudonymiser]]:
-        """Every pseudonym version that may hold data, newest first."""
-        return sorted(self._crypto.pseudonymisers.items(), reverse=True)
+    def _read_record(self, key: bytes) -> _Record | None:
+        sealed = self._txn.get(key, db=self._db[RELATIONSHIPS])
+        if sealed is None:
+            return None
+        _, history, slot = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
+        return _Record(key, history, slot)
 
     # --- institutions and collection accounts ------------------------------------------------
 
@@ -376,7 +387,9 @@ class StoreTxn(StoreView):
         super().__init__(store, txn, crypto)
         self.seal_version = seal_version
         self.pseudonym_version = pseudonym_version
-        self._located: dict[tuple[str, str, Role], tuple[bytes, History] | None] = {}
+        self._located: dict[tuple[str, str, Role], _Record | None] = {}
+        self._current_keys: dict[tuple[str, str, Role], bytes] = {}
+        self._next_slots: dict[str, int] = {}
 
     # --- relationships -------------------------------------------------------------------------
 
@@ -387,35 +400,38 @@ class StoreTxn(StoreView):
 
         A record found under an older pseudonym version moves to the current one.
         """
-        located = self._locate(customer, institution, role)
-        pseudonym = self._crypto.pseudonymisers[self.pseudonym_version].pseudonym(customer.digits)
-        key = codec.relationship_key(self.pseudonym_version, pseudonym, institution, role)
-        previous: History = ()
-        if located is not None and located[0] != key:
-            self._delete_relationship(*located)
-        elif located is not None:
-            previous = located[1]
+        memo = (customer.digits, institution, role)
+        found = self._locate(customer, institution, role)
         if not history:
-            if located is not None and located[0] == key:
-                self._delete_relationship(key, previous)
-            self._located[(customer.digits, institution, role)] = None
+            if found is not None:
+                self._delete_record(found)
+            self._located[memo] = None
             return
-        self._put(RELATIONSHIPS, key, codec.encode_relationship(customer, history))
-        if located is None or located[0] != key:
-            self._put_index(BY_INSTITUTION, codec.institution_index_key(key))
-        old_ended, new_ended = codec.ended_keys(key, previous), codec.ended_keys(key, history)
-        for index_key in old_ended - new_ended:
-            self._txn.delete(index_key, db=self._db[ENDED_BY_DATE])
-        for index_key in new_ended - old_ended:
-            self._put_index(ENDED_BY_DATE, index_key)
-        self._located[(customer.digits, institution, role)] = (key, history)
+        key = self._current_key(customer, institution, role)
+        moved = found is not None and found.key != key
+        if moved:
+            self._delete_record(found, keep_slot=True)
+        slot = found.slot if found is not None else self._next_slot(institution)
+        previous = found.history if found is not None and not moved else ()
+        self._put(RELATIONSHIPS, key, codec.encode_relationship(customer, history, slot))
+        if found is None or moved:
+            self._put_index(BY_INSTITUTION, codec.slot_key(key, slot), key)
+        if _any_ended(previous) or _any_ended(history):
+            old_ended, new_ended = codec.ended_keys(key, previous), codec.ended_keys(key, history)
+            for index_key in old_ended - new_ended:
+                self._txn.delete(index_key, db=self._db[ENDED_BY_DATE])
+            for index_key in new_ended - old_ended:
+                self._put_index(ENDED_BY_DATE, index_key)
+        self._located[memo] = _Record(key, history, slot)
 
     def move_relationship(self, key: bytes) -> None:
         """Moves one record to the current pseudonym version (key rotation)."""
         stored = self.stored_history(key)
-        located = self._locate(stored.customer, stored.institution, stored.role)
-        if located is not None and located[0] != key:
-            self._delete_relationship(key, stored.periods)  # a newer copy wins
+        found = self._locate(stored.customer, stored.institution, stored.role)
+        if found is not None and found.key != key:
+            old = self._read_record(key)
+            assert old is not None
+            self._delete_record(old)  # a newer copy wins
             return
         self.put_history(stored.customer, stored.institution, stored.role, stored.periods)
 
@@ -430,22 +446,62 @@ class StoreTxn(StoreView):
                 break
         return keys
 
-    def _locate(
-        self, customer: CustomerId, institution: str, role: Role
-    ) -> tuple[bytes, History] | None:
-        memo = (customer.digits, institution, role)
-        if memo not in self._located:
-            self._located[memo] = super()._locate(customer, institution, role)
-        return self._located[memo]
-
     def drop_ended_entry(self, index_key: bytes) -> None:
         """Removes an ended-periods index entry whose period is gone (never expected)."""
         self._txn.delete(index_key, db=self._db[ENDED_BY_DATE])
 
-    def _delete_relationship(self, key: bytes, history: History) -> None:
-        self._txn.delete(key, db=self._db[RELATIONSHIPS])
-        self._txn.delete(codec.institution_index_key(key), db=self._db[BY_INSTITUTION])
-        for index_key in codec.ended_keys(key, history):
+    def _locate(self, customer: CustomerId, institution: str, role: Role) -> _Record | None:
+        """As in a view, remembered for the transaction; the current version is tried first."""
+        memo = (customer.digits, institution, role)
+        if memo in self._located:
+            return self._located[memo]
+        found = self._read_record(self._current_key(customer, institution, role))
+        for version, pseudonymiser in self._crypto.newest_first:
+            if found is not None:
+                break
+            if version != self.pseudonym_version:
+                pseudonym = pseudonymiser.pseudonym(customer.digits)
+                key = codec.relationship_key(version, pseudonym, institution, role)
+                found = self._read_record(key)
+        self._located[memo] = found
+        return found
+
+    def _current_key(self, customer: CustomerId, institution: str, role: Role) -> bytes:
+        """The record's key under the pseudonym version writes use (computed once)."""
+        memo = (customer.digits, institution, role)
+        key = self._current_keys.get(memo)
+        if key is None:
+            pseudonymiser = self._crypto.pseudonymisers[self.pseudonym_version]
+            pseudonym = pseudonymiser.pseudonym(customer.digits)
+            key = codec.relationship_key(self.pseudonym_version, pseudonym, institution, role)
+            self._current_keys[memo] = key
+        return key
+
+    def _next_slot(self, institution: str) -> int:
+        """The next free by-institution slot: one past the institution's last."""
+        slot = self._next_slots.get(institution)
+        if slot is None:
+            slot = self._last_slot(institution) + 1
+        self._next_slots[institution] = slot + 1
+        return slot
+
+    def _last_slot(self, institution: str) -> int:
+        """The institution's highest slot in use, or -1."""
+        prefix = codec.org_key(institution)
+        cursor = self._txn.cursor(db=self._db[BY_INSTITUTION])
+        if cursor.set_range(codec.org_key(str(int(institution) + 1))):
+            positioned = cursor.prev()
+        else:
+            positioned = cursor.last()
+        if positioned and cursor.key().startswith(prefix):
+            return codec.slot_of(cursor.key())
+        return -1
+
+    def _delete_record(self, record: _Record, *, keep_slot: bool = False) -> None:
+        self._txn.delete(record.key, db=self._db[RELATIONSHIPS])
+        if not keep_slot:
+            self._txn.delete(codec.slot_key(record.key, record.slot), db=self._db[BY_INSTITUTION])
+        for index_key in codec.ended_keys(record.key, record.history):
             self._txn.delete(index_key, db=self._db[ENDED_BY_DATE])
 
     # --- institutions and collection accounts ----------------------------------------------------
@@ -543,11 +599,15 @@ class StoreTxn(StoreView):
         except lmdb.MapFullError:
             raise StoreFull(_STORE_FULL) from None
 
-    def _put_index(self, database: bytes, key: bytes) -> None:
+    def _put_index(self, database: bytes, key: bytes, value: bytes = b"") -> None:
         try:
-            self._txn.put(key, b"", db=self._db[database])
+            self._txn.put(key, value, db=self._db[database])
         except lmdb.MapFullError:
             raise StoreFull(_STORE_FULL) from None
+
+
+def _any_ended(history: History) -> bool:
+    return any(period.end is not None for period in history)
 
 
 def _meta_version(txn: lmdb.Transaction, meta: Any, key: bytes) -> int:
