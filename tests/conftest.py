@@ -170,9 +170,10 @@ def server_factory(
         clock: FixedClock | None = None,
         tokens_toml: str = "",
         maintenance_toml: str = "",
+        store_toml: str = "",
         validation_processes: int = 0,
     ) -> RunningServer:
-        """A started server; the ``*_toml`` lines go into its [tokens] / [maintenance]."""
+        """A started server; the ``*_toml`` lines go into its [tokens], [maintenance], [store]."""
         directory = tmp_path / f"server{len(servers)}"
         directory.mkdir()
         config_path = write_config(
@@ -182,6 +183,7 @@ def server_factory(
             test_mode=test_mode,
             tokens=tokens_toml,
             maintenance=maintenance_toml,
+            store=store_toml,
             validation_processes=validation_processes,
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})

@@ -175,6 +175,7 @@ def write_config(
     test_mode: bool,
     tokens: str,
     maintenance: str = "",
+    store: str = "",
     validation_processes: int = 0,
 ) -> Path:
     path = directory / "kfr.toml"
@@ -204,6 +205,9 @@ validation_processes = {validation_processes}
 
 [maintenance]
 {maintenance}
+
+[store]
+{store}
 
 [[agencies]]
 org_number = "{AGENCY_ORG}"

@@ -366,3 +366,34 @@ def test_operator_commands_against_a_running_server(served: ServerProcess, ids, 
     counts = run("lookup-counts", "--config", config)
     assert f"{TEST_AGENCY_ORG}\t{TEST_MANDATE}\tOK=2" in counts.output
     assert run("restore", str(backup_dir), "--config", config).exit_code == 0
+
+
+def test_report_file_loads_a_batch_file_and_names_the_lines_it_rejected(
+    served: ServerProcess, ids, tmp_path: Path
+):
+    good = [ids.person() for _ in range(5)]
+    broken = good[0][:-1] + str((int(good[0][-1]) + 1) % 10)
+    batch = tmp_path / "load.txt"
+    batch.write_text(
+        f"{good[0]}#2020-01-01,{good[1]},\n{broken}#2020-01-01,\n{good[2]}#2099-01-01,{good[3]}\n"
+    )
+    result = served.client("institution", "report-file", "--institution", TEST_INSTITUTION_ORG,
+                           "--chunk-size", "2", str(batch))  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "accepted 3 entries (registered 3, already registered 0) in 3 chunks; rejected 2" in (
+        result.stdout
+    )
+    assert "line 2: customer_id: is not a valid fødselsnummer or D-number (check digits) " in (
+        result.stdout
+    )
+    assert "line 3: start_date: is in the future [DATE_IN_FUTURE]" in result.stdout
+    assert not any(value in result.output for value in [*good, broken])
+
+    csv_file = tmp_path / "load.csv"
+    csv_file.write_text(
+        f"customer_id,role,start_date\n{good[4]},disponent,2021-01-01\n{good[0]},owner\n"
+    )
+    result = served.client("institution", "report-file", "--institution", TEST_INSTITUTION_ORG,
+                           str(csv_file))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "registered 1, already registered 1" in result.stdout

@@ -6,6 +6,8 @@ Memory stays bounded however long the stream: one chunk at a time, counts, and a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.errors import FieldViolation, InvalidArgument, KfrError, NotFound
 from kfr_grpc.register.reports import Row
@@ -15,6 +17,16 @@ MAX_REJECTED_LISTED = 10_000
 # The wire's role numbers are the register's (kfr.v1.Role: 0 unspecified, 1 owner, 2 disponent).
 _KNOWN_ROLES = frozenset({pb.ROLE_UNSPECIFIED, pb.ROLE_OWNER, pb.ROLE_DISPONENT})
 _MAX_REJECTED_RECORDED = 1000
+
+
+@dataclass
+class PreparedChunk:
+    """A received chunk: rows to validate, their stream positions, and items already
+    rejected as (position, field, code, reason)."""
+
+    rows: list[Row] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
 
 
 class BulkLoad:
@@ -27,27 +39,31 @@ class BulkLoad:
     def accepted(self) -> int:
         return self.registered + self.already_registered
 
-    def begin_chunk(self, chunk: pb.ReportRequest) -> tuple[list[Row], list[int]]:
+    def begin_chunk(self, chunk: pb.ReportRequest) -> PreparedChunk:
         """The chunk's items as rows for validation, with their positions in the stream;
-        items with a role number outside the contract are rejected here."""
-        rows, positions = [], []
+        items with a role number outside the contract are rejected already here."""
+        prepared = PreparedChunk()
         for offset, item in enumerate(chunk.relationships):
-            if item.role not in _KNOWN_ROLES:
-                self._reject(
-                    self.items + offset, "role", "ROLE_UNKNOWN", f"has unknown value {item.role}"
-                )
-                continue
-            rows.append((item.customer_id, item.role, item.start_date))
-            positions.append(self.items + offset)
+            position = self.items + offset
+            if item.role in _KNOWN_ROLES:
+                prepared.rows.append((item.customer_id, item.role, item.start_date))
+                prepared.positions.append(position)
+            else:
+                reason = f"has unknown value {item.role}"
+                prepared.rejected.append((position, "role", "ROLE_UNKNOWN", reason))
         self.items += len(chunk.relationships)
-        return rows, positions
+        return prepared
 
-    def finish_chunk(self, result: ChunkResult, positions: list[int]) -> None:
+    def finish_chunk(self, prepared: PreparedChunk, result: ChunkResult) -> None:
+        """Counts a written chunk and lists its rejected items, in stream order."""
         self.chunks += 1
         self.registered += result.registered
         self.already_registered += result.already_registered
-        for problem in result.rejected:
-            self._reject(positions[problem.index], problem.field, problem.code, problem.reason)
+        rejected = prepared.rejected + [
+            (prepared.positions[p.index], p.field, p.code, p.reason) for p in result.rejected
+        ]
+        for item in sorted(rejected):
+            self._reject(*item)
 
     def _reject(self, position: int, field: str, code: str, reason: str) -> None:
         self.rejected_count += 1

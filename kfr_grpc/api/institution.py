@@ -9,7 +9,7 @@ from typing import Any
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
-from kfr_grpc.api.bulk import BulkLoad
+from kfr_grpc.api.bulk import BulkLoad, PreparedChunk
 from kfr_grpc.api.convert import (
     period_to_pb,
     request_record_to_pb,
@@ -58,18 +58,20 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         load = BulkLoad()
         institution = None
         validate = self._register.row_validator()
-        pending: tuple[Future, list[int]] | None = None
+        pending: tuple[PreparedChunk, Future] | None = None
         try:
             for chunk in request_iterator:
-                institution = self._stream_institution(context, chunk, institution)
-                rows, positions = load.begin_chunk(chunk)
-                check_chunk_size(rows)
-                submitted = (self._validation.submit(validate, rows), positions)
-                if pending is not None:
-                    self._write_chunk(load, institution, *pending)
+                try:
+                    institution = self._stream_institution(context, chunk, institution)
+                    prepared = load.begin_chunk(chunk)
+                    check_chunk_size(chunk.relationships)
+                except KfrError:
+                    self._write_chunk(load, institution, pending)  # it came before the bad one
+                    raise
+                submitted = (prepared, self._validation.submit(validate, prepared.rows))
+                self._write_chunk(load, institution, pending)
                 pending = submitted
-            if pending is not None:
-                self._write_chunk(load, institution, *pending)
+            self._write_chunk(load, institution, pending)
         except KfrError as error:
             raise load.annotate(error) from None
         if institution is None:
@@ -79,10 +81,13 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         return load.response()
 
     def _write_chunk(
-        self, load: BulkLoad, institution: str, validation: Future, positions: list[int]
+        self, load: BulkLoad, institution: str | None, pending: tuple[PreparedChunk, Future] | None
     ) -> None:
+        if pending is None or institution is None:
+            return
+        prepared, validation = pending
         validated = ValidatedReports.from_rows(validation.result())
-        load.finish_chunk(self._register.apply_chunk(institution, validated), positions)
+        load.finish_chunk(prepared, self._register.apply_chunk(institution, validated))
 
     def _stream_institution(
         self, context: RequestContext, chunk: pb.ReportRequest, institution: str | None
