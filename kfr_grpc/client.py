@@ -13,11 +13,19 @@ CORRELATION_ID_KEY = "correlation-id"
 
 
 def secure_channel(
-    target: str, *, ca: Path, cert: Path, key: Path, token: str | None = None
+    target: str,
+    *,
+    ca: Path,
+    cert: Path,
+    key: Path,
+    token: str | None = None,
+    own_connection: bool = False,
 ) -> grpc.Channel:
     """A mutual-TLS channel: the server is verified against ``ca``; we present ``cert``.
 
-    With ``token``, every call carries ``authorization: Bearer <token>``.
+    With ``token``, every call carries ``authorization: Bearer <token>``. With
+    ``own_connection``, the channel opens its own TCP connection instead of sharing one
+    with other channels to the same target (so several reach several server workers).
     """
     credentials = grpc.ssl_channel_credentials(
         root_certificates=ca.read_bytes(),
@@ -28,7 +36,8 @@ def secure_channel(
         credentials = grpc.composite_channel_credentials(
             credentials, grpc.access_token_call_credentials(token)
         )
-    return grpc.secure_channel(target, credentials)
+    options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def new_metadata(correlation_id: str | None = None) -> tuple[tuple[str, str], ...]:

@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kfr_grpc._proto import kfr_pb2, kfr_pb2_grpc
 from kfr_grpc.api.institution import InstitutionServicer
@@ -60,9 +61,15 @@ class Maintenance:
     and, once per ``purge_interval_seconds`` (first soon after start), retention."""
 
     def __init__(
-        self, config: MaintenanceConfig, operations: Operations, statistics: LookupStatistics
+        self,
+        config: MaintenanceConfig,
+        operations: Operations,
+        statistics: LookupStatistics,
+        *,
+        run_retention: bool = True,
     ) -> None:
         self._config = config
+        self._run_retention = run_retention
         self._operations = operations
         self._statistics = statistics
         self._stopping = threading.Event()
@@ -82,7 +89,7 @@ class Maintenance:
         tick = min(self._config.lookup_counts_flush_seconds, self._config.purge_interval_seconds)
         while not self._stopping.wait(max(tick, 0.05)):
             self._flush()
-            if time.monotonic() >= next_purge:
+            if self._run_retention and time.monotonic() >= next_purge:
                 self._purge()
                 next_purge = time.monotonic() + self._config.purge_interval_seconds
 
@@ -138,10 +145,24 @@ def _service_name(service: str) -> str:
     return kfr_pb2.DESCRIPTOR.services_by_name[service].full_name
 
 
+# "" is the server as a whole; then each service by its full name.
+HEALTH_SERVICES = ("", _service_name("InstitutionService"), _service_name("LookupService"))
+
+
 class KfrServer:
     """The register served over mutual TLS. ``start()`` returns the bound port."""
 
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock | None = None,
+        *,
+        shared_port: bool = False,
+        run_retention: bool = True,
+    ) -> None:
+        """``shared_port``: one of several worker processes on the same port (SO_REUSEPORT);
+        otherwise a second server on the port fails to start. ``run_retention``: this
+        process runs the daily retention (one worker of several does)."""
         clock = clock or SystemClock()
         self._config = config
         tls = config.tls
@@ -158,7 +179,10 @@ class KfrServer:
         self._register = Register(self._store, clock, test_mode=config.test_mode)
         statistics = LookupStatistics(self._store, clock)
         self._maintenance = Maintenance(
-            config.maintenance, operations_for(config, self._store, clock), statistics
+            config.maintenance,
+            operations_for(config, self._store, clock),
+            statistics,
+            run_retention=run_retention,
         )
         recorder = RegisterRecorder(self._register, statistics, clock)
         policy = AccessPolicy(config.agencies)
@@ -166,6 +190,7 @@ class KfrServer:
             futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="kfr-rpc"),
             interceptors=[RequestInterceptor(authenticator, recorder)],
             maximum_concurrent_rpcs=config.threads * _MAX_CONCURRENT_RPCS_PER_THREAD,
+            options=[("grpc.so_reuseport", 1 if shared_port else 0)],
         )
         self._validation = _validation_executor(config.validation_processes)
         kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
@@ -174,6 +199,8 @@ class KfrServer:
         kfr_pb2_grpc.add_LookupServiceServicer_to_server(
             LookupServicer(self._register, policy), self._server
         )
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._port = self._bind()
 
     def _bind(self) -> int:
@@ -220,6 +247,8 @@ class KfrServer:
     def start(self) -> int:
         self._server.start()
         self._maintenance.start()
+        for service in HEALTH_SERVICES:
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving on %s (port %d), data in %s, test mode %s",
             self._config.listen,
@@ -234,6 +263,7 @@ class KfrServer:
 
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
+        self._health.enter_graceful_shutdown()  # NOT_SERVING from now on
         self._server.stop(self._config.grace_seconds if grace is None else grace).wait()
         self._maintenance.stop()
         if self._validation is not None:

@@ -416,3 +416,27 @@ def test_ca_bundle_mismatch_on_the_client_side_is_refused(server, ids):
         assert error.code() is StatusCode.UNAVAILABLE
     finally:
         client.close()
+
+
+# --- health -------------------------------------------------------------------------------------
+
+
+def test_health_check_with_the_same_identity_rules(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    client = server.client(server.pki.institution)
+    health = health_pb2_grpc.HealthStub(client.channel)
+    for service in ("", "kfr.v1.InstitutionService", "kfr.v1.LookupService"):
+        response = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    unknown = rpc_error(health.Check, health_pb2.HealthCheckRequest(service="nope"))
+    assert unknown.code() is StatusCode.NOT_FOUND
+    anonymous = health_pb2_grpc.HealthStub(
+        server.client(server.pki.institution, token=None).channel
+    )
+    error = rpc_error(anonymous.Check, health_pb2.HealthCheckRequest())
+    assert error.code() is StatusCode.UNAUTHENTICATED
+    watch = anonymous.Watch(health_pb2.HealthCheckRequest())
+    assert rpc_error(next, watch).code() is StatusCode.UNAUTHENTICATED
+    first = next(health.Watch(health_pb2.HealthCheckRequest(), timeout=5))
+    assert first.status == health_pb2.HealthCheckResponse.SERVING

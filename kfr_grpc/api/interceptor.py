@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -126,7 +126,31 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        streaming = handler.unary_stream or handler.stream_stream
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(
+            self._wrap_streaming(streaming, method, metadata),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_streaming(self, behaviour: Callable, method: str, metadata: Any) -> Callable:
+        """Response-streaming calls (health Watch, reflection): the same checks, then the
+        stream; errors while streaming end it with their status."""
+        unary = self._wrap(lambda request, context: behaviour(request, context), method, metadata)
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            responses = unary(request, context)
+            try:
+                yield from responses
+            except KfrError as error:
+                context.abort(*_status_for(error, "-"))
+
+        return handle
 
     def _wrap(self, behaviour: Callable, method: str, metadata: Any) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:

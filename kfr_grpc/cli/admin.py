@@ -23,22 +23,35 @@ from kfr_grpc.keyring import Keyring
 from kfr_grpc.server import KfrServer
 from kfr_grpc.store import backup as backups
 from kfr_grpc.store import keys as key_rotation
+from kfr_grpc.supervisor import Supervisor
 
 # --- server --------------------------------------------------------------------------------
 
 
 @main.command()
 @CONFIG_OPTION
-def serve(config_path: Path) -> None:
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+    help="Server processes sharing the store and the port (SO_REUSEPORT).",
+)  # fmt: skip
+@click.option("--worker-index", type=int, default=None, hidden=True)
+def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
     """Run the server until SIGTERM or SIGINT."""
     config = load(config_path)
+    worker = f" worker-{worker_index}" if worker_index is not None else ""
     logging.basicConfig(
         level=config.log_level,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s{worker} %(name)s %(message)s",
     )
+    if workers > 1:
+        if config.listen.rsplit(":", 1)[-1] == "0":
+            fail("--workers needs a fixed port in listen, not port 0")
+        sys.exit(Supervisor(config.path, workers, config.grace_seconds).run())
     with kfr_errors():
-        server = KfrServer(config)
+        server = KfrServer(
+            config, shared_port=worker_index is not None, run_retention=not worker_index
+        )
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())

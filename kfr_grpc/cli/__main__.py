@@ -1,0 +1,5 @@
+"""``python -m kfr_grpc.cli``: the same as the ``kfr`` command."""
+
+from kfr_grpc.cli import main
+
+main()
