@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # repository so that no key ever sits in a working tree.
 KFR_DEV ?= $(HOME)/.kfr-dev
 
-.PHONY: install run test lint protos bench clean
+.PHONY: install run test lint protos bench bench-scale sla clean
 
 install: $(STAMP)
 
@@ -33,8 +33,18 @@ lint: install
 protos: install
 	$(BIN)/python -m kfr_grpc.codegen
 
+# The capacity run: health-Check baseline vs Lookup, bulk-load rates, the targets.
 bench: install
-	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.capacity
+
+# Lookup latency, store size and memory on stores of 10^4, 10^6 and 10^7 relationships.
+bench-scale: install
+	$(BIN)/python -m bench.scale
+
+# The Locust SLA suite, headless: 10 requests/s for DURATION seconds (at least 60).
+DURATION ?= 60
+sla: install
+	$(BIN)/python -m bench.sla --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

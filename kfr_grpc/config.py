@@ -18,7 +18,10 @@ from kfr_grpc.register.values import InvalidValue
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAP_SIZE_MB = 8192
-DEFAULT_THREADS = 16
+# Handlers hold the GIL for most of their work; a few threads serve more calls per second
+# than many, which mostly wait for one another.
+DEFAULT_THREADS = 4
+DEFAULT_MAX_CONCURRENT_CALLS = 256
 DEFAULT_GRACE_SECONDS = 10.0
 DEFAULT_FILE_CHECK_SECONDS = 1.0
 DEFAULT_INSTITUTION_SCOPE = "bits:kundeforhold.write"
@@ -80,6 +83,7 @@ class Config:
     agencies: tuple[AgencyConfig, ...]
     map_size_mb: int = DEFAULT_MAP_SIZE_MB
     threads: int = DEFAULT_THREADS
+    max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     file_check_seconds: float = DEFAULT_FILE_CHECK_SECONDS
     validation_processes: int = 1
@@ -101,7 +105,10 @@ _TOKEN_KEYS = {
     "jwks_ca", "jwks_min_refresh_seconds", "cache_size",
 }  # fmt: skip
 _STORE_KEYS = {"map_size_mb"}
-_SERVER_KEYS = {"threads", "grace_seconds", "file_check_seconds", "validation_processes"}
+_SERVER_KEYS = {
+    "threads", "max_concurrent_calls", "grace_seconds", "file_check_seconds",
+    "validation_processes",
+}  # fmt: skip
 _MAINTENANCE_KEYS = {"request_log_days", "purge_interval_seconds", "lookup_counts_flush_seconds"}
 _AGENCY_KEYS = {"org_number", "name", "mandates", "owner_only"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
@@ -156,6 +163,9 @@ class _Reader:
             agencies=self._agencies(document.get("agencies", [])),
             map_size_mb=self._positive(store, "map_size_mb", DEFAULT_MAP_SIZE_MB, "store."),
             threads=self._positive(server, "threads", DEFAULT_THREADS, "server."),
+            max_concurrent_calls=self._positive(
+                server, "max_concurrent_calls", DEFAULT_MAX_CONCURRENT_CALLS, "server."
+            ),
             grace_seconds=self._seconds(server, "grace_seconds", DEFAULT_GRACE_SECONDS, "server."),
             file_check_seconds=self._seconds(
                 server, "file_check_seconds", DEFAULT_FILE_CHECK_SECONDS, "server."

@@ -35,10 +35,6 @@ from kfr_grpc.watched import WatchedFiles
 
 log = logging.getLogger("kfr.server")
 
-# Bounded so a flood of connections cannot exhaust memory: beyond it, calls get
-# RESOURCE_EXHAUSTED instead of queueing without limit.
-_MAX_CONCURRENT_RPCS_PER_THREAD = 4
-
 
 def open_store(config: Config, *, follow_keyring: bool = False) -> Store:
     """Loads the keyring and opens the store: what the server and admin commands share.
@@ -189,7 +185,8 @@ class KfrServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="kfr-rpc"),
             interceptors=[RequestInterceptor(authenticator, recorder)],
-            maximum_concurrent_rpcs=config.threads * _MAX_CONCURRENT_RPCS_PER_THREAD,
+            # Calls beyond this many get RESOURCE_EXHAUSTED instead of queueing without end.
+            maximum_concurrent_rpcs=config.max_concurrent_calls,
             options=[("grpc.so_reuseport", 1 if shared_port else 0)],
         )
         self._validation = _validation_executor(config.validation_processes)

@@ -96,12 +96,16 @@ class _ParsedEnd:
 
 
 class Register:
-    """The register's rules over a ``Store``. Thread-safe; holds no mutable state."""
+    """The register's rules over a ``Store``. Thread-safe; its only state is a memo of
+    institution names."""
 
     def __init__(self, store: Store, clock: Clock, *, test_mode: bool) -> None:
         self._store = store
         self._clock = clock
         self._test_mode = test_mode
+        # An institution's name never changes once registered (adding it again under
+        # another name is refused), so lookups can remember names instead of reading them.
+        self._names: dict[str, str] = {}
 
     # --- institution service ------------------------------------------------------------
 
@@ -230,7 +234,7 @@ class Register:
                 roles_by_org.setdefault(history.institution, set()).add(history.role)
                 if any(period.ongoing_at(query.last_day) for period in in_window):
                     active_orgs.add(history.institution)
-            names = {org: _institution_name(view, org) for org in roles_by_org}
+            names = {org: self._institution_name(view, org) for org in roles_by_org}
         return [
             InstitutionRelation(
                 org_number=org,
@@ -284,6 +288,15 @@ class Register:
                 ]
             )
         return own
+
+    def _institution_name(self, view: StoreView, org_number: str) -> str:
+        name = self._names.get(org_number)
+        if name is None:
+            institution = view.institution(org_number)
+            if institution is None:
+                return ""
+            name = self._names[org_number] = institution.name
+        return name
 
     # --- parsing --------------------------------------------------------------------------
 
@@ -376,8 +389,3 @@ def _require_registered_in(
             f"institution {institution} was closed on {registered.closed_on.isoformat()} "
             "and can no longer report"
         )
-
-
-def _institution_name(view: StoreView, org_number: str) -> str:
-    institution = view.institution(org_number)
-    return institution.name if institution is not None else ""

@@ -1,0 +1,275 @@
+"""``make bench``: the capacity run, against a server of its own, printed as a table.
+
+    python -m bench.capacity [--seconds 8] [--preload 100000] [--file-entries 1000000]
+
+1. Preloads ``--preload`` relationships with ReportStream (the bulk-load rate, from memory).
+2. Closed loop: the standard health Check, then Lookup, each with ``--concurrency``
+   calls in flight for ``--seconds``, from one asyncio gRPC client with the same mutual
+   TLS and the same certificate-bound token: throughput and latency. The health Check is
+   the baseline: it crosses the same TLS, token and interceptor path with no register work.
+3. Open loop: Lookup (and the baseline) offered at fixed rates, latency measured from
+   the moment each call was due, so a slow answer cannot hide the ones queued behind it.
+4. ``kfr report-file`` on a generated file of ``--file-entries`` entries in the reference
+   register's batch format: the end-to-end bulk-load rate, client parsing included.
+5. The targets, as ratio lines.
+
+Client and server share this machine's cores; compare the figures with the baseline
+measured in the same run, not with another machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.common import KFR, READ_SCOPE, BenchServer, bench_server, percentile
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc._proto import kfr_pb2_grpc
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, TEST_MANDATE
+from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
+
+REFERENCE_RATE = 250  # relationships/s, the reference register's bulk load
+
+
+@dataclass
+class Run:
+    name: str
+    seconds: float
+    latencies: list[float]
+    errors: int
+    offered: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def row(self) -> str:
+        offered = f"{self.offered:,.0f}/s" if self.offered else "closed loop"
+        p50, p99 = (percentile(self.latencies, q) * 1e3 for q in (0.5, 0.99))
+        rate = f"{self.rate:,.0f}/s"
+        return _row(self.name, offered, rate, f"{p50:.2f}", f"{p99:.2f}", self.errors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="KFR capacity run")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--preload", type=int, default=100_000)
+    parser.add_argument("--rates", default="250,500,1000", help="offered Lookup rates per second")
+    parser.add_argument("--file-entries", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    rates = [int(rate) for rate in args.rates.split(",")]
+
+    ids = unique_synthetic_person_ids(seed=7)
+    with bench_server(workers=args.workers) as server:
+        preload = list(itertools.islice(ids, args.preload))
+        stream_seconds = _stream(server, preload)
+        runs = asyncio.run(_measure(server, preload, args, rates))
+        file_seconds, file_output = _report_file(server, ids, args.file_entries)
+    _print(args, rates, stream_seconds, runs, file_seconds, file_output)
+
+
+# --- bulk load ------------------------------------------------------------------------------
+
+
+def _stream(server: BenchServer, customers: list[str], chunk: int = 20_000) -> float:
+    def chunks():
+        for offset in range(0, len(customers), chunk):
+            yield pb.ReportRequest(
+                institution_org_number=TEST_INSTITUTION_ORG if offset == 0 else "",
+                relationships=[
+                    pb.Relationship(customer_id=c, role=pb.ROLE_OWNER, start_date="2020-01-01")
+                    for c in customers[offset : offset + chunk]
+                ],
+            )
+
+    client = server.client("institution")
+    started = time.perf_counter()
+    response = client.institutions.ReportStream(chunks())
+    elapsed = time.perf_counter() - started
+    client.close()
+    assert response.registered_count == len(customers), response
+    return elapsed
+
+
+def _report_file(server: BenchServer, ids, entries: int) -> tuple[float, str]:
+    with tempfile.TemporaryDirectory(prefix="kfr-bench-file-") as workdir:
+        path = Path(workdir) / "load.txt"
+        with path.open("w") as out:
+            for batch in iter(lambda: list(itertools.islice(ids, 10)), []):
+                out.write(",".join(f"{c}#2020-01-01" for c in batch) + ",\n")
+                entries -= len(batch)
+                if entries <= 0:
+                    break
+        setup = server.setup
+        command = [
+            KFR, "report-file", "--target", server.target, "--ca", str(setup.file("ca.crt")),
+            "--cert", str(setup.file("institution.crt")),
+            "--key", str(setup.file("institution.key")),
+            "--dev", str(setup.directory), "--institution", TEST_INSTITUTION_ORG, str(path),
+        ]  # fmt: skip
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"report-file failed: {result.stdout}{result.stderr}")
+    return elapsed, result.stdout.strip().splitlines()[0]
+
+
+# --- RPC load -------------------------------------------------------------------------------
+
+
+async def _measure(server: BenchServer, known: list[str], args, rates: list[int]) -> list[Run]:
+    setup = server.setup
+    cert = setup.file("agency.crt")
+    token = setup.token_issuer().mint(
+        TEST_AGENCY_ORG, READ_SCOPE, now=SystemClock().now(), ttl=7200,
+        cnf_certificate=cert.read_bytes(),
+    )  # fmt: skip
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(
+            setup.file("ca.crt").read_bytes(),
+            setup.file("agency.key").read_bytes(),
+            cert.read_bytes(),
+        ),
+        grpc.access_token_call_credentials(token),
+    )
+    async with grpc.aio.secure_channel(server.target, credentials) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check
+        lookup = kfr_pb2_grpc.LookupServiceStub(channel).Lookup
+        cycle = itertools.cycle(known)
+
+        def check() -> Awaitable:
+            return health(health_pb2.HealthCheckRequest())
+
+        def find() -> Awaitable:
+            return lookup(
+                pb.LookupRequest(
+                    customer_id=next(cycle), from_date="2019-01-01", legal_mandate=TEST_MANDATE,
+                    account_info_request_id=str(uuid.uuid4()),
+                )
+            )  # fmt: skip
+
+        await _closed("warm-up", find, 2.0, args.concurrency)
+        runs = [
+            await _closed("health Check", check, args.seconds, args.concurrency),
+            await _closed("Lookup", find, args.seconds, args.concurrency),
+        ]
+        for rate in rates:
+            runs.append(await _open("Lookup", find, args.seconds, rate))
+        runs.append(await _open("health Check", check, args.seconds, max(rates)))
+        return runs
+
+
+async def _closed(
+    name: str, call: Callable[[], Awaitable], seconds: float, concurrency: int
+) -> Run:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                await call()
+                latencies.append(time.perf_counter() - started)
+            except grpc.RpcError:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Run(name, time.perf_counter() - started, latencies, errors)
+
+
+async def _open(name: str, call: Callable[[], Awaitable], seconds: float, rate: int) -> Run:
+    """Calls started on a fixed schedule, whatever the answers do; latency from due time."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(due: float) -> None:
+        nonlocal errors
+        try:
+            await call()
+            latencies.append(time.perf_counter() - due)
+        except grpc.RpcError:
+            errors += 1
+
+    tasks = []
+    start = time.perf_counter()
+    for n in range(int(seconds * rate)):
+        due = start + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(due)))
+    await asyncio.gather(*tasks)
+    return Run(name, time.perf_counter() - start, latencies, errors, offered=rate)
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def _print(args, rates, stream_seconds, runs, file_seconds, file_output) -> None:
+    stream_rate = args.preload / stream_seconds
+    file_rate = args.file_entries / file_seconds
+    closed = {run.name: run for run in runs if run.offered is None}
+    worst_open = next(r for r in runs if r.name == "Lookup" and r.offered == max(rates))
+    ratio = closed["Lookup"].rate / closed["health Check"].rate
+    print(f"## KFR capacity ({args.workers} worker(s); client and server on this machine)\n")
+    print("| call | offered | achieved | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for run in runs:
+        print(run.row())
+    print("\n| bulk load | relationships | seconds | rate |")
+    print("|---|---|---|---|")
+    print(_row("ReportStream (from memory, chunks of 20,000)", f"{args.preload:,}",
+               f"{stream_seconds:.1f}", f"{stream_rate:,.0f}/s"))  # fmt: skip
+    print(_row("kfr report-file (batch file, end to end)", f"{args.file_entries:,}",
+               f"{file_seconds:.1f}", f"{file_rate:,.0f}/s"))  # fmt: skip
+    print(f"\nreport-file said: {file_output}\n")
+    print("| target | measured | met |")
+    print("|---|---|---|")
+    _target(f"Lookup throughput ≥ 0.8 x health Check ({closed['health Check'].rate:,.0f}/s)",
+            f"{ratio:.2f} x", ratio >= 0.8)  # fmt: skip
+    p99 = percentile(worst_open.latencies, 0.99) * 1e3
+    _target(f"Lookup p99 ≤ 20 ms at {max(rates):,}/s offered", f"{p99:.1f} ms", p99 <= 20)
+    _target(
+        "bulk load ≥ 50,000 relationships/s end to end", f"{file_rate:,.0f}/s", file_rate >= 50_000
+    )
+    _target(
+        f"{args.file_entries:,}-relationship file in < 30 s",
+        f"{file_seconds:.1f} s",
+        file_seconds < 30,
+    )
+    _target("bulk load vs the reference register (250/s)", f"{file_rate / REFERENCE_RATE:,.0f} x",
+            file_rate / REFERENCE_RATE >= 200)  # fmt: skip
+    mean = statistics.fmean(closed["Lookup"].latencies) * 1e3
+    print(f"\n(mean Lookup latency, closed loop: {mean:.2f} ms)")
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def _target(name: str, measured: str, met: bool) -> None:
+    print(f"| {name} | {measured} | {'yes' if met else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()

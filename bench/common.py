@@ -1,0 +1,91 @@
+"""What the bench commands share: a server started from a fresh dev setup, and clients."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfr_grpc.client import KfrClient, secure_channel
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
+
+KFR = str(Path(sys.executable).with_name("kfr"))
+WRITE_SCOPE, READ_SCOPE = "bits:kundeforhold.write", "bits:kundeforhold.read"
+
+
+@dataclass
+class BenchServer:
+    setup: DevSetup
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    def client(self, who: str) -> KfrClient:
+        """The test institution ("institution") or agency ("agency"), with a bound token."""
+        org, scope = (
+            (TEST_INSTITUTION_ORG, WRITE_SCOPE)
+            if who == "institution"
+            else (TEST_AGENCY_ORG, READ_SCOPE)
+        )
+        cert = self.setup.file(f"{who}.crt")
+        token = self.setup.token_issuer().mint(
+            org, scope, now=SystemClock().now(), ttl=7200, cnf_certificate=cert.read_bytes()
+        )
+        channel = secure_channel(
+            self.target, ca=self.setup.file("ca.crt"), cert=cert,
+            key=self.setup.file(f"{who}.key"), token=token,
+        )  # fmt: skip
+        return KfrClient(channel)
+
+
+@contextlib.contextmanager
+def bench_server(*, workers: int = 1, config_extra: str = "") -> Iterator[BenchServer]:
+    """``kfr serve`` in its own process on a fresh dev setup in a temp directory."""
+    with tempfile.TemporaryDirectory(prefix="kfr-bench-") as workdir:
+        port = free_port()
+        setup = create_dev_setup(Path(workdir) / "dev", listen=f"127.0.0.1:{port}")
+        if config_extra:
+            with setup.config.open("a", encoding="utf-8") as config:
+                config.write("\n" + config_extra + "\n")
+        command = [KFR, "serve", "--config", str(setup.config), "--workers", str(workers)]
+        process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port)
+            time.sleep(0.5 * workers)  # let every worker bind before measuring
+            yield BenchServer(setup, port, process)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("the server did not start")
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0

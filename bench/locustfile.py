@@ -1,0 +1,168 @@
+"""The SLA suite: institutions reporting and ending relationships and agencies looking
+them up, in a realistic mix, over mutual TLS with access tokens.
+
+Headless, as ``make sla`` runs it (10 users at one request per second each = 10
+requests/s; exits non-zero if p99 > 500 ms or any request failed):
+
+    locust -f bench/locustfile.py --headless -u 10 -r 10 -t 60s --host localhost:50051
+
+With the web UI, against any server: ``locust -f bench/locustfile.py --host HOST:PORT``.
+
+Settings come from the environment. ``KFR_DEV`` (default ``~/.kfr-dev``) names a
+``kfr dev init`` directory: its CA, certificates, token signing key, test institution
+and mandate are used unless overridden with ``KFR_CA``, ``KFR_INSTITUTION_CERT`` /
+``KFR_INSTITUTION_KEY`` / ``KFR_INSTITUTION_TOKEN`` / ``KFR_INSTITUTION``,
+``KFR_AGENCY_CERT`` / ``KFR_AGENCY_KEY`` / ``KFR_AGENCY_TOKEN`` and ``KFR_MANDATE``.
+Customer IDs are synthetic (Tenor style), so the server must run in test mode.
+"""
+
+from __future__ import annotations
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()  # before any other gRPC use: make gRPC cooperate with gevent
+
+import os  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import grpc  # noqa: E402
+from locust import User, constant_throughput, events, task  # noqa: E402
+
+from kfr_grpc._proto import kfr_pb2 as pb  # noqa: E402
+from kfr_grpc.client import KfrClient, secure_channel  # noqa: E402
+from kfr_grpc.clock import SystemClock  # noqa: E402
+from kfr_grpc.dev.setup import (  # noqa: E402
+    TEST_AGENCY_ORG,
+    TEST_INSTITUTION_ORG,
+    TEST_MANDATE,
+    DevSetup,
+)
+from kfr_grpc.dev.synthetic import synthetic_person_id  # noqa: E402
+
+P99_LIMIT_MS = 500  # the agreement: 99 % of requests answered within 500 ms
+_KNOWN_PER_USER = 500
+
+
+def _setting(name: str, default: Callable[[], str]) -> str:
+    return os.environ.get(name) or default()
+
+
+class _Identity:
+    """Certificate, key and token of one side (institution or agency)."""
+
+    def __init__(self, who: str, org: str, scope: str) -> None:
+        dev = DevSetup(Path(os.environ.get("KFR_DEV", "~/.kfr-dev")).expanduser())
+        prefix = f"KFR_{who.upper()}"
+        self.cert = Path(_setting(f"{prefix}_CERT", lambda: str(dev.file(f"{who}.crt"))))
+        self.key = Path(_setting(f"{prefix}_KEY", lambda: str(dev.file(f"{who}.key"))))
+        self.ca = Path(_setting("KFR_CA", lambda: str(dev.file("ca.crt"))))
+        self.org = _setting(prefix, lambda: org)
+        self.token = _setting(
+            f"{prefix}_TOKEN",
+            lambda: dev.token_issuer().mint(self.org, scope, now=SystemClock().now(), ttl=3600),
+        )
+
+    def client(self, target: str) -> KfrClient:
+        # The token goes in each call's metadata: gRPC's call-credentials plugin runs on
+        # threads of its own, which deadlock under gevent with a few channels at once.
+        return KfrClient(secure_channel(target, ca=self.ca, cert=self.cert, key=self.key))
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+
+class RegisterUser(User):
+    """An institution's integration and an agency, one request per second in all."""
+
+    wait_time = constant_throughput(1)
+
+    def on_start(self) -> None:
+        target = self.host or os.environ.get("KFR_TARGET", "localhost:50051")
+        self.institution = _Identity("institution", TEST_INSTITUTION_ORG, "bits:kundeforhold.write")
+        self.agency = _Identity("agency", TEST_AGENCY_ORG, "bits:kundeforhold.read")
+        self.writer = self.institution.client(target)
+        self.reader = self.agency.client(target)
+        for client in (self.writer, self.reader):  # connect (TLS) before the clock runs
+            grpc.channel_ready_future(client.channel).result(timeout=30)
+        self.mandate = _setting("KFR_MANDATE", lambda: TEST_MANDATE)
+        self.rng = random.Random()
+        self.known: list[str] = []
+
+    def on_stop(self) -> None:
+        self.writer.close()
+        self.reader.close()
+
+    @task(3)
+    def report(self) -> None:
+        customer = synthetic_person_id(self.rng)
+        request = pb.ReportRequest(
+            institution_org_number=self.institution.org,
+            relationships=[pb.Relationship(customer_id=customer, role=pb.ROLE_OWNER)],
+        )
+        if self._timed("Report", self.writer.institutions.Report, request, self.institution):
+            self.known = [*self.known[-_KNOWN_PER_USER:], customer]
+
+    @task(1)
+    def end(self) -> None:
+        if not self.known:
+            return self.report()
+        customer = self.known.pop(self.rng.randrange(len(self.known)))
+        request = pb.EndRequest(
+            institution_org_number=self.institution.org,
+            endings=[pb.Ending(customer_id=customer, role=pb.ROLE_OWNER)],
+        )
+        self._timed("End", self.writer.institutions.End, request, self.institution)
+        return None
+
+    @task(6)
+    def lookup(self) -> None:
+        known = self.known and self.rng.random() < 0.8
+        customer = self.rng.choice(self.known) if known else synthetic_person_id(self.rng)
+        request = pb.LookupRequest(
+            customer_id=customer,
+            from_date="2016-01-01",
+            role_filter=pb.ROLE_FILTER_ALL,
+            legal_mandate=self.mandate,
+            account_info_request_id=str(uuid.uuid4()),
+        )
+        self._timed("Lookup", self.reader.lookups.Lookup, request, self.agency)
+
+    def _timed(self, name: str, call: Callable[..., Any], request: Any, who: _Identity) -> bool:
+        started = time.perf_counter()
+        response, error = None, None
+        try:
+            response = call(request, timeout=10, metadata=who.metadata)
+        except Exception as exc:  # an RpcError, or anything else: a failure either way
+            error = exc
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=response.ByteSize() if response is not None else 0,
+            exception=error,
+            context={},
+        )
+        return error is None
+
+
+@events.quitting.add_listener
+def _check_sla(environment: Any, **_: Any) -> None:
+    """Prints the figures the SLA is about and fails the run if they miss it."""
+    total = environment.stats.total
+    p50 = total.get_response_time_percentile(0.5)
+    p99 = total.get_response_time_percentile(0.99)
+    verdict = "OK"
+    if total.num_requests == 0 or total.num_failures or p99 > P99_LIMIT_MS:
+        verdict = "FAILED"
+        environment.process_exit_code = 1
+    print(
+        f"SLA {verdict}: {total.num_requests} requests, {total.total_rps:.1f}/s, "
+        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms (limit {P99_LIMIT_MS} ms), "
+        f"{total.num_failures} failures"
+    )
