@@ -1,0 +1,155 @@
+"""``make bench-scale``: how Lookup latency, store size and memory grow with the register.
+
+    python -m bench.scale [--sizes 10000,1000000,10000000] [--rate 500] [--seconds 10]
+
+For each size: a server of its own on a fresh dev setup, loaded with that many
+relationships from distinct synthetic IDs through ReportStream; then Lookup offered at
+``--rate`` per second for ``--seconds`` (open loop, latency from the moment each call
+was due) for IDs drawn from the loaded ones; then the store's size on disk and the
+server's anonymous memory (RssAnon: the heap, not the LMDB map, which is file-backed).
+The last lines compare the largest store with the smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+
+from bench.capacity import _open
+from bench.common import READ_SCOPE, BenchServer, bench_server, percentile
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc._proto import kfr_pb2_grpc
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, TEST_MANDATE
+from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
+
+_CHUNK = 20_000
+_SAMPLE = 20_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="KFR growth run")
+    parser.add_argument("--sizes", default="10000,1000000,10000000")
+    parser.add_argument("--rate", type=int, default=500, help="offered Lookups per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    results = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        with bench_server(config_extra="[store]\nmap_size_mb = 16384") as server:
+            load_seconds, sample = _load(server, size)
+            run = asyncio.run(_lookups(server, sample, args.rate, args.seconds))
+            store_bytes = _store_bytes(server.setup.directory / "data")
+            rss_anon = _rss_anon_kib(server.process.pid)
+        results.append((size, load_seconds, run, store_bytes, rss_anon))
+        print(f"... {size:,} done", flush=True)
+    _print(args, results)
+
+
+def _load(server: BenchServer, size: int) -> tuple[float, list[str]]:
+    """Streams ``size`` relationships; returns the seconds it took and a sample of IDs."""
+    rng = random.Random(size)
+    sample: list[str] = []
+    ids = unique_synthetic_person_ids(seed=size)
+
+    def chunks():
+        sent = 0
+        while sent < size:
+            batch = list(itertools.islice(ids, min(_CHUNK, size - sent)))
+            for customer in batch:  # reservoir sample of what was loaded
+                sent += 1
+                if len(sample) < _SAMPLE:
+                    sample.append(customer)
+                elif (slot := rng.randrange(sent)) < _SAMPLE:
+                    sample[slot] = customer
+            yield pb.ReportRequest(
+                institution_org_number=TEST_INSTITUTION_ORG,
+                relationships=[
+                    pb.Relationship(customer_id=c, role=pb.ROLE_OWNER, start_date="2020-01-01")
+                    for c in batch
+                ],
+            )
+
+    client = server.client("institution")
+    started = time.perf_counter()
+    response = client.institutions.ReportStream(chunks())
+    elapsed = time.perf_counter() - started
+    client.close()
+    assert response.registered_count == size, response
+    return elapsed, sample
+
+
+async def _lookups(server: BenchServer, sample: list[str], rate: int, seconds: float):
+    setup = server.setup
+    cert = setup.file("agency.crt")
+    token = setup.token_issuer().mint(
+        TEST_AGENCY_ORG, READ_SCOPE, now=SystemClock().now(), ttl=3600
+    )
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(
+            setup.file("ca.crt").read_bytes(),
+            setup.file("agency.key").read_bytes(),
+            cert.read_bytes(),
+        ),
+        grpc.access_token_call_credentials(token),
+    )
+    rng = random.Random(1)
+    async with grpc.aio.secure_channel(server.target, credentials) as channel:
+        lookup = kfr_pb2_grpc.LookupServiceStub(channel).Lookup
+
+        def find():
+            return lookup(
+                pb.LookupRequest(
+                    customer_id=rng.choice(sample), from_date="2019-01-01",
+                    legal_mandate=TEST_MANDATE, account_info_request_id=str(uuid.uuid4()),
+                )
+            )  # fmt: skip
+
+        for _ in range(200):  # warm up the connection and the token cache
+            await find()
+        return await _open("Lookup", find, seconds, rate)
+
+
+def _store_bytes(data_dir: Path) -> int:
+    """Bytes the store occupies on disk (allocated blocks, not the sparse map size)."""
+    return sum(path.stat().st_blocks * 512 for path in data_dir.iterdir())
+
+
+def _rss_anon_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _print(args, results) -> None:
+    print(f"\n## KFR growth (Lookup offered at {args.rate}/s for {args.seconds:.0f} s per size)\n")
+    print("| relationships | load s | load rate | Lookup p50 ms | Lookup p99 ms | errors "
+          "| store MB | bytes/relationship | server RssAnon MB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, load_seconds, run, store_bytes, rss_anon in results:
+        p50, p99 = (percentile(run.latencies, q) * 1e3 for q in (0.5, 0.99))
+        cells = [
+            f"{size:,}", f"{load_seconds:.1f}", f"{size / load_seconds:,.0f}/s", f"{p50:.2f}",
+            f"{p99:.2f}", run.errors, f"{store_bytes / 1e6:,.0f}", f"{store_bytes / size:,.0f}",
+            f"{rss_anon / 1024:.0f}",
+        ]  # fmt: skip
+        print("| " + " | ".join(str(cell) for cell in cells) + " |")
+    small, large = results[0], results[-1]
+    ratio = percentile(large[2].latencies, 0.99) / percentile(small[2].latencies, 0.99)
+    print("\n| target | measured | met |\n|---|---|---|")
+    print(f"| Lookup p99 at {large[0]:,} ≤ 1.5 x p99 at {small[0]:,} | {ratio:.2f} x "
+          f"| {'yes' if ratio <= 1.5 else 'NO'} |")  # fmt: skip
+    rss = large[4] / 1024
+    met = "yes" if rss < 200 else "NO"
+    print(f"| server RssAnon at {large[0]:,} < 200 MB | {rss:.0f} MB | {met} |")
+
+
+if __name__ == "__main__":
+    main()
