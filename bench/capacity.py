@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -34,11 +35,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import KFR, READ_SCOPE, BenchServer, bench_server, percentile
+from bench.common import KFR, BenchServer, bench_server, percentile
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
-from kfr_grpc.clock import SystemClock
-from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, TEST_MANDATE
+from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, TEST_MANDATE
 from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 
 REFERENCE_RATE = 250  # relationships/s, the reference register's bulk load
@@ -127,28 +127,16 @@ def _report_file(server: BenchServer, ids, entries: int) -> tuple[float, str]:
         elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"report-file failed: {result.stdout}{result.stderr}")
-    return elapsed, result.stdout.strip().splitlines()[0]
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    summary = result.stdout.strip().splitlines()[0]
+    return elapsed, f"{summary}\n(client peak RSS {peak_mb:.0f} MB)"
 
 
 # --- RPC load -------------------------------------------------------------------------------
 
 
 async def _measure(server: BenchServer, known: list[str], args, rates: list[int]) -> list[Run]:
-    setup = server.setup
-    cert = setup.file("agency.crt")
-    token = setup.token_issuer().mint(
-        TEST_AGENCY_ORG, READ_SCOPE, now=SystemClock().now(), ttl=7200,
-        cnf_certificate=cert.read_bytes(),
-    )  # fmt: skip
-    credentials = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(
-            setup.file("ca.crt").read_bytes(),
-            setup.file("agency.key").read_bytes(),
-            cert.read_bytes(),
-        ),
-        grpc.access_token_call_credentials(token),
-    )
-    async with grpc.aio.secure_channel(server.target, credentials) as channel:
+    async with server.agency_channel() as channel:
         health = health_pb2_grpc.HealthStub(channel).Check
         lookup = kfr_pb2_grpc.LookupServiceStub(channel).Lookup
         cycle = itertools.cycle(known)

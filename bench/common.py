@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from kfr_grpc.client import KfrClient, secure_channel
 from kfr_grpc.clock import SystemClock
 from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
@@ -30,6 +32,24 @@ class BenchServer:
     @property
     def target(self) -> str:
         return f"localhost:{self.port}"
+
+    def agency_channel(self) -> grpc.aio.Channel:
+        """An asyncio channel as the test agency, with a certificate-bound token."""
+        setup = self.setup
+        cert = setup.file("agency.crt")
+        token = setup.token_issuer().mint(
+            TEST_AGENCY_ORG, READ_SCOPE, now=SystemClock().now(), ttl=7200,
+            cnf_certificate=cert.read_bytes(),
+        )  # fmt: skip
+        credentials = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(
+                setup.file("ca.crt").read_bytes(),
+                setup.file("agency.key").read_bytes(),
+                cert.read_bytes(),
+            ),
+            grpc.access_token_call_credentials(token),
+        )
+        return grpc.aio.secure_channel(self.target, credentials)
 
     def client(self, who: str) -> KfrClient:
         """The test institution ("institution") or agency ("agency"), with a bound token."""

@@ -20,14 +20,11 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
-
 from bench.capacity import _open
-from bench.common import READ_SCOPE, BenchServer, bench_server, percentile
+from bench.common import BenchServer, bench_server, percentile
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
-from kfr_grpc.clock import SystemClock
-from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, TEST_MANDATE
+from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, TEST_MANDATE
 from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 
 _CHUNK = 20_000
@@ -86,21 +83,8 @@ def _load(server: BenchServer, size: int) -> tuple[float, list[str]]:
 
 
 async def _lookups(server: BenchServer, sample: list[str], rate: int, seconds: float):
-    setup = server.setup
-    cert = setup.file("agency.crt")
-    token = setup.token_issuer().mint(
-        TEST_AGENCY_ORG, READ_SCOPE, now=SystemClock().now(), ttl=3600
-    )
-    credentials = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(
-            setup.file("ca.crt").read_bytes(),
-            setup.file("agency.key").read_bytes(),
-            cert.read_bytes(),
-        ),
-        grpc.access_token_call_credentials(token),
-    )
     rng = random.Random(1)
-    async with grpc.aio.secure_channel(server.target, credentials) as channel:
+    async with server.agency_channel() as channel:
         lookup = kfr_pb2_grpc.LookupServiceStub(channel).Lookup
 
         def find():

@@ -118,8 +118,8 @@ def test_an_empty_stream_and_an_oversized_chunk_are_invalid(server, ids):
     client = server.client(server.pki.institution)
     error = rpc_error(stream, client)
     assert error.code() is StatusCode.INVALID_ARGUMENT and "holds no chunk" in error.details()
-    error = rpc_error(stream, client, [(ids.person(), OWNER, "")] * 50_001)
-    assert error.code() is StatusCode.INVALID_ARGUMENT and "at most 50000" in error.details()
+    error = rpc_error(stream, client, [(ids.person(), OWNER, "")] * 20_001)
+    assert error.code() is StatusCode.INVALID_ARGUMENT and "at most 20000" in error.details()
     assert server.relationship_count() == 0
 
 

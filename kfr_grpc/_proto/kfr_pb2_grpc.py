@@ -81,7 +81,7 @@ class InstitutionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportStream(self, request_iterator, context):
-        """Bulk load: the client streams ReportRequest chunks of up to 50,000 relationships
+        """Bulk load: the client streams ReportRequest chunks of up to 20,000 relationships
         each (institution_org_number in the first chunk; later chunks leave it empty or
         repeat it). Chunk by chunk, the server validates every item and commits the valid
         ones in one transaction: a chunk that is acknowledged is durable, one that fails

@@ -293,7 +293,7 @@ def request_log(institution: str, logged_id: str, **options: Any) -> None:
     "--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True,
     help="The role of every entry of a batch-format file.",
 )  # fmt: skip
-@click.option("--chunk-size", default=20_000, show_default=True, type=click.IntRange(1, 50_000))
+@click.option("--chunk-size", default=20_000, show_default=True, type=click.IntRange(1, 20_000))
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report_file(
     institution: str, file_format: str, role: str, chunk_size: int, path: Path, **options: Any

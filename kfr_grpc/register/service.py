@@ -325,7 +325,9 @@ class Register:
             _require_registered_in(view, institution, open_for_reports=open_for_reports)
 
 
-MAX_ITEMS_PER_CHUNK = 50_000
+# The write transaction of a chunk is held in memory until it commits: this bounds the
+# server's memory whatever a client sends (see README, Performance).
+MAX_ITEMS_PER_CHUNK = 20_000
 
 _NO_SUCH_RELATIONSHIP = "no such relationship at this institution (never reported, or removed)"
 
