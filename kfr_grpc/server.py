@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from kfr_grpc._proto import kfr_pb2, kfr_pb2_grpc
 from kfr_grpc.api.institution import InstitutionServicer
@@ -198,6 +199,13 @@ class KfrServer:
         )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Reflection, so grpcurl and grpcui can list and call the services (with the same
+        # certificate and token as any other call).
+        reflection.enable_server_reflection(
+            (*[name for name in HEALTH_SERVICES if name], health.SERVICE_NAME,
+             reflection.SERVICE_NAME),
+            self._server,
+        )  # fmt: skip
         self._port = self._bind()
 
     def _bind(self) -> int:

@@ -440,3 +440,48 @@ def test_health_check_with_the_same_identity_rules(server):
     assert rpc_error(next, watch).code() is StatusCode.UNAUTHENTICATED
     first = next(health.Watch(health_pb2.HealthCheckRequest(), timeout=5))
     assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_invalid_argument_carries_bad_request_field_violations(server, ids):
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    client = server.client(server.pki.institution)
+    good = ids.person()
+    error = rpc_error(
+        report, client, INSTITUTION_ORG,
+        (good, OWNER, ""), (good[:-1] + "x", OWNER, ""), (good, pb.ROLE_UNSPECIFIED, "2020-13-01"),
+    )  # fmt: skip
+    status = rpc_status.from_call(error)
+    assert status.code == StatusCode.INVALID_ARGUMENT.value[0]
+    (detail,) = status.details
+    bad_request = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad_request)
+    assert [(v.field, v.reason) for v in bad_request.field_violations] == [
+        ("relationships[1].customer_id", "CUSTOMER_ID_MALFORMED"),
+        ("relationships[2].start_date", "DATE_INVALID"),
+        ("relationships[2].role", "ROLE_MISSING"),
+    ]
+    assert all(v.description for v in bad_request.field_violations)
+    assert good[:-1] not in str(bad_request)
+
+
+def test_reflection_lists_and_describes_the_services(server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    database = ProtoReflectionDescriptorDatabase(server.client(server.pki.agency).channel)
+    assert set(database.get_services()) >= {
+        "kfr.v1.InstitutionService",
+        "kfr.v1.LookupService",
+        "grpc.health.v1.Health",
+    }
+    from google.protobuf.descriptor_pool import DescriptorPool
+
+    lookup_request = DescriptorPool(database).FindMessageTypeByName("kfr.v1.LookupRequest")
+    assert "legal_mandate" in [field.name for field in lookup_request.fields]
+    anonymous = server.client(server.pki.agency, token=None).channel
+    with pytest.raises(grpc.RpcError) as raised:
+        ProtoReflectionDescriptorDatabase(anonymous).get_services()
+    assert raised.value.code() is StatusCode.UNAUTHENTICATED

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from kfr_grpc.auth.authenticator import Caller
 from kfr_grpc.errors import (
@@ -171,6 +174,8 @@ class RequestInterceptor(grpc.ServerInterceptor):
             except KfrError as error:
                 call.code, call.message = _status_for(error, correlation_id)
                 call.violations = getattr(error, "violations", ())
+                if isinstance(error, InvalidArgument):
+                    context.abort_with_status(_bad_request(call.code, call.message, error))
                 context.abort(call.code, call.message)
             except Exception:
                 log.exception("unexpected error correlation_id=%s", correlation_id)
@@ -202,6 +207,27 @@ class RequestInterceptor(grpc.ServerInterceptor):
             self._recorder.record(call)
         except Exception:  # the call's answer stands; the operator hears about the record
             log.exception("could not record the call correlation_id=%s", call.correlation_id)
+
+
+# Field violations carried in an error's details; the message lists the first 20 anyway.
+_MAX_DETAILED_VIOLATIONS = 1000
+
+
+def _bad_request(code: grpc.StatusCode, message: str, error: InvalidArgument) -> grpc.Status:
+    """INVALID_ARGUMENT with a google.rpc.BadRequest detail: one field violation per bad
+    field, with its path, the reason in words and its code (never the value)."""
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(
+                field=violation.field, description=violation.reason, reason=violation.code
+            )
+            for violation in error.violations[:_MAX_DETAILED_VIOLATIONS]
+        ]
+    )
+    detail = any_pb2.Any()
+    detail.Pack(bad_request)
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return rpc_status.to_status(status)
 
 
 def _status_for(error: KfrError, correlation_id: str) -> tuple[grpc.StatusCode, str]:
