@@ -88,7 +88,9 @@ class Config:
     file_check_seconds: float = DEFAULT_FILE_CHECK_SECONDS
     validation_processes: int = 1
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    metrics_listen: str | None = None  # host:port of the Prometheus endpoint; None: off
     log_level: str = "INFO"
+    log_format: str = "json"
 
     @property
     def map_size(self) -> int:
@@ -97,7 +99,7 @@ class Config:
 
 _TOP_KEYS = {
     "listen", "data_dir", "keyring", "test_mode", "log_level",
-    "tls", "tokens", "store", "server", "maintenance", "agencies",
+    "log_format", "tls", "tokens", "store", "server", "maintenance", "metrics", "agencies",
 }  # fmt: skip
 _TLS_KEYS = {"cert", "key", "client_ca", "crls"}
 _TOKEN_KEYS = {
@@ -109,6 +111,8 @@ _SERVER_KEYS = {
     "threads", "max_concurrent_calls", "grace_seconds", "file_check_seconds",
     "validation_processes",
 }  # fmt: skip
+_METRICS_KEYS = {"listen"}
+_LOG_FORMATS = {"json", "text"}
 _MAINTENANCE_KEYS = {"request_log_days", "purge_interval_seconds", "lookup_counts_flush_seconds"}
 _AGENCY_KEYS = {"org_number", "name", "mandates", "owner_only"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
@@ -147,6 +151,8 @@ class _Reader:
         self._known(tokens, _TOKEN_KEYS, "tokens.")
         maintenance = self._table(document, "maintenance")
         self._known(maintenance, _MAINTENANCE_KEYS, "maintenance.")
+        metrics = self._table(document, "metrics")
+        self._known(metrics, _METRICS_KEYS, "metrics.")
         config = Config(
             path=self._path,
             listen=self._get(document, "listen", str, DEFAULT_LISTEN),
@@ -174,10 +180,14 @@ class _Reader:
                 server, "validation_processes", _default_validation_processes(), "server."
             ),
             maintenance=self._maintenance(maintenance),
+            metrics_listen=self._get(metrics, "listen", str, "", "metrics.") or None,
             log_level=self._get(document, "log_level", str, "INFO").upper(),
+            log_format=self._get(document, "log_format", str, "json").lower(),
         )
         if config.log_level not in _LOG_LEVELS:
             raise self._error("log_level", f"must be one of {', '.join(sorted(_LOG_LEVELS))}")
+        if config.log_format not in _LOG_FORMATS:
+            raise self._error("log_format", "must be json or text")
         if config.keyring.resolve().is_relative_to(config.data_dir.resolve()):
             raise self._error(
                 "keyring", "must not lie inside data_dir: keep secrets apart from data"

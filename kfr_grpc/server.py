@@ -18,7 +18,7 @@ from kfr_grpc._proto import kfr_pb2, kfr_pb2_grpc
 from kfr_grpc.api.institution import InstitutionServicer
 from kfr_grpc.api.interceptor import RequestInterceptor
 from kfr_grpc.api.lookup import LookupServicer
-from kfr_grpc.api.recording import RegisterRecorder
+from kfr_grpc.api.recording import MetricsRecorder, RegisterRecorder
 from kfr_grpc.auth.authenticator import Authenticator
 from kfr_grpc.auth.jwks import JwksSource
 from kfr_grpc.auth.policy import AccessPolicy
@@ -28,6 +28,7 @@ from kfr_grpc.clock import Clock, SystemClock
 from kfr_grpc.config import Config, MaintenanceConfig
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring, KeyringFile
+from kfr_grpc.metrics import Metrics
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register
 from kfr_grpc.register.statistics import LookupStatistics
@@ -62,10 +63,12 @@ class Maintenance:
         config: MaintenanceConfig,
         operations: Operations,
         statistics: LookupStatistics,
+        metrics: Metrics,
         *,
         run_retention: bool = True,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._run_retention = run_retention
         self._operations = operations
         self._statistics = statistics
@@ -102,6 +105,8 @@ class Maintenance:
         except Exception:
             log.exception("retention failed; it runs again at the next interval")
             return
+        self._metrics.purge_runs.inc()
+        self._metrics.purged_periods.inc(result.periods_removed)
         log.info(
             "retention: removed %d periods, %d relationships, %d request records (cutoff %s)",
             result.periods_removed,
@@ -175,17 +180,23 @@ class KfrServer:
         self._store = open_store(config, follow_keyring=True)
         self._register = Register(self._store, clock, test_mode=config.test_mode)
         statistics = LookupStatistics(self._store, clock)
+        self.metrics = Metrics(self._store)
+        self.metrics.observe_certificate(self._server_cert)
         self._maintenance = Maintenance(
             config.maintenance,
             operations_for(config, self._store, clock),
             statistics,
+            self.metrics,
             run_retention=run_retention,
         )
-        recorder = RegisterRecorder(self._register, statistics, clock)
+        recorders = [
+            RegisterRecorder(self._register, statistics, clock),
+            MetricsRecorder(self.metrics),
+        ]
         policy = AccessPolicy(config.agencies)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="kfr-rpc"),
-            interceptors=[RequestInterceptor(authenticator, recorder)],
+            interceptors=[RequestInterceptor(authenticator, recorders)],
             # Calls beyond this many get RESOURCE_EXHAUSTED instead of queueing without end.
             maximum_concurrent_rpcs=config.max_concurrent_calls,
             options=[("grpc.so_reuseport", 1 if shared_port else 0)],
@@ -207,6 +218,8 @@ class KfrServer:
             self._server,
         )  # fmt: skip
         self._port = self._bind()
+        self._metrics_http = None
+        self.metrics_port = 0
 
     def _bind(self) -> int:
         self._served_trust = self._trust.get()
@@ -252,6 +265,9 @@ class KfrServer:
     def start(self) -> int:
         self._server.start()
         self._maintenance.start()
+        if self._config.metrics_listen:
+            self._metrics_http, self.metrics_port = self.metrics.serve(self._config.metrics_listen)
+            log.info("metrics on http://%s/metrics", self._config.metrics_listen)
         for service in HEALTH_SERVICES:
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -271,6 +287,8 @@ class KfrServer:
         self._health.enter_graceful_shutdown()  # NOT_SERVING from now on
         self._server.stop(self._config.grace_seconds if grace is None else grace).wait()
         self._maintenance.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
         if self._validation is not None:
             self._validation.shutdown(cancel_futures=True)
         self._store.close()

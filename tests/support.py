@@ -161,6 +161,15 @@ class RunningServer:
     def jwks_path(self) -> Path:
         return self.directory / "jwks.json"
 
+    def metrics(self) -> str:
+        """The Prometheus endpoint's text."""
+        import urllib.request
+
+        assert self.server is not None
+        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
     def relationship_count(self) -> int:
         assert self.server is not None
         with self.server.store.read() as view:
@@ -208,6 +217,9 @@ validation_processes = {validation_processes}
 
 [store]
 {store}
+
+[metrics]
+listen = "127.0.0.1:0"
 
 [[agencies]]
 org_number = "{AGENCY_ORG}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from kfr_grpc.cli import main
+from kfr_grpc.clock import SystemClock
 from kfr_grpc.dev import pki
 from kfr_grpc.dev.setup import (
     TEST_AGENCY_ORG,
@@ -347,7 +347,7 @@ def test_operator_commands_against_a_running_server(served: ServerProcess, ids, 
         "institutions", "close", TEST_INSTITUTION_ORG, "--date", "2026-01-31", "--config", config
     )
     assert closed.exit_code == 1 and "before the start" in closed.output  # one began today
-    today = datetime.date.today().isoformat()
+    today = SystemClock().today().isoformat()  # the register's (Norwegian) today
     closed = run("institutions", "close", TEST_INSTITUTION_ORG, "--date", today, "--config", config)
     assert closed.exit_code == 0 and "2 active relationships ended" in closed.output
     listed = run("institutions", "list", "--config", config).output

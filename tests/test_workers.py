@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import json
 import signal
 import subprocess
 import uuid
@@ -82,10 +82,10 @@ def test_a_write_on_one_worker_is_read_at_once_on_another(tmp_path: Path, ids):
         server.send_signal(signal.SIGTERM)
         _, log = server.communicate(timeout=30)
     assert server.returncode == 0, log
-    worker_of = dict(
-        (cid, worker)
-        for worker, cid in re.findall(r"(worker-\d) kfr\.requests .*correlation_id=(\S+)", log)
-    )
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    worker_of = {
+        line["correlation_id"]: line["worker"] for line in lines if line["logger"] == "kfr.requests"
+    }
     assert {p[2] for p in pairs} == {1}  # every read found the write just before it
     across = [(w, r) for w, r, _ in pairs if worker_of[w] != worker_of[r]]
     assert across, "no write and read landed on different workers"

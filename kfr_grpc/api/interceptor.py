@@ -94,6 +94,7 @@ class FinishedCall:
     message: str = ""
     violations: tuple[FieldViolation, ...] = ()
     outcome: CallOutcome = field(default_factory=CallOutcome)
+    seconds: float = 0.0  # how long the call took
 
 
 class CallRecorder(Protocol):
@@ -104,10 +105,10 @@ class RequestInterceptor(grpc.ServerInterceptor):
     """Wraps every unary-response handler with the shared per-call work."""
 
     def __init__(
-        self, authenticator: CallAuthenticator, recorder: CallRecorder | None = None
+        self, authenticator: CallAuthenticator, recorders: Sequence[CallRecorder] = ()
     ) -> None:
         self._authenticator = authenticator
-        self._recorder = recorder
+        self._recorders = tuple(recorders)
 
     def intercept_service(
         self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
@@ -188,6 +189,7 @@ class RequestInterceptor(grpc.ServerInterceptor):
         return handle
 
     def _finish(self, call: FinishedCall, started: float) -> None:
+        call.seconds = time.perf_counter() - started
         caller = "-"
         if call.caller is not None:
             caller = call.caller.org_number
@@ -199,14 +201,21 @@ class RequestInterceptor(grpc.ServerInterceptor):
             caller,
             call.correlation_id,
             call.code.name,
-            (time.perf_counter() - started) * 1000,
+            call.seconds * 1000,
+            extra={
+                "method": call.method,
+                "caller": call.caller.org_number if call.caller else None,
+                "supplier": call.caller.supplier if call.caller else None,
+                "correlation_id": call.correlation_id,
+                "status": call.code.name,
+                "duration_ms": round(call.seconds * 1000, 3),
+            },
         )
-        if self._recorder is None:
-            return
-        try:
-            self._recorder.record(call)
-        except Exception:  # the call's answer stands; the operator hears about the record
-            log.exception("could not record the call correlation_id=%s", call.correlation_id)
+        for recorder in self._recorders:
+            try:
+                recorder.record(call)
+            except Exception:  # the call's answer stands; the operator hears about the record
+                log.exception("could not record the call correlation_id=%s", call.correlation_id)
 
 
 # Field violations carried in an error's details; the message lists the first 20 anyway.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from kfr_grpc._proto import kfr_pb2
 from kfr_grpc.api.interceptor import FinishedCall
 from kfr_grpc.clock import Clock
+from kfr_grpc.metrics import Metrics
 from kfr_grpc.register.model import RequestRecord
 from kfr_grpc.register.service import Register
 from kfr_grpc.register.statistics import LookupStatistics
@@ -51,3 +52,13 @@ class RegisterRecorder:
             counts=dict(call.outcome.counts),
             rejected=(call.violations or call.outcome.rejected)[:_MAX_REJECTED_RECORDED],
         )
+
+
+class MetricsRecorder:
+    """Counts every call and its latency by method and status."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def record(self, call: FinishedCall) -> None:
+        self._metrics.observe_call(call.method, call.code.name, call.seconds)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import signal
 import sys
 import threading
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from kfr_grpc import logs
 from kfr_grpc.cli.common import (
     CONFIG_OPTION,
     fail,
@@ -38,12 +39,11 @@ from kfr_grpc.supervisor import Supervisor
 def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
     """Run the server until SIGTERM or SIGINT."""
     config = load(config_path)
-    worker = f" worker-{worker_index}" if worker_index is not None else ""
-    logging.basicConfig(
-        level=config.log_level,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s{worker} %(name)s %(message)s",
-    )
+    logs.configure(config.log_level, config.log_format, worker_index)
+    if worker_index and config.metrics_listen:  # each worker its own metrics port
+        host, _, port = config.metrics_listen.rpartition(":")
+        shifted = int(port) + worker_index if int(port) else 0
+        config = dataclasses.replace(config, metrics_listen=f"{host}:{shifted}")
     if workers > 1:
         if config.listen.rsplit(":", 1)[-1] == "0":
             fail("--workers needs a fixed port in listen, not port 0")

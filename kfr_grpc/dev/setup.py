@@ -92,6 +92,8 @@ def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSet
 
 
 def _config_text(listen: str) -> str:
+    port = listen.rpartition(":")[2]
+    metrics = f"127.0.0.1:{int(port) + 1 if int(port) else 0}"
     return f'''# Local development setup made by `kfr dev init`; see README.md, "Configuration".
 listen = "{listen}"
 data_dir = "data"
@@ -110,6 +112,10 @@ crls = ["ca.crl"]  # `kfr dev revoke CERT` adds to it; re-read when it changes
 # public half is in jwks.json (re-read when it changes).
 issuer = "{TEST_ISSUER}"
 jwks = "jwks.json"
+
+[metrics]
+# Prometheus metrics, plain HTTP on loopback: http://{metrics}/metrics
+listen = "{metrics}"
 
 [[agencies]]
 org_number = "{TEST_AGENCY_ORG}"

@@ -72,6 +72,7 @@ CANARY_KEY = b"canary"
 _CANARY = b"kfr store canary"
 SEAL_VERSION_KEY = b"seal_version"
 PSEUDONYM_VERSION_KEY = b"pseudonym_version"
+ACTIVE_KEY = b"active_relationships"  # how many relationships have an active period
 _MAX_READERS = 1024
 _STORE_FULL = "the register's store is full; the operator must raise store.map_size_mb"
 
@@ -156,7 +157,21 @@ class Store:
         except BaseException:
             env.close()
             raise
-        return cls(env, databases, keys)
+        store = cls(env, databases, keys)
+        if not readonly:
+            store._count_active_if_unknown()
+        return store
+
+    def _count_active_if_unknown(self) -> None:
+        """Stores written before the active count was kept get it counted once."""
+        with self.write() as txn:
+            if txn._txn.get(ACTIVE_KEY, db=self._databases[META]) is not None:
+                return
+            active = 0
+            for key, sealed in txn._txn.cursor(db=self._databases[RELATIONSHIPS]):
+                _, history, _ = codec.decode_relationship(txn._open(RELATIONSHIPS, key, sealed))
+                active += _is_active(history)
+            txn._txn.put(ACTIVE_KEY, str(active).encode(), db=self._databases[META])
 
     def close(self) -> None:
         self._env.close()
@@ -191,7 +206,9 @@ class Store:
                     f"the store writes with seal key version {seal_version} and pseudonym key "
                     f"version {pseudonym_version}, but the keyring lacks one of them"
                 )
-            yield StoreTxn(self, txn, crypto, seal_version, pseudonym_version)
+            store_txn = StoreTxn(self, txn, crypto, seal_version, pseudonym_version)
+            yield store_txn
+            store_txn.flush_counters()
         except BaseException:
             txn.abort()
             raise
@@ -230,6 +247,15 @@ class StoreView:
     def relationship_count(self) -> int:
         """How many (customer, institution, role) records the store holds."""
         return self._txn.stat(self._db[RELATIONSHIPS])["entries"]
+
+    def active_relationship_count(self) -> int:
+        """How many of them have an active period (kept up to date by every write)."""
+        return _meta_version(self._txn, self._db[META], ACTIVE_KEY)
+
+    def map_use(self) -> tuple[int, int]:
+        """(bytes in use, bytes the map allows): how full the store is."""
+        info, page = self._store._env.info(), self._store._env.stat()["psize"]
+        return (info["last_pgno"] + 1) * page, info["map_size"]
 
     def sealed_value_count(self) -> int:
         return sum(self._txn.stat(self._db[name])["entries"] for name in SEALED_DATABASES)
@@ -390,6 +416,7 @@ class StoreTxn(StoreView):
         self._located: dict[tuple[str, str, Role], _Record | None] = {}
         self._current_keys: dict[tuple[str, str, Role], bytes] = {}
         self._next_slots: dict[str, int] = {}
+        self._active_delta = 0
 
     # --- relationships -------------------------------------------------------------------------
 
@@ -402,9 +429,11 @@ class StoreTxn(StoreView):
         """
         memo = (customer.digits, institution, role)
         found = self._locate(customer, institution, role)
+        was_active = found is not None and _is_active(found.history)
         if not history:
             if found is not None:
                 self._delete_record(found)
+            self._active_delta -= was_active
             self._located[memo] = None
             return
         key = self._current_key(customer, institution, role)
@@ -414,6 +443,7 @@ class StoreTxn(StoreView):
         slot = found.slot if found is not None else self._next_slot(institution)
         previous = found.history if found is not None and not moved else ()
         self._put(RELATIONSHIPS, key, codec.encode_relationship(customer, history, slot))
+        self._active_delta += _is_active(history) - was_active
         if found is None or moved:
             self._put_index(BY_INSTITUTION, codec.slot_key(key, slot), key)
         if _any_ended(previous) or _any_ended(history):
@@ -432,6 +462,7 @@ class StoreTxn(StoreView):
             old = self._read_record(key)
             assert old is not None
             self._delete_record(old)  # a newer copy wins
+            self._active_delta -= _is_active(old.history)
             return
         self.put_history(stored.customer, stored.institution, stored.role, stored.periods)
 
@@ -445,6 +476,13 @@ class StoreTxn(StoreView):
             if len(keys) >= limit:
                 break
         return keys
+
+    def flush_counters(self) -> None:
+        """Adds this transaction's change of the active count to ``meta`` (before commit)."""
+        if self._active_delta:
+            active = _meta_version(self._txn, self._db[META], ACTIVE_KEY) + self._active_delta
+            self._txn.put(ACTIVE_KEY, str(active).encode(), db=self._db[META])
+            self._active_delta = 0
 
     def drop_ended_entry(self, index_key: bytes) -> None:
         """Removes an ended-periods index entry whose period is gone (never expected)."""
@@ -606,6 +644,10 @@ class StoreTxn(StoreView):
             raise StoreFull(_STORE_FULL) from None
 
 
+def _is_active(history: History) -> bool:
+    return bool(history) and history[-1].end is None
+
+
 def _any_ended(history: History) -> bool:
     return any(period.end is not None for period in history)
 
@@ -640,6 +682,7 @@ def _check_or_initialise(
         txn.put(CANARY_KEY, sealer.seal(_CANARY, associated_data(META, CANARY_KEY)), db=meta)
         txn.put(SEAL_VERSION_KEY, str(keyring.seal.primary).encode(), db=meta)
         txn.put(PSEUDONYM_VERSION_KEY, str(keyring.pseudonym.primary).encode(), db=meta)
+        txn.put(ACTIVE_KEY, b"0", db=meta)
 
 
 def _verify_meta(txn: lmdb.Transaction, meta: Any, path: Path, keyring: Keyring) -> None:

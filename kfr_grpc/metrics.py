@@ -1,0 +1,83 @@
+"""Prometheus metrics, served on their own plain-HTTP port (loopback by default).
+
+No label ever carries customer data: labels are method names, status codes and nothing
+else. Store figures are read when Prometheus scrapes, not on the request path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from cryptography import x509
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kfr_grpc.store import Store
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class Metrics:
+    """The server's metrics in a registry of their own (no process-global state)."""
+
+    def __init__(self, store: Store) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "kfr_requests", "Calls answered, by method and status.", ["method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self._latency = Histogram(
+            "kfr_request_duration_seconds", "Time to answer a call, by method and status.",
+            ["method", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.purge_runs = Counter(
+            "kfr_purge_runs", "Retention runs by this server.", registry=self.registry
+        )
+        self.purged_periods = Counter(
+            "kfr_purged_periods", "Periods removed by retention.", registry=self.registry
+        )
+        self._certificate_expiry = Gauge(
+            "kfr_server_certificate_expiry_timestamp_seconds",
+            "When the server's TLS certificate expires (Unix time).",
+            registry=self.registry,
+        )
+        self.registry.register(_StoreCollector(store))
+
+    def observe_call(self, method: str, status: str, seconds: float) -> None:
+        self._requests.labels(method, status).inc()
+        self._latency.labels(method, status).observe(seconds)
+
+    def observe_certificate(self, certificate_pem: bytes) -> None:
+        expiry = x509.load_pem_x509_certificate(certificate_pem).not_valid_after_utc
+        self._certificate_expiry.set(expiry.timestamp())
+
+    def serve(self, listen: str) -> tuple[object, int]:
+        """Starts the HTTP endpoint on ``host:port``; returns the server and its port."""
+        host, _, port = listen.rpartition(":")
+        server, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        return server, server.server_port
+
+
+class _StoreCollector(Collector):
+    """Store figures, read at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self._store.read() as view:
+                total, active = view.relationship_count(), view.active_relationship_count()
+                used, size = view.map_use()
+        except Exception:  # a closed store during shutdown: report nothing rather than fail
+            return
+        yield GaugeMetricFamily("kfr_relationships", "Relationships in the register.", total)
+        yield GaugeMetricFamily(
+            "kfr_relationships_active", "Relationships with an active period.", active
+        )
+        yield GaugeMetricFamily("kfr_store_used_bytes", "Bytes of the store in use.", used)
+        yield GaugeMetricFamily("kfr_store_map_bytes", "Bytes the store's map allows.", size)
+        yield GaugeMetricFamily(
+            "kfr_store_map_used_ratio", "Share of the store's map in use.", used / size
+        )

@@ -1,0 +1,80 @@
+"""Metrics and structured logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.logs import JsonFormatter
+from tests.support import INSTITUTION_ORG
+from tests.test_server import end, lookup, report, rpc_error
+
+OWNER = pb.ROLE_OWNER
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(f"{name}{{{label}}}" if label else name) + r" ([0-9.e+-]+)"
+    found = re.search(rf"^{pattern}$", text, re.M)
+    assert found, f"{name} {labels} not in the metrics"
+    return float(found.group(1))
+
+
+def test_metrics_count_calls_relationships_and_store(server, ids):
+    institution = server.client(server.pki.institution)
+    customers = [ids.person() for _ in range(3)]
+    report(institution, INSTITUTION_ORG, *[(c, OWNER, "2020-01-01") for c in customers])
+    end(institution, INSTITUTION_ORG, (customers[0], OWNER, "2021-01-01"))
+    lookup(server.client(server.pki.agency), customers[1])
+    rpc_error(report, institution, INSTITUTION_ORG, ("12", OWNER, ""))
+
+    text = server.metrics()
+    report_method = "/kfr.v1.InstitutionService/Report"
+    assert _value(text, "kfr_requests_total", method=report_method, status="OK") == 1
+    assert _value(text, "kfr_requests_total", method=report_method, status="INVALID_ARGUMENT") == 1
+    assert _value(
+        text, "kfr_request_duration_seconds_count",
+        method="/kfr.v1.LookupService/Lookup", status="OK",
+    ) == 1  # fmt: skip
+    assert _value(text, "kfr_relationships") == 3
+    assert _value(text, "kfr_relationships_active") == 2
+    assert _value(text, "kfr_store_used_bytes") > 0
+    assert 0 < _value(text, "kfr_store_map_used_ratio") < 1
+    assert _value(text, "kfr_server_certificate_expiry_timestamp_seconds") > 1.7e9
+    assert not any(customer in text for customer in customers)
+    labels = set(re.findall(r'(\w+)="', text))
+    assert labels <= {"method", "status", "le"}
+
+
+def test_the_active_count_follows_every_change(server, ids):
+    from kfr_grpc.register.operations import Operations
+
+    institution = server.client(server.pki.institution)
+    customers = [ids.person() for _ in range(4)]
+    report(institution, INSTITUTION_ORG, *[(c, OWNER, "2000-01-01") for c in customers])
+    report(institution, INSTITUTION_ORG, (customers[0], pb.ROLE_DISPONENT, "2001-01-01"))
+    end(institution, INSTITUTION_ORG, (customers[1], OWNER, "2010-01-01"))
+    assert _value(server.metrics(), "kfr_relationships_active") == 4
+    Operations(server.server.store, server.clock).close_institution(INSTITUTION_ORG, "2026-06-01")
+    assert _value(server.metrics(), "kfr_relationships_active") == 0
+    Operations(server.server.store, server.clock).purge()  # customers[1] ended 2010: purged
+    text = server.metrics()
+    assert (_value(text, "kfr_relationships"), _value(text, "kfr_relationships_active")) == (4, 0)
+
+
+def test_json_log_lines_carry_the_request_fields():
+    record = logging.LogRecord(
+        "kfr.requests", logging.INFO, __file__, 1, "request %s", ("x",), None
+    )
+    record.method, record.caller, record.status, record.duration_ms = "/m", "311000004", "OK", 1.5
+    record.correlation_id = "c0ffee"
+    line = json.loads(JsonFormatter(worker=2).format(record))
+    assert line["message"] == "request x" and line["worker"] == 2
+    expected = {
+        "method": "/m", "caller": "311000004", "status": "OK", "duration_ms": 1.5,
+        "correlation_id": "c0ffee",
+    }  # fmt: skip
+    assert {key: line[key] for key in expected} == expected
+    assert line["time"].endswith("+00:00") and line["level"] == "INFO"
