@@ -172,6 +172,7 @@ def server_factory(
         maintenance_toml: str = "",
         store_toml: str = "",
         validation_processes: int = 0,
+        metrics: bool = False,
     ) -> RunningServer:
         """A started server; the ``*_toml`` lines go into its [tokens], [maintenance], [store]."""
         directory = tmp_path / f"server{len(servers)}"
@@ -185,6 +186,7 @@ def server_factory(
             maintenance=maintenance_toml,
             store=store_toml,
             validation_processes=validation_processes,
+            metrics=metrics,
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)

@@ -186,8 +186,10 @@ def write_config(
     maintenance: str = "",
     store: str = "",
     validation_processes: int = 0,
+    metrics: bool = False,
 ) -> Path:
     path = directory / "kfr.toml"
+    metrics = 'listen = "127.0.0.1:0"' if metrics else ""
     path.write_text(
         f'''listen = "127.0.0.1:0"
 data_dir = "data"
@@ -219,7 +221,7 @@ validation_processes = {validation_processes}
 {store}
 
 [metrics]
-listen = "127.0.0.1:0"
+{metrics}
 
 [[agencies]]
 org_number = "{AGENCY_ORG}"

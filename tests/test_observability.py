@@ -22,7 +22,8 @@ def _value(text: str, name: str, **labels: str) -> float:
     return float(found.group(1))
 
 
-def test_metrics_count_calls_relationships_and_store(server, ids):
+def test_metrics_count_calls_relationships_and_store(server_factory, ids):
+    server = server_factory(metrics=True)
     institution = server.client(server.pki.institution)
     customers = [ids.person() for _ in range(3)]
     report(institution, INSTITUTION_ORG, *[(c, OWNER, "2020-01-01") for c in customers])
@@ -48,9 +49,10 @@ def test_metrics_count_calls_relationships_and_store(server, ids):
     assert labels <= {"method", "status", "le"}
 
 
-def test_the_active_count_follows_every_change(server, ids):
+def test_the_active_count_follows_every_change(server_factory, ids):
     from kfr_grpc.register.operations import Operations
 
+    server = server_factory(metrics=True)
     institution = server.client(server.pki.institution)
     customers = [ids.person() for _ in range(4)]
     report(institution, INSTITUTION_ORG, *[(c, OWNER, "2000-01-01") for c in customers])
