@@ -85,6 +85,7 @@ class Config:
     threads: int = DEFAULT_THREADS
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    drain_notice_seconds: float = 0.0
     file_check_seconds: float = DEFAULT_FILE_CHECK_SECONDS
     validation_processes: int = 1
     maintenance: MaintenanceConfig = MaintenanceConfig()
@@ -108,8 +109,8 @@ _TOKEN_KEYS = {
 }  # fmt: skip
 _STORE_KEYS = {"map_size_mb"}
 _SERVER_KEYS = {
-    "threads", "max_concurrent_calls", "grace_seconds", "file_check_seconds",
-    "validation_processes",
+    "threads", "max_concurrent_calls", "grace_seconds", "drain_notice_seconds",
+    "file_check_seconds", "validation_processes",
 }  # fmt: skip
 _METRICS_KEYS = {"listen"}
 _LOG_FORMATS = {"json", "text"}
@@ -173,6 +174,7 @@ class _Reader:
                 server, "max_concurrent_calls", DEFAULT_MAX_CONCURRENT_CALLS, "server."
             ),
             grace_seconds=self._seconds(server, "grace_seconds", DEFAULT_GRACE_SECONDS, "server."),
+            drain_notice_seconds=self._seconds(server, "drain_notice_seconds", 0.0, "server."),
             file_check_seconds=self._seconds(
                 server, "file_check_seconds", DEFAULT_FILE_CHECK_SECONDS, "server."
             ),

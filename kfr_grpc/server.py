@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import threading
 import time
 from concurrent import futures
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,10 +22,11 @@ from kfr_grpc.api.recording import MetricsRecorder, RegisterRecorder
 from kfr_grpc.auth.authenticator import Authenticator
 from kfr_grpc.auth.jwks import JwksSource
 from kfr_grpc.auth.policy import AccessPolicy
+from kfr_grpc.auth.tls import ServerTls
 from kfr_grpc.auth.tokens import TokenSettings, TokenVerifier
-from kfr_grpc.auth.trust import ClientTrust, load_client_trust
+from kfr_grpc.auth.trust import ClientTrust
 from kfr_grpc.clock import Clock, SystemClock
-from kfr_grpc.config import Config, MaintenanceConfig
+from kfr_grpc.config import Config, MaintenanceConfig, load_config
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring, KeyringFile
 from kfr_grpc.metrics import Metrics
@@ -116,16 +117,20 @@ class Maintenance:
         )
 
 
-def build_authenticator(
-    config: Config, clock: Clock, trust: WatchedFiles[ClientTrust]
-) -> Authenticator:
+def jwks_source(config: Config) -> JwksSource:
     tokens = config.tokens
-    jwks = JwksSource(
+    return JwksSource(
         tokens.jwks,
         ca_file=tokens.jwks_ca,
         min_refresh_seconds=tokens.jwks_min_refresh_seconds,
         check_seconds=config.file_check_seconds,
     )
+
+
+def build_authenticator(
+    config: Config, clock: Clock, trust: WatchedFiles[ClientTrust], jwks: JwksSource
+) -> Authenticator:
+    tokens = config.tokens
     verifier = TokenVerifier(
         TokenSettings(
             issuer=tokens.issuer,
@@ -167,21 +172,14 @@ class KfrServer:
         process runs the daily retention (one worker of several does)."""
         clock = clock or SystemClock()
         self._config = config
-        tls = config.tls
-        self._server_key = _read(tls.key, "tls.key")
-        self._server_cert = _read(tls.cert, "tls.cert")
-        self._trust = WatchedFiles(
-            "client CA bundle and CRLs",
-            [tls.client_ca, *tls.crls],
-            lambda: load_client_trust(tls.client_ca, tls.crls),
-            check_seconds=config.file_check_seconds,
-        )
-        authenticator = build_authenticator(config, clock, self._trust)
+        self._tls = ServerTls(config.tls, check_seconds=config.file_check_seconds)
+        self._jwks = jwks_source(config)
+        authenticator = build_authenticator(config, clock, self._tls.trust, self._jwks)
         self._store = open_store(config, follow_keyring=True)
         self._register = Register(self._store, clock, test_mode=config.test_mode)
         statistics = LookupStatistics(self._store, clock)
         self.metrics = Metrics(self._store)
-        self.metrics.observe_certificate(self._server_cert)
+        self.metrics.observe_certificate(self._tls.certificate_pem)
         self._maintenance = Maintenance(
             config.maintenance,
             operations_for(config, self._store, clock),
@@ -193,7 +191,7 @@ class KfrServer:
             RegisterRecorder(self._register, statistics, clock),
             MetricsRecorder(self.metrics),
         ]
-        policy = AccessPolicy(config.agencies)
+        self._policy = policy = AccessPolicy(config.agencies)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="kfr-rpc"),
             interceptors=[RequestInterceptor(authenticator, recorders)],
@@ -222,14 +220,8 @@ class KfrServer:
         self.metrics_port = 0
 
     def _bind(self) -> int:
-        self._served_trust = self._trust.get()
-        credentials = grpc.dynamic_ssl_server_credentials(
-            self._certificate_configuration(self._served_trust),
-            self._next_certificate_configuration,
-            require_client_authentication=True,
-        )
         try:
-            port = self._server.add_secure_port(self._config.listen, credentials)
+            port = self._server.add_secure_port(self._config.listen, self._tls.credentials())
         except RuntimeError:
             port = 0
         if port == 0:
@@ -237,22 +229,25 @@ class KfrServer:
             raise ConfigError(f"cannot listen on {self._config.listen} (address in use or invalid)")
         return port
 
-    def _certificate_configuration(self, trust: ClientTrust) -> grpc.ServerCertificateConfiguration:
-        return grpc.ssl_server_certificate_configuration(
-            [(self._server_key, self._server_cert)], root_certificates=trust.ca_pem
-        )
-
-    def _next_certificate_configuration(self) -> grpc.ServerCertificateConfiguration | None:
-        """Called by gRPC before every TLS handshake: a changed CA bundle takes effect."""
+    def reload(self) -> None:
+        """SIGHUP: re-reads the server certificate, the client CA bundle and CRLs, the JWKS
+        and the agencies from the configuration, without dropping calls. Other settings
+        need a restart."""
         try:
-            trust = self._trust.get()
-            if trust is self._served_trust:
-                return None
-            self._served_trust = trust
-            return self._certificate_configuration(trust)
-        except Exception:  # never let an exception escape into gRPC's handshake
-            log.exception("could not refresh the TLS configuration; keeping the current one")
-            return None
+            config = load_config(self._config.path)
+        except ConfigError as error:
+            log.error("reload failed, nothing changed: %s", error)
+            return
+        self._tls.reload(config.tls)
+        self.metrics.observe_certificate(self._tls.certificate_pem)
+        self._jwks.refresh_now()
+        self._policy.replace_agencies(config.agencies)
+        unchanged = dataclasses.replace(
+            config, tls=self._config.tls, agencies=self._config.agencies
+        )
+        if unchanged != self._config:
+            log.warning("reload applies tls and agencies only; other changes need a restart")
+        log.info("reloaded: server certificate, client CA bundle and CRLs, JWKS, agencies")
 
     @property
     def port(self) -> int:
@@ -285,6 +280,7 @@ class KfrServer:
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
         self._health.enter_graceful_shutdown()  # NOT_SERVING from now on
+        time.sleep(self._config.drain_notice_seconds)  # for load balancers to notice
         self._server.stop(self._config.grace_seconds if grace is None else grace).wait()
         self._maintenance.stop()
         if self._metrics_http is not None:
@@ -303,10 +299,3 @@ def _validation_executor(processes: int) -> ProcessPoolExecutor | None:
     executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
     executor.submit(int).result()  # start them now, not on the first bulk load
     return executor
-
-
-def _read(path: Path, setting: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None

@@ -2,8 +2,9 @@
 
 The kernel spreads new connections over the workers (SO_REUSEPORT). They share nothing
 but the store, and LMDB makes a write committed by one visible to the next read
-transaction of every other. The supervisor forwards SIGTERM/SIGINT to the workers, waits
-for them to drain, and restarts a worker that dies unexpectedly.
+transaction of every other. The supervisor passes SIGHUP on to the workers (reload),
+stops them on SIGTERM/SIGINT, waiting for them to drain, and restarts a worker that dies
+unexpectedly.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self._stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._forward(signal.SIGHUP))
         for index in range(self._count):
             self._start(index)
         while not self._stopping.wait(0.2):
@@ -41,6 +43,11 @@ class Supervisor:
                     time.sleep(_RESTART_DELAY_SECONDS)
                     self._start(index)
         return self._stop_all()
+
+    def _forward(self, signum: int) -> None:
+        for worker in self._workers.values():
+            if worker.poll() is None:
+                worker.send_signal(signum)
 
     def _start(self, index: int) -> None:
         command = [

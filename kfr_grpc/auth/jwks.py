@@ -108,6 +108,13 @@ class JwksSource:
             key = self.keys.get(kid)
         return key
 
+    def refresh_now(self) -> None:
+        """Looks at the JWKS at once, whatever the rate limit (SIGHUP)."""
+        if self._file is not None:
+            self._file.check()
+        else:
+            self._fetch()
+
     def _refresh_if_allowed(self) -> bool:
         with self._lock:
             now = self._monotonic()

@@ -23,6 +23,10 @@ class AccessPolicy:
     def __init__(self, agencies: Iterable[AgencyConfig]) -> None:
         self._agencies = {agency.org_number: agency for agency in agencies}
 
+    def replace_agencies(self, agencies: Iterable[AgencyConfig]) -> None:
+        """Takes a new agency list (SIGHUP); calls in flight keep the one they started with."""
+        self._agencies = {agency.org_number: agency for agency in agencies}
+
     def acting_institution(self, caller: Caller, institution_org_number: str) -> str:
         """The institution a request acts for, after checking the caller may act for it."""
         if not institution_org_number.strip():

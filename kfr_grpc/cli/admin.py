@@ -52,11 +52,15 @@ def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
         server = KfrServer(
             config, shared_port=worker_index is not None, run_retention=not worker_index
         )
-    stopping = threading.Event()
+    stopping, reloading = threading.Event(), threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
+    signal.signal(signal.SIGHUP, lambda *_: reloading.set())
     server.start()
-    stopping.wait()
+    while not stopping.wait(0.2):
+        if reloading.is_set():
+            reloading.clear()
+            server.reload()
     server.stop()
 
 

@@ -1,0 +1,106 @@
+"""The server side of mutual TLS: the server's certificate and key, and the client trust
+(CA bundle and CRLs), handed to gRPC through dynamic credentials.
+
+gRPC asks before every new connection's handshake whether the configuration changed; a
+changed CA bundle or CRL (re-read when its file changes) and a certificate swapped by
+``reload`` (SIGHUP) apply to new connections, without dropping the ones open.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from kfr_grpc.auth.trust import ClientTrust, load_client_trust
+from kfr_grpc.config import TlsConfig
+from kfr_grpc.errors import ConfigError
+from kfr_grpc.watched import WatchedFiles
+
+log = logging.getLogger("kfr.tls")
+
+
+class ServerTls:
+    def __init__(self, tls: TlsConfig, *, check_seconds: float) -> None:
+        self._config = tls
+        self._pair = _read_pair(tls)
+        self.trust = WatchedFiles(
+            "client CA bundle and CRLs",
+            [tls.client_ca, *tls.crls],
+            lambda: load_client_trust(tls.client_ca, tls.crls),
+            check_seconds=check_seconds,
+        )
+        self._lock = threading.Lock()
+        self._served: tuple[tuple[bytes, bytes], ClientTrust] | None = None
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return self._pair[1]
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            self._configuration_if_changed,
+            require_client_authentication=True,
+        )
+
+    def reload(self, tls: TlsConfig) -> None:
+        """Re-reads the server certificate and key (kept if the new pair is unusable) and
+        looks at the CA bundle and CRLs now."""
+        if (tls.client_ca, tls.crls) != (self._config.client_ca, self._config.crls):
+            log.warning(
+                "tls.client_ca and tls.crls paths are read at start; restart to change them"
+            )
+        try:
+            pair = _read_pair(tls)
+        except ConfigError as error:
+            log.error("keeping the current server certificate: %s", error)
+        else:
+            with self._lock:
+                self._pair = pair
+        self.trust.check()
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        with self._lock:
+            self._served = (self._pair, self.trust.get())
+            (key, certificate), trust = self._served
+        return grpc.ssl_server_certificate_configuration(
+            [(key, certificate)], root_certificates=trust.ca_pem
+        )
+
+    def _configuration_if_changed(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC calls this before every TLS handshake; None keeps the current one."""
+        try:
+            current = (self._pair, self.trust.get())
+            if self._served is not None and all(
+                new is old for new, old in zip(current, self._served, strict=True)
+            ):
+                return None
+            return self._configuration()
+        except Exception:  # never let an exception escape into gRPC's handshake
+            log.exception("could not refresh the TLS configuration; keeping the current one")
+            return None
+
+
+def _read_pair(tls: TlsConfig) -> tuple[bytes, bytes]:
+    """The server's (key, certificate chain) PEM, checked to belong together."""
+    key_pem, cert_pem = _read(tls.key, "tls.key"), _read(tls.cert, "tls.cert")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as error:
+        raise ConfigError(f"tls.cert / tls.key cannot be read: {error}") from None
+    if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+        raise ConfigError(f"tls.key {tls.key} is not the key of tls.cert {tls.cert}")
+    return key_pem, cert_pem
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None

@@ -1,0 +1,209 @@
+"""Running ``kfr serve`` as an SRE would: SIGTERM drains, SIGHUP reloads."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.cli import main
+from kfr_grpc.client import KfrClient, secure_channel
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.dev import pki, tokens
+from kfr_grpc.dev.setup import (
+    TEST_AGENCY_ORG,
+    TEST_INSTITUTION_ORG,
+    TEST_MANDATE,
+    DevSetup,
+)
+from kfr_grpc.server import open_store
+from tests.test_cli import KFR, _free_port, _wait_for_port
+
+WRITE, READ = "bits:kundeforhold.write", "bits:kundeforhold.read"
+
+
+class Served:
+    def __init__(self, directory: Path, extra_config: str) -> None:
+        self.port = _free_port()
+        result = CliRunner().invoke(
+            main, ["dev", "init", str(directory), "--listen", f"127.0.0.1:{self.port}"]
+        )
+        assert result.exit_code == 0, result.output
+        self.setup = DevSetup(directory)
+        with self.setup.config.open("a") as config:
+            config.write("\n" + extra_config + "\n")
+        self.process = subprocess.Popen(
+            [KFR, "serve", "--config", str(self.setup.config)],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        _wait_for_port(self.port, self.process)
+        self.log = ""
+
+    def client(
+        self, who: str, org: str, scope: str, *, ca: Path | None = None, **mint
+    ) -> KfrClient:
+        token = self.setup.token_issuer().mint(org, scope, now=SystemClock().now(), **mint)
+        channel = secure_channel(
+            f"localhost:{self.port}", ca=ca or self.setup.file("ca.crt"),
+            cert=self.setup.file(f"{who}.crt"), key=self.setup.file(f"{who}.key"),
+            token=token, own_connection=True,
+        )  # fmt: skip
+        return KfrClient(channel)
+
+    def institution(self, **kwargs) -> KfrClient:
+        return self.client("institution", TEST_INSTITUTION_ORG, WRITE, **kwargs)
+
+    def agency(self, **kwargs) -> KfrClient:
+        return self.client("agency", TEST_AGENCY_ORG, READ, **kwargs)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def finish(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, self.log = self.process.communicate(timeout=60)
+        return self.process.returncode
+
+
+@pytest.fixture
+def served_factory(tmp_path: Path):
+    started: list[Served] = []
+
+    def make(extra_config: str = "") -> Served:
+        served = Served(tmp_path / f"dev{len(started)}", extra_config)
+        started.append(served)
+        return served
+
+    yield make
+    for served in started:
+        if served.process.poll() is None:
+            served.process.kill()
+            served.process.wait()
+
+
+def _lookup(client: KfrClient, customer: str, mandate: str = TEST_MANDATE) -> int:
+    request = pb.LookupRequest(
+        customer_id=customer, legal_mandate=mandate, account_info_request_id=str(uuid.uuid4())
+    )
+    return len(client.lookups.Lookup(request, timeout=10).institutions)
+
+
+def test_sigterm_lets_calls_in_flight_finish_then_exits_cleanly(served_factory, ids):
+    served = served_factory("[server]\ngrace_seconds = 20\ndrain_notice_seconds = 1.5")
+    institution = served.institution()
+    health = health_pb2_grpc.HealthStub(served.agency().channel)
+    customers = [[ids.person() for _ in range(100)] for _ in range(3)]
+    first_sent = threading.Event()
+
+    def slow_chunks():
+        for index, batch in enumerate(customers):
+            yield pb.ReportRequest(
+                institution_org_number=TEST_INSTITUTION_ORG if index == 0 else "",
+                relationships=[pb.Relationship(customer_id=c, role=pb.ROLE_OWNER) for c in batch],
+            )
+            first_sent.set()
+            time.sleep(1.0)
+
+    results: dict[str, object] = {}
+    stream = threading.Thread(
+        target=lambda: results.update(
+            response=institution.institutions.ReportStream(slow_chunks(), timeout=30)
+        )
+    )
+    stream.start()
+    assert first_sent.wait(10)
+    served.signal(signal.SIGTERM)
+    time.sleep(0.5)  # inside the drain notice: still answering, but NOT_SERVING
+    status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    stream.join(timeout=30)
+    assert results["response"].registered_count == 300  # the call in flight completed
+    assert served.finish() == 0
+    assert "stopped" in served.log
+    with pytest.raises(grpc.RpcError) as refused:
+        served.agency().lookups.Lookup(pb.LookupRequest(), timeout=3)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    from kfr_grpc.config import load_config
+
+    store = open_store(load_config(served.setup.config))  # opens cleanly: LMDB was closed
+    try:
+        with store.read() as view:
+            assert view.relationship_count() == 300
+    finally:
+        store.close()
+
+
+def test_sighup_reloads_certificates_crl_jwks_and_agencies(served_factory, ids):
+    served = served_factory("[server]\nfile_check_seconds = 3600")  # only SIGHUP looks again
+    setup = served.setup
+    customer = ids.person()
+    served.institution().institutions.Report(
+        pb.ReportRequest(
+            institution_org_number=TEST_INSTITUTION_ORG,
+            relationships=[pb.Relationship(customer_id=customer, role=pb.ROLE_OWNER)],
+        )
+    )
+    old_agency = served.agency()  # a connection open across the reload
+    assert _lookup(old_agency, customer) == 1
+    new_mandate = "Tvangsfullbyrdelsesloven § 7-9"
+    with pytest.raises(grpc.RpcError) as denied:
+        _lookup(served.agency(), customer, new_mandate)
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+    # The operator: a new server certificate from a new CA, a revoked agency certificate
+    # replaced by a fresh one, a new token signing key, and one more mandate.
+    new_ca = pki.make_ca("KFR renewed server CA")
+    new_ca.write(setup.file("server-ca.crt"), setup.file("server-ca.key"))
+    pki.issue_server(new_ca).write(setup.file("server.crt"), setup.file("server.key"))
+    dev_ca = pki.Issued.load(setup.file("ca.crt"), setup.file("ca.key"))
+    setup.revoke(setup.file("institution.crt"))
+    new_key = tokens.new_signing_key()
+    old_key, old_kid = tokens.read_signing_key(setup.file("token-signing.key"))
+    tokens.write_jwks(setup.file("jwks.json"), {old_kid: old_key, "rotated-2": new_key})
+    config = setup.config.read_text().replace(
+        f'mandates = ["{TEST_MANDATE}"]', f'mandates = ["{TEST_MANDATE}", "{new_mandate}"]'
+    )
+    setup.config.write_text(config)
+    served.signal(signal.SIGHUP)
+    time.sleep(1.5)
+
+    rotated = tokens.TokenIssuer(new_key, "rotated-2", setup.token_issuer().issuer)
+    token = rotated.mint(TEST_AGENCY_ORG, READ, now=SystemClock().now())
+    agency = KfrClient(
+        secure_channel(
+            f"localhost:{served.port}", ca=setup.file("server-ca.crt"),
+            cert=setup.file("agency.crt"), key=setup.file("agency.key"), token=token,
+            own_connection=True,
+        )
+    )  # fmt: skip
+    assert _lookup(agency, customer, new_mandate) == 1  # new cert, new JWKS, new mandate
+    assert _lookup(old_agency, customer) == 1  # the open connection was not dropped
+    with pytest.raises(grpc.RpcError) as revoked:  # the CRL was re-read
+        institution = KfrClient(
+            secure_channel(
+                f"localhost:{served.port}", ca=setup.file("server-ca.crt"),
+                cert=setup.file("institution.crt"), key=setup.file("institution.key"),
+                token=rotated.mint(TEST_INSTITUTION_ORG, WRITE, now=SystemClock().now()),
+                own_connection=True,
+            )
+        )  # fmt: skip
+        institution.institutions.ListOwn(
+            pb.ListOwnRequest(institution_org_number=TEST_INSTITUTION_ORG, customer_id=customer)
+        )
+    assert revoked.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as old_ca:  # clients trusting only the old CA: gone
+        _lookup(served.agency(), customer)
+    assert old_ca.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert dev_ca.certificate.subject != new_ca.certificate.subject
+    assert served.finish() == 0
+    assert "reloaded" in served.log
