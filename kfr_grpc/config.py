@@ -17,7 +17,8 @@ from kfr_grpc.register.customer_ids import parse_org_number
 from kfr_grpc.register.values import InvalidValue
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_MAP_SIZE_MB = 8192
+DEFAULT_MAP_SIZE_MB = 1024  # where the LMDB map starts; it grows by itself
+DEFAULT_MAX_MAP_SIZE_MB = 1024 * 1024
 # Handlers hold the GIL for most of their work; a few threads serve more calls per second
 # than many, which mostly wait for one another.
 DEFAULT_THREADS = 4
@@ -82,6 +83,7 @@ class Config:
     tokens: TokenConfig
     agencies: tuple[AgencyConfig, ...]
     map_size_mb: int = DEFAULT_MAP_SIZE_MB
+    max_map_size_mb: int = DEFAULT_MAX_MAP_SIZE_MB
     threads: int = DEFAULT_THREADS
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
@@ -97,6 +99,10 @@ class Config:
     def map_size(self) -> int:
         return self.map_size_mb * 1024 * 1024
 
+    @property
+    def max_map_size(self) -> int:
+        return self.max_map_size_mb * 1024 * 1024
+
 
 _TOP_KEYS = {
     "listen", "data_dir", "keyring", "test_mode", "log_level",
@@ -107,7 +113,7 @@ _TOKEN_KEYS = {
     "issuer", "jwks", "audience", "institution_scope", "agency_scope", "leeway_seconds",
     "jwks_ca", "jwks_min_refresh_seconds", "cache_size",
 }  # fmt: skip
-_STORE_KEYS = {"map_size_mb"}
+_STORE_KEYS = {"map_size_mb", "max_map_size_mb"}
 _SERVER_KEYS = {
     "threads", "max_concurrent_calls", "grace_seconds", "drain_notice_seconds",
     "file_check_seconds", "validation_processes",
@@ -169,6 +175,9 @@ class _Reader:
             tokens=self._tokens(tokens),
             agencies=self._agencies(document.get("agencies", [])),
             map_size_mb=self._positive(store, "map_size_mb", DEFAULT_MAP_SIZE_MB, "store."),
+            max_map_size_mb=self._positive(
+                store, "max_map_size_mb", DEFAULT_MAX_MAP_SIZE_MB, "store."
+            ),
             threads=self._positive(server, "threads", DEFAULT_THREADS, "server."),
             max_concurrent_calls=self._positive(
                 server, "max_concurrent_calls", DEFAULT_MAX_CONCURRENT_CALLS, "server."

@@ -47,8 +47,11 @@ def open_store(config: Config, *, follow_keyring: bool = False) -> Store:
     """
     if follow_keyring:
         keys = KeyringFile(config.keyring, check_seconds=config.file_check_seconds)
-        return Store.open(config.data_dir, keys, map_size=config.map_size)
-    return Store.open(config.data_dir, Keyring.load(config.keyring), map_size=config.map_size)
+    else:
+        keys = Keyring.load(config.keyring)
+    return Store.open(
+        config.data_dir, keys, map_size=config.map_size, max_map_size=config.max_map_size
+    )
 
 
 def operations_for(config: Config, store: Store, clock: Clock) -> Operations:

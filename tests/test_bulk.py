@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import uuid
 
 import grpc
@@ -147,7 +148,7 @@ def test_a_later_chunk_naming_another_institution_stops_the_stream(server, ids):
 
 
 def test_a_chunk_that_fails_to_commit_leaves_nothing_and_says_what_was_kept(server_factory, ids):
-    server = server_factory(store_toml="map_size_mb = 1")
+    server = server_factory(store_toml="map_size_mb = 1\nmax_map_size_mb = 2")
     client = server.client(server.pki.institution)
     batches = [[(ids.person(), OWNER, "2020-01-01") for _ in range(1000)] for _ in range(20)]
     error = rpc_error(stream, client, *batches)
@@ -204,3 +205,19 @@ def test_positions_map_back_to_lines():
     text = "a#,b\nc\n\nd,e,f\n"
     assert lines_of_positions(io.StringIO(text), "batch", OWNER, {1, 3, 5}) == {1: 1, 3: 4, 5: 4}
     assert lines_of_positions(io.StringIO(text), "batch", OWNER, set()) == {}
+
+
+def test_a_load_far_past_a_tiny_initial_map_succeeds(server_factory):
+    from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
+
+    server = server_factory(store_toml="map_size_mb = 1")
+    customers = list(itertools.islice(unique_synthetic_person_ids(seed=9), 30_000))
+    batches = [
+        [(c, OWNER, "2020-01-01") for c in customers[i : i + 5000]] for i in range(0, 30_000, 5000)
+    ]
+    response = stream(server.client(server.pki.institution), *batches)
+    assert response.registered_count == 30_000 and response.rejected_count == 0
+    with server.server.store.read() as view:
+        used, size = view.map_use()
+    assert used > 4 * 1024 * 1024  # several times the initial 1 MB map
+    assert server.relationship_count() == 30_000

@@ -163,13 +163,71 @@ def test_reopening_with_the_right_keyring_reads_everything(tmp_path: Path, store
         reopened.close()
 
 
-def test_a_full_store_raises_store_full(tmp_path: Path, keyring, ids):
-    tiny = Store.open(tmp_path / "tiny", keyring, map_size=256 * 1024)
+def test_a_full_store_raises_store_full_at_its_maximum(tmp_path: Path, keyring, ids):
+    size = 256 * 1024
+    tiny = Store.open(tmp_path / "tiny", keyring, map_size=size, max_map_size=size)
     try:
-        with pytest.raises(StoreFull, match="map_size_mb"), tiny.write() as txn:
+        with pytest.raises(StoreFull, match="max_map_size_mb"), tiny.write() as txn:
             for _ in range(10_000):
                 txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
         with tiny.read() as view:
             assert view.relationship_count() == 0
     finally:
         tiny.close()
+
+
+def test_the_map_grows_by_itself_far_past_its_initial_size(tmp_path: Path, keyring, ids):
+    from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
+
+    customers = unique_synthetic_person_ids(seed=5)
+    grows = Store.open(tmp_path / "grows", keyring, map_size=64 * 1024)
+    try:
+        for _ in range(40):
+            with grows.write() as txn:
+                for _ in range(1000):
+                    customer = CustomerId(next(customers), CustomerKind.PERSON)
+                    txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        with grows.read() as view:
+            used, size = view.map_use()
+            assert view.relationship_count() == 40_000
+        assert used > 100 * 64 * 1024 and size > used  # far past the initial 64 KiB
+    finally:
+        grows.close()
+
+
+def test_another_process_growing_the_map_is_adopted(tmp_path: Path, keyring, ids):
+    """Two environments on one store stand in for two processes (the server, kfr admin)."""
+    import subprocess
+    import sys
+
+    first = Store.open(tmp_path / "shared", keyring, map_size=64 * 1024)
+    try:
+        with first.write() as txn:
+            txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        keyring_file = tmp_path / "keyring.json"
+        keyring.save(keyring_file)
+        grower = f"""
+import sys
+from datetime import date
+from pathlib import Path
+from kfr_grpc.keyring import Keyring
+from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
+from kfr_grpc.register.model import Period, Role
+from kfr_grpc.store import Store
+store = Store.open(Path({str(tmp_path / "shared")!r}), Keyring.load(Path({str(keyring_file)!r})),
+                   map_size=64 * 1024)
+for batch in range(10):
+    with store.write() as txn:
+        for n in range(1000):
+            digits = f"{{310000000 + batch * 1000 + n:09d}}"
+            txn.put_history(CustomerId(digits, CustomerKind.ORGANISATION), "311000004",
+                            Role.OWNER, (Period(date(2020, 1, 1)),))
+store.close()
+"""
+        subprocess.run([sys.executable, "-c", grower], check=True, timeout=120)
+        with first.write() as txn:  # this process adopts the bigger map and goes on
+            txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        with first.read() as view:
+            assert view.relationship_count() == 10_002
+    finally:
+        first.close()

@@ -52,6 +52,7 @@ from kfr_grpc.register.model import (
     StoredHistory,
 )
 from kfr_grpc.store import codec
+from kfr_grpc.store.mapsize import MapGuard
 
 STORE_FORMAT = b"3"
 META = b"meta"
@@ -74,7 +75,10 @@ SEAL_VERSION_KEY = b"seal_version"
 PSEUDONYM_VERSION_KEY = b"pseudonym_version"
 ACTIVE_KEY = b"active_relationships"  # how many relationships have an active period
 _MAX_READERS = 1024
-_STORE_FULL = "the register's store is full; the operator must raise store.map_size_mb"
+_STORE_FULL_AT_MAXIMUM = (
+    "the register's store is full: it reached store.max_map_size_mb (or the disk is full)"
+)
+DEFAULT_MAX_MAP_SIZE = 1 << 40  # 1 TiB of address space: the map grows up to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +114,15 @@ class Store:
     """An open LMDB environment with the register's layout. Thread-safe."""
 
     def __init__(
-        self, env: lmdb.Environment, databases: dict[bytes, Any], keys: KeyringProvider
+        self,
+        env: lmdb.Environment,
+        databases: dict[bytes, Any],
+        keys: KeyringProvider,
+        *,
+        max_map_size: int,
     ) -> None:
         self._env = env
+        self._map = MapGuard(env, max_bytes=max_map_size)
         self._databases = databases
         self._keys = keys
         self._crypto = _Crypto(keys.get())
@@ -125,9 +135,13 @@ class Store:
         keyring: Keyring | KeyringProvider,
         *,
         map_size: int,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         readonly: bool = False,
     ) -> Store:
         """Opens (or, unless ``readonly``, creates) the store in ``path``.
+
+        ``map_size`` is where the LMDB map starts; it grows by itself up to
+        ``max_map_size``.
 
         Refuses, before writing anything, a directory written under another keyring.
         """
@@ -157,7 +171,7 @@ class Store:
         except BaseException:
             env.close()
             raise
-        store = cls(env, databases, keys)
+        store = cls(env, databases, keys, max_map_size=max(max_map_size, map_size))
         if not readonly:
             store._count_active_if_unknown()
         return store
@@ -183,7 +197,7 @@ class Store:
     @contextlib.contextmanager
     def read(self) -> Iterator[StoreView]:
         """A consistent snapshot for reading."""
-        with self._env.begin(buffers=False) as txn:
+        with self._map.transaction(lambda: self._env.begin(buffers=False)) as txn, txn:
             pseudonym_version = _meta_version(txn, self._databases[META], PSEUDONYM_VERSION_KEY)
             crypto = self._current_crypto()
             if pseudonym_version not in crypto.pseudonymisers:
@@ -193,33 +207,42 @@ class Store:
     @contextlib.contextmanager
     def write(self) -> Iterator[StoreTxn]:
         """One write transaction: committed when the block ends, aborted if it raises."""
-        txn = self._env.begin(write=True)
-        try:
-            meta = self._databases[META]
-            seal_version = _meta_version(txn, meta, SEAL_VERSION_KEY)
-            pseudonym_version = _meta_version(txn, meta, PSEUDONYM_VERSION_KEY)
-            crypto = self._current_crypto()
-            if not crypto.has(seal_version, pseudonym_version):
-                crypto = self._refreshed_crypto()
-            if not crypto.has(seal_version, pseudonym_version):
-                raise ConfigError(
-                    f"the store writes with seal key version {seal_version} and pseudonym key "
-                    f"version {pseudonym_version}, but the keyring lacks one of them"
-                )
-            store_txn = StoreTxn(self, txn, crypto, seal_version, pseudonym_version)
-            yield store_txn
-            store_txn.flush_counters()
-        except BaseException:
-            txn.abort()
-            raise
-        try:
-            txn.commit()
-        except lmdb.MapFullError:
-            raise StoreFull(_STORE_FULL) from None
+        self._map.ensure_headroom()
+        full = False
+        with self._map.transaction(lambda: self._env.begin(write=True)) as txn:
+            try:
+                store_txn = self._write_transaction(txn)
+                yield store_txn
+                store_txn.flush_counters()
+                txn.commit()
+            except lmdb.MapFullError:
+                txn.abort()
+                full = True
+            except BaseException:
+                txn.abort()
+                raise
+        if full:  # only at the maximum size: below it, the headroom makes every write fit
+            self._map.grow()
+            raise StoreFull(_STORE_FULL_AT_MAXIMUM)
+
+    def _write_transaction(self, txn: lmdb.Transaction) -> StoreTxn:
+        meta = self._databases[META]
+        seal_version = _meta_version(txn, meta, SEAL_VERSION_KEY)
+        pseudonym_version = _meta_version(txn, meta, PSEUDONYM_VERSION_KEY)
+        crypto = self._current_crypto()
+        if not crypto.has(seal_version, pseudonym_version):
+            crypto = self._refreshed_crypto()
+        if not crypto.has(seal_version, pseudonym_version):
+            raise ConfigError(
+                f"the store writes with seal key version {seal_version} and pseudonym key "
+                f"version {pseudonym_version}, but the keyring lacks one of them"
+            )
+        return StoreTxn(self, txn, crypto, seal_version, pseudonym_version)
 
     def copy_to(self, destination: Path) -> None:
         """A consistent, compacted copy of the environment (a backup), taken while in use."""
-        self._env.copy(str(destination), compact=True)
+        with self._map.transaction(lambda: None):
+            self._env.copy(str(destination), compact=True)
 
     def _current_crypto(self) -> _Crypto:
         keyring = self._keys.get()
@@ -253,9 +276,8 @@ class StoreView:
         return _meta_version(self._txn, self._db[META], ACTIVE_KEY)
 
     def map_use(self) -> tuple[int, int]:
-        """(bytes in use, bytes the map allows): how full the store is."""
-        info, page = self._store._env.info(), self._store._env.stat()["psize"]
-        return (info["last_pgno"] + 1) * page, info["map_size"]
+        """(bytes in use, bytes the map allows now): how full the store is."""
+        return self._store._map.usage()
 
     def sealed_value_count(self) -> int:
         return sum(self._txn.stat(self._db[name])["entries"] for name in SEALED_DATABASES)
@@ -632,16 +654,10 @@ class StoreTxn(StoreView):
         sealed = self._crypto.sealer.seal(
             plaintext, associated_data(database, key), self.seal_version
         )
-        try:
-            self._txn.put(key, sealed, db=self._db[database])
-        except lmdb.MapFullError:
-            raise StoreFull(_STORE_FULL) from None
+        self._txn.put(key, sealed, db=self._db[database])
 
     def _put_index(self, database: bytes, key: bytes, value: bytes = b"") -> None:
-        try:
-            self._txn.put(key, value, db=self._db[database])
-        except lmdb.MapFullError:
-            raise StoreFull(_STORE_FULL) from None
+        self._txn.put(key, value, db=self._db[database])
 
 
 def _is_active(history: History) -> bool:
