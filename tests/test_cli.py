@@ -397,3 +397,25 @@ def test_report_file_loads_a_batch_file_and_names_the_lines_it_rejected(
                            str(csv_file))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "registered 1, already registered 1" in result.stdout
+
+
+def test_doctor_checks_a_deployment(served: ServerProcess):
+    config = str(served.directory / "kfr.toml")
+    healthy = run("doctor", "--config", config)
+    assert healthy.exit_code == 0, healthy.output
+    for subject in ("config", "keyring", "data directory", "server certificate",
+                    "client CA bundle", "token keys", "server"):  # fmt: skip
+        assert f"OK   {subject}:" in healthy.output
+    assert "says SERVING" in healthy.output
+    served.terminate()
+    (served.directory / "keyring.json").chmod(0o644)
+    sick = run("doctor", "--config", config)
+    assert sick.exit_code == 1
+    assert "FAIL keyring:" in sick.output and "chmod 600" in sick.output
+    assert "FAIL server:" in sick.output and "UNAVAILABLE" in sick.output
+
+
+def test_doctor_reports_a_broken_config(tmp_path: Path):
+    (tmp_path / "kfr.toml").write_text("listen = ")
+    result = run("doctor", "--config", str(tmp_path / "kfr.toml"))
+    assert result.exit_code == 1 and result.output.startswith("FAIL config:")

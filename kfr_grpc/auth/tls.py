@@ -27,7 +27,7 @@ log = logging.getLogger("kfr.tls")
 class ServerTls:
     def __init__(self, tls: TlsConfig, *, check_seconds: float) -> None:
         self._config = tls
-        self._pair = _read_pair(tls)
+        self._pair = read_key_pair(tls)
         self.trust = WatchedFiles(
             "client CA bundle and CRLs",
             [tls.client_ca, *tls.crls],
@@ -56,7 +56,7 @@ class ServerTls:
                 "tls.client_ca and tls.crls paths are read at start; restart to change them"
             )
         try:
-            pair = _read_pair(tls)
+            pair = read_key_pair(tls)
         except ConfigError as error:
             log.error("keeping the current server certificate: %s", error)
         else:
@@ -86,7 +86,7 @@ class ServerTls:
             return None
 
 
-def _read_pair(tls: TlsConfig) -> tuple[bytes, bytes]:
+def read_key_pair(tls: TlsConfig) -> tuple[bytes, bytes]:
     """The server's (key, certificate chain) PEM, checked to belong together."""
     key_pem, cert_pem = _read(tls.key, "tls.key"), _read(tls.cert, "tls.cert")
     try:

@@ -20,6 +20,9 @@ from kfr_grpc.cli.common import (
     opened_store,
     operations,
 )
+from kfr_grpc.clock import SystemClock
+from kfr_grpc.dev.setup import SIGNING_KEY_NAME, TEST_AGENCY_ORG, DevSetup
+from kfr_grpc.doctor import ClientIdentity, Status, examine
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.server import KfrServer
 from kfr_grpc.store import backup as backups
@@ -206,6 +209,57 @@ def institutions_collection_accounts(
                 fail(f"institution {org_number} is not registered")
     for account in institution.collection_accounts:
         click.echo(account)
+
+
+# --- doctor -----------------------------------------------------------------------------------
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA of the server's certificate, to call the running server.",
+)
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A client certificate, to call the running server.",
+)
+@click.option(
+    "--key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Its private key.",
+)
+@click.option("--token", envvar="KFR_TOKEN", default=None, help="An access token for it.")
+def doctor(config_path: Path, ca: Path | None, cert: Path | None, key: Path | None,
+           token: str | None) -> None:  # fmt: skip
+    """Check a deployment: config, keyring, data directory, certificates, token keys, and
+    (given a client identity, or in a dev setup) that the server answers health checks.
+    Exit status 1 if anything failed."""
+    identity = _doctor_identity(config_path, ca, cert, key, token)
+    findings = examine(config_path, identity)
+    for finding in findings:
+        click.echo(str(finding))
+    if any(finding.status is Status.FAIL for finding in findings):
+        sys.exit(1)
+
+
+def _doctor_identity(
+    config_path: Path, ca: Path | None, cert: Path | None, key: Path | None, token: str | None
+) -> ClientIdentity | None:
+    if cert and key and token:
+        return ClientIdentity(ca or cert, cert, key, token)
+    setup = DevSetup(config_path.resolve().parent)
+    if not setup.file(SIGNING_KEY_NAME).is_file():
+        return None  # not a dev setup: the server is checked only with an identity given
+    minted = setup.token_issuer().mint(TEST_AGENCY_ORG, "", now=SystemClock().now())
+    return ClientIdentity(
+        setup.file("ca.crt"), setup.file("agency.crt"), setup.file("agency.key"), minted
+    )
 
 
 # --- retention, backups, statistics ----------------------------------------------------------
