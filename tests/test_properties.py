@@ -1,0 +1,247 @@
+"""Property tests: ID validation against python-stdnum, and the register's answers against a
+simple in-memory model over random histories of Report, End, closure and purge."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from stdnum.no import fodselsnummer, orgnr
+
+from kfr_grpc.clock import FixedClock
+from kfr_grpc.errors import InvalidArgument, KfrError, NotFound, PermissionDenied
+from kfr_grpc.keyring import Keyring
+from kfr_grpc.register.customer_ids import CustomerKind, parse_customer_id
+from kfr_grpc.register.model import Role
+from kfr_grpc.register.operations import Operations
+from kfr_grpc.register.retention import retention_cutoff
+from kfr_grpc.register.service import EndItem, Register, ReportItem
+from kfr_grpc.register.values import InvalidValue
+from kfr_grpc.store import Store
+
+TODAY = date(2026, 6, 15)
+
+# --- ID validation --------------------------------------------------------------------------
+
+
+def _accepts(number: str, synthetic: bool = False) -> bool:
+    try:
+        parse_customer_id(number, allow_synthetic=synthetic, today=TODAY)
+    except InvalidValue:
+        return False
+    return True
+
+
+def _with_check_digits(body: str) -> str | None:
+    first = fodselsnummer.calc_check_digit1(body)
+    second = fodselsnummer.calc_check_digit2(body + first)
+    return body + first + second if len(first + second) == 2 else None
+
+
+digits = st.text(alphabet="0123456789", min_size=9, max_size=9)
+
+
+@given(digits.map(_with_check_digits))
+@settings(max_examples=400)
+def test_person_numbers_are_accepted_exactly_when_stdnum_and_our_rules_agree(number):
+    assume(number is not None)
+    day, month = int(number[:2]), int(number[2:4])
+    ours = _accepts(number)
+    stdnum_valid = fodselsnummer.is_valid(number)  # also judges the birth date by real today
+    if ours:
+        assert stdnum_valid  # we never accept what stdnum refuses
+    if stdnum_valid and month <= 12 and day < 80:
+        birth = fodselsnummer.get_birth_date(number)
+        assert ours == (birth <= TODAY)  # H-/FH-numbers aside, only the date differs
+
+
+@given(st.text(alphabet="0123456789", min_size=11, max_size=11))
+@settings(max_examples=400)
+def test_random_eleven_digits_never_pass_without_stdnum(number):
+    if _accepts(number):
+        assert fodselsnummer.is_valid(number)
+
+
+@given(st.text(alphabet="0123456789", min_size=9, max_size=9))
+@settings(max_examples=400)
+def test_organisation_numbers_follow_stdnum(number):
+    assert _accepts(number) == orgnr.is_valid(number)
+
+
+@given(st.text(max_size=20))
+def test_nothing_else_passes_and_no_reason_echoes_the_input(text):
+    try:
+        customer = parse_customer_id(text, allow_synthetic=True, today=TODAY)
+    except InvalidValue as error:
+        compact = "".join(text.split())
+        assert not (len(compact) > 3 and compact in str(error))
+    else:
+        assert customer.kind in (CustomerKind.PERSON, CustomerKind.ORGANISATION)
+        assert customer.digits in {"".join(text.split())}
+
+
+# --- the register against a model -----------------------------------------------------------
+
+BANKS = ("311000004", "313000001")
+DAYS_BACK = st.just(0) | st.integers(0, 400)  # today often: the edges of periods matter
+
+
+def _synthetic_customers() -> list[str]:
+    """Three synthetic IDs with valid check digits (month + 80), made at test time."""
+    found = []
+    for day in range(1, 29):
+        number = _with_check_digits(f"{day:02d}8{1 + day % 9}90123")
+        if number is not None:
+            found.append(number)
+        if len(found) == 3:
+            return found
+    raise AssertionError("could not make synthetic IDs")
+
+
+class RegisterModel(RuleBasedStateMachine):
+    """Random Report/End/close/purge/clock moves; after each, every answer must match."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = tempfile.TemporaryDirectory()
+        self.clock = FixedClock.on(date(2015, 1, 1))
+        self.store = Store.open(
+            Path(self.directory.name) / "data", Keyring.generate(), map_size=16 << 20
+        )
+        self.operations = Operations(self.store, self.clock)
+        for bank in BANKS:
+            self.operations.add_institution(bank, f"Bank {bank}")
+        self.register = Register(self.store, self.clock, test_mode=True)
+        self.customers = _synthetic_customers()
+        # (customer, bank, role) -> list of [start, end or None]
+        self.periods: dict[tuple[str, str, Role], list[list]] = {}
+        self.closed: set[str] = set()
+
+    def teardown(self) -> None:
+        self.store.close()
+        self.directory.cleanup()
+
+    @property
+    def today(self) -> date:
+        return self.clock.today()
+
+    @rule(days=st.integers(1, 800) | st.integers(3600, 3700))  # past retention, now and then
+    def advance_the_clock(self, days):
+        self.clock.set(self.clock.now() + timedelta(days=days))
+
+    @rule(c=st.integers(0, 2), bank=st.sampled_from(BANKS), role=st.sampled_from(list(Role)),
+          back=DAYS_BACK)  # fmt: skip
+    def report(self, c, bank, role, back):
+        customer, start = self.customers[c], self.today - timedelta(days=back)
+        key = (customer, bank, role)
+        history = self.periods.get(key, [])
+        expected_error = None
+        if bank in self.closed:
+            expected_error = PermissionDenied
+        elif history and history[-1][1] is None:
+            pass  # already active: a no-op
+        elif history and start < history[-1][1]:
+            expected_error = InvalidArgument
+        try:
+            self.register.report(bank, [ReportItem(customer, role, start.isoformat())])
+        except KfrError as error:
+            assert expected_error is not None and isinstance(error, expected_error), error
+            return
+        assert expected_error is None
+        if not (history and history[-1][1] is None):
+            self.periods.setdefault(key, []).append([start, None])
+
+    @rule(c=st.integers(0, 2), bank=st.sampled_from(BANKS),
+          role=st.sampled_from([*Role, None]), back=DAYS_BACK)  # fmt: skip
+    def end(self, c, bank, role, back):
+        customer, day = self.customers[c], self.today - timedelta(days=back)
+        roles = [role] if role else list(Role)
+        keys = [(customer, bank, r) for r in roles if self.periods.get((customer, bank, r))]
+        open_keys = [k for k in keys if self.periods[k][-1][1] is None]
+        expected_error = None
+        if bank in self.closed:
+            expected_error = PermissionDenied
+        elif not keys:
+            expected_error = NotFound
+        elif any(day < self.periods[k][-1][0] for k in open_keys):
+            expected_error = InvalidArgument
+        try:
+            self.register.end(bank, [EndItem(customer, role, day.isoformat())])
+        except KfrError as error:
+            assert expected_error is not None and isinstance(error, expected_error), error
+            return
+        assert expected_error is None
+        for key in open_keys:
+            self.periods[key][-1][1] = day
+
+    @precondition(lambda self: len(self.closed) < len(BANKS))
+    @rule(bank=st.sampled_from(BANKS), back=st.integers(0, 30))
+    def close(self, bank, back):
+        day = self.today - timedelta(days=back)
+        open_keys = [k for k, h in self.periods.items() if k[1] == bank and h[-1][1] is None]
+        try:
+            self.operations.close_institution(bank, day.isoformat())
+        except KfrError:
+            assert bank in self.closed or any(day < self.periods[k][-1][0] for k in open_keys)
+            return
+        assert bank not in self.closed
+        self.closed.add(bank)
+        for key in open_keys:
+            self.periods[key][-1][1] = day
+
+    @rule()
+    def purge(self):
+        cutoff = retention_cutoff(self.today)
+        self.operations.purge()
+        for key in list(self.periods):
+            kept = [p for p in self.periods[key] if p[1] is None or p[1] >= cutoff]
+            if kept:
+                self.periods[key] = kept
+            else:
+                del self.periods[key]
+
+    @invariant()
+    def list_own_matches(self):
+        for customer in self.customers:
+            for bank in BANKS:
+                answer = {
+                    h.role: [[p.start, p.end] for p in h.periods]
+                    for h in self.register.list_own(bank, customer)
+                }
+                expected = {
+                    key[2]: history
+                    for key, history in self.periods.items()
+                    if key[0] == customer and key[1] == bank
+                }
+                assert answer == expected
+
+    @invariant()
+    def lookup_matches(self):
+        first, last = self.today - timedelta(days=3650), self.today
+        for customer in self.customers:
+            query = self.register.parse_lookup(
+                customer_id=customer, from_date=first.isoformat(), to_date=last.isoformat(),
+                owner_only=False, legal_mandate="m", account_info_request_id=str(uuid.uuid4()),
+            )  # fmt: skip
+            answer = {r.org_number: (set(r.roles), r.active) for r in self.register.lookup(query)}
+            expected: dict[str, tuple[set, bool]] = {}
+            for (who, bank, role), history in self.periods.items():
+                seen = [p for p in history if p[0] <= last and (p[1] is None or p[1] >= first)]
+                if who != customer or not seen:
+                    continue
+                roles, active = expected.get(bank, (set(), False))
+                ongoing = any(p[1] is None or p[1] > last for p in seen)
+                expected[bank] = (roles | {role}, active or ongoing)
+            assert answer == expected
+
+
+TestRegisterModel = RegisterModel.TestCase
+TestRegisterModel.settings = settings(
+    max_examples=100, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
