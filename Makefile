@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # repository so that no key ever sits in a working tree.
 KFR_DEV ?= $(HOME)/.kfr-dev
 
-.PHONY: install run test lint protos bench bench-scale sla clean
+.PHONY: install run test lint protos bench bench-scale sla crash fuzz soak clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ bench-scale: install
 DURATION ?= 60
 sla: install
 	$(BIN)/python -m bench.sla --duration $(DURATION)
+
+# kill -9 during writes, ROUNDS times (make test runs 2).
+ROUNDS ?= 10
+crash: install
+	KFR_CRASH_ROUNDS=$(ROUNDS) $(BIN)/pytest -q -s -o timeout=3600 tests/test_crash.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
