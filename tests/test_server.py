@@ -485,3 +485,42 @@ def test_reflection_lists_and_describes_the_services(server):
     with pytest.raises(grpc.RpcError) as raised:
         ProtoReflectionDescriptorDatabase(anonymous).get_services()
     assert raised.value.code() is StatusCode.UNAUTHENTICATED
+
+
+# --- malformed messages ---------------------------------------------------------------------
+
+
+def _violation_reasons(error: grpc.RpcError) -> list[str]:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    bad_request = error_details_pb2.BadRequest()
+    (detail,) = rpc_status.from_call(error).details
+    assert detail.Unpack(bad_request)
+    return [violation.reason for violation in bad_request.field_violations]
+
+
+def test_bytes_that_are_no_message_are_invalid_not_internal(server):
+    channel = server.client(server.pki.institution).channel
+    garbage = b"\xff\xff\xff\xff\x0f"  # a truncated varint: no protobuf decodes it
+    for path in ("/kfr.v1.InstitutionService/Report", "/grpc.health.v1.Health/Check"):
+        error = rpc_error(channel.unary_unary(path), garbage, timeout=5)
+        assert error.code() is StatusCode.INVALID_ARGUMENT, path
+        assert _violation_reasons(error) == ["MALFORMED"]
+    anonymous = server.client(server.pki.institution, token=None).channel
+    error = rpc_error(anonymous.unary_unary("/kfr.v1.InstitutionService/Report"), garbage)
+    assert error.code() is StatusCode.UNAUTHENTICATED  # who asks is checked first
+
+
+def test_a_malformed_chunk_ends_a_stream_after_the_chunks_before_it(server, ids):
+    channel = server.client(server.pki.institution).channel
+    first = pb.ReportRequest(
+        institution_org_number=INSTITUTION_ORG,
+        relationships=[pb.Relationship(customer_id=ids.person(), role=OWNER)],
+    )
+    second = first.SerializeToString()[:-3]  # cut short
+    stream = channel.stream_unary("/kfr.v1.InstitutionService/ReportStream")
+    error = rpc_error(stream, iter([first.SerializeToString(), second]), timeout=10)
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    assert _violation_reasons(error) == ["MALFORMED", "PARTIAL"]
+    assert server.relationship_count() == 1

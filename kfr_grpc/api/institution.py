@@ -60,8 +60,12 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         validate = self._register.row_validator()
         pending: tuple[PreparedChunk, Future] | None = None
         try:
-            for chunk in request_iterator:
+            chunks = iter(request_iterator)
+            while True:
                 try:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
                     institution = self._stream_institution(context, chunk, institution)
                     prepared = load.begin_chunk(chunk)
                     check_chunk_size(chunk.relationships)

@@ -102,7 +102,7 @@ class CallRecorder(Protocol):
 
 
 class RequestInterceptor(grpc.ServerInterceptor):
-    """Wraps every unary-response handler with the shared per-call work."""
+    """Wraps every handler with the shared per-call work."""
 
     def __init__(
         self, authenticator: CallAuthenticator, recorders: Sequence[CallRecorder] = ()
@@ -118,43 +118,21 @@ class RequestInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap(handler.unary_unary, method, metadata),
-                request_deserializer=handler.request_deserializer,
+        for kind, factory, streams_requests, streams_responses in _HANDLER_KINDS:
+            behaviour = getattr(handler, kind)
+            if behaviour is None:
+                continue
+            if streams_requests:
+                behaviour = _well_formed_stream(behaviour)
+            wrapped = self._wrap(behaviour, method, metadata)
+            if streams_responses:
+                wrapped = _streaming_responses(wrapped)
+            return factory(
+                wrapped,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap(handler.stream_unary, method, metadata),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        streaming = handler.unary_stream or handler.stream_stream
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream is not None
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return factory(
-            self._wrap_streaming(streaming, method, metadata),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    def _wrap_streaming(self, behaviour: Callable, method: str, metadata: Any) -> Callable:
-        """Response-streaming calls (health Watch, reflection): the same checks, then the
-        stream; errors while streaming end it with their status."""
-        unary = self._wrap(lambda request, context: behaviour(request, context), method, metadata)
-
-        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            responses = unary(request, context)
-            try:
-                yield from responses
-            except KfrError as error:
-                context.abort(*_status_for(error, "-"))
-
-        return handle
+        return handler
 
     def _wrap(self, behaviour: Callable, method: str, metadata: Any) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
@@ -171,7 +149,7 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 call.caller = self._authenticator.authenticate(pem_certificates, metadata or ())
                 self._authenticator.authorize(method, call.caller)
                 wrapped = RequestContext(context, call.caller, correlation_id, call.outcome)
-                return behaviour(request, wrapped)
+                return behaviour(_refuse_malformed(request), wrapped)
             except KfrError as error:
                 call.code, call.message = _status_for(error, correlation_id)
                 call.violations = getattr(error, "violations", ())
@@ -257,3 +235,68 @@ def _correlation_id(metadata: Any) -> tuple[str, bool]:
             except (ValueError, TypeError, AttributeError):
                 return str(uuid.uuid4()), False
     return str(uuid.uuid4()), True
+
+
+class _Malformed:
+    """Stands in for a request message that would not deserialize."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning ``_MALFORMED`` instead of raising.
+
+    grpcio answers a message it cannot decode with INTERNAL and never calls the handler;
+    this lets the call go through the interceptor, which answers INVALID_ARGUMENT (after
+    authenticating the caller, and in the request log like any other call)."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _MALFORMED
+
+    return deserialize
+
+
+def _refuse_malformed(request: Any) -> Any:
+    if request is _MALFORMED:
+        raise InvalidArgument.field(
+            "request", "is not a valid protobuf message of the method's type", "MALFORMED"
+        )
+    return request
+
+
+def _well_formed_stream(behaviour: Callable) -> Callable:
+    """A request-streaming handler whose stream raises ``InvalidArgument`` at a bad message."""
+
+    def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return behaviour((_refuse_malformed(request) for request in requests), context)
+
+    return handle
+
+
+def _streaming_responses(handle: Callable) -> Callable:
+    """Response-streaming calls (health Watch, reflection): the same checks, then the
+    stream; errors while streaming end it with their status."""
+
+    def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        responses = handle(request, context)
+        try:
+            yield from responses
+        except KfrError as error:
+            context.abort(*_status_for(error, "-"))
+
+    return stream
+
+
+# (handler attribute, handler factory, streams requests, streams responses)
+_HANDLER_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False, False),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, True, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, False, True),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True, True),
+)
