@@ -41,8 +41,8 @@ bench: install
 bench-scale: install
 	$(BIN)/python -m bench.scale
 
-# The Locust SLA suite, headless: 10 requests/s for DURATION seconds (at least 60).
-DURATION ?= 60
+# The Locust SLA suite, headless: 10 requests/s for DURATION (90, 90s, 10m; at least 60 s).
+sla: DURATION ?= 60
 sla: install
 	$(BIN)/python -m bench.sla --duration $(DURATION)
 
@@ -50,6 +50,16 @@ sla: install
 ROUNDS ?= 10
 crash: install
 	KFR_CRASH_ROUNDS=$(ROUNDS) $(BIN)/pytest -q -s -o timeout=3600 tests/test_crash.py
+
+# Random, mutated and hostile inputs to every RPC for DURATION (make test runs 5 s).
+fuzz: DURATION ?= 5m
+fuzz: install
+	$(BIN)/python -m bench.fuzz --duration $(DURATION)
+
+# The SLA mix at 50 x the SLA rate (500 calls/s) for DURATION: no errors, RssAnon flat.
+soak: DURATION ?= 10m
+soak: install
+	$(BIN)/python -m bench.soak --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

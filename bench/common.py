@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import re
 import signal
 import socket
 import subprocess
@@ -17,10 +19,20 @@ import grpc
 
 from kfr_grpc.client import KfrClient, secure_channel
 from kfr_grpc.clock import SystemClock
+from kfr_grpc.config import load_config
 from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
 
 KFR = str(Path(sys.executable).with_name("kfr"))
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 WRITE_SCOPE, READ_SCOPE = "bits:kundeforhold.write", "bits:kundeforhold.read"
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m`` or ``1.5h`` (argparse type of --duration)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is no duration: try 90, 90s, 10m or 1h")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 @dataclass
@@ -33,19 +45,20 @@ class BenchServer:
     def target(self) -> str:
         return f"localhost:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{load_config(self.setup.config).metrics_listen}/metrics"
+
     def agency_channel(self) -> grpc.aio.Channel:
         """An asyncio channel as the test agency, with a certificate-bound token."""
-        setup = self.setup
-        cert = setup.file("agency.crt")
-        token = setup.token_issuer().mint(
-            TEST_AGENCY_ORG, READ_SCOPE, now=SystemClock().now(), ttl=7200,
-            cnf_certificate=cert.read_bytes(),
-        )  # fmt: skip
+        return self.aio_channel("agency")
+
+    def aio_channel(self, who: str) -> grpc.aio.Channel:
+        """An asyncio channel as the test institution or agency (see ``client``)."""
+        cert, key, token = self._identity(who)
         credentials = grpc.composite_channel_credentials(
             grpc.ssl_channel_credentials(
-                setup.file("ca.crt").read_bytes(),
-                setup.file("agency.key").read_bytes(),
-                cert.read_bytes(),
+                self.setup.file("ca.crt").read_bytes(), key.read_bytes(), cert.read_bytes()
             ),
             grpc.access_token_call_credentials(token),
         )
@@ -53,6 +66,14 @@ class BenchServer:
 
     def client(self, who: str) -> KfrClient:
         """The test institution ("institution") or agency ("agency"), with a bound token."""
+        cert, key, token = self._identity(who)
+        channel = secure_channel(
+            self.target, ca=self.setup.file("ca.crt"), cert=cert, key=key, token=token
+        )
+        return KfrClient(channel)
+
+    def _identity(self, who: str) -> tuple[Path, Path, str]:
+        """Certificate, key and a certificate-bound two-hour token of ``who``."""
         org, scope = (
             (TEST_INSTITUTION_ORG, WRITE_SCOPE)
             if who == "institution"
@@ -62,11 +83,11 @@ class BenchServer:
         token = self.setup.token_issuer().mint(
             org, scope, now=SystemClock().now(), ttl=7200, cnf_certificate=cert.read_bytes()
         )
-        channel = secure_channel(
-            self.target, ca=self.setup.file("ca.crt"), cert=cert,
-            key=self.setup.file(f"{who}.key"), token=token,
-        )  # fmt: skip
-        return KfrClient(channel)
+        return cert, self.setup.file(f"{who}.key"), token
+
+    def rss_anon_kib(self) -> int:
+        """The server process's anonymous resident memory (heap, stacks; not the LMDB map)."""
+        return rss_anon_kib(self.process.pid)
 
 
 @contextlib.contextmanager
@@ -104,6 +125,13 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit("the server did not start")
+
+
+def rss_anon_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    return 0
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -43,7 +43,7 @@ def main() -> None:
             load_seconds, sample = _load(server, size)
             run = asyncio.run(_lookups(server, sample, args.rate, args.seconds))
             store_bytes = _store_bytes(server.setup.directory / "data")
-            rss_anon = _rss_anon_kib(server.process.pid)
+            rss_anon = server.rss_anon_kib()
         results.append((size, load_seconds, run, store_bytes, rss_anon))
         print(f"... {size:,} done", flush=True)
     _print(args, results)
@@ -103,13 +103,6 @@ async def _lookups(server: BenchServer, sample: list[str], rate: int, seconds: f
 def _store_bytes(data_dir: Path) -> int:
     """Bytes the store occupies on disk (allocated blocks, not the sparse map size)."""
     return sum(path.stat().st_blocks * 512 for path in data_dir.iterdir())
-
-
-def _rss_anon_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1])
-    return 0
 
 
 def _print(args, results) -> None:

@@ -16,14 +16,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import bench_server
+from bench.common import bench_server, duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="KFR SLA run (Locust, headless)")
-    parser.add_argument("--duration", type=int, default=60, help="seconds (default 60)")
+    parser.add_argument(
+        "--duration", type=duration, default=60.0, help="90, 90s, 10m, 1h (default 60 s)"
+    )
     parser.add_argument("--rate", type=int, default=10, help="requests/s (default 10)")
     args = parser.parse_args()
     with bench_server() as server:
@@ -31,10 +33,10 @@ def main() -> None:
         command = [
             str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE),
             "--headless", "--users", str(args.rate), "--spawn-rate", str(args.rate),
-            "--run-time", f"{args.duration}s", "--host", server.target,
+            "--run-time", f"{args.duration:.0f}s", "--host", server.target,
             "--stop-timeout", "5",
         ]  # fmt: skip
-        print(f"SLA run: {args.rate} requests/s for {args.duration} s against {server.target}")
+        print(f"SLA run: {args.rate} requests/s for {args.duration:.0f} s against {server.target}")
         status = subprocess.call(command, env=environment)
     sys.exit(status)
 
