@@ -136,7 +136,9 @@ def _jwks(config: Config, _: object) -> Iterator[Finding]:
 
 def _health(config: Config, client: ClientIdentity | None) -> Iterator[Finding]:
     if client is None:
-        yield Finding(Status.WARN, "server", "not asked: give --cert, --key and --token (or --dev)")
+        yield Finding(
+            Status.WARN, "server", "not asked: give --cert, --key and --token (a dev setup: none)"
+        )
         return
     host, _, port = config.listen.rpartition(":")
     target = f"{'localhost' if host in ('0.0.0.0', '[::]', '127.0.0.1', '') else host}:{port}"

@@ -72,6 +72,10 @@ class StoreFull(KfrError):
     """The store has no room left (RESOURCE_EXHAUSTED)."""
 
 
+class StoreClosed(KfrError):
+    """The store was closed: the server is shutting down (UNAVAILABLE; retry elsewhere)."""
+
+
 class CorruptRecord(KfrError):
     """A stored value failed its integrity check (INTERNAL; details go to the operator's log)."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from kfr_grpc.errors import ConfigError, CorruptRecord, StoreFull
+from kfr_grpc.errors import ConfigError, CorruptRecord, StoreClosed, StoreFull
 from kfr_grpc.keyring import Keyring, KeySet
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
 from kfr_grpc.register.model import Institution, Period, Role
@@ -231,3 +231,42 @@ store.close()
             assert view.relationship_count() == 10_002
     finally:
         first.close()
+
+
+def test_close_waits_for_the_write_under_way_then_refuses_new_ones(tmp_path, keyring, ids):
+    import threading
+
+    store = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    customer = person(ids)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_write() -> None:
+        with store.write() as txn:
+            txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+            inside.set()
+            release.wait(5)
+
+    writer = threading.Thread(target=slow_write)
+    writer.start()
+    assert inside.wait(5)
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive()  # the write is still under way: close waits for it
+    release.set()
+    writer.join(5)
+    closing.join(5)
+    assert not closing.is_alive()
+    with pytest.raises(StoreClosed), store.read():
+        pass
+    reopened = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    with reopened.read() as view:
+        assert view.history(customer, BANK_A, Role.OWNER) == (Period(date(2020, 1, 1)),)
+    reopened.close()
+
+
+def test_close_leaves_a_stuck_transaction_to_the_process_exit(tmp_path, keyring, caplog):
+    store = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    with store.read():
+        store.close(wait_seconds=0.1)  # this thread's own transaction: it cannot end first
+    assert "still running at close" in caplog.text

@@ -29,6 +29,7 @@ from kfr_grpc.errors import (
     KfrError,
     NotFound,
     PermissionDenied,
+    StoreClosed,
     StoreFull,
     Unauthenticated,
 )
@@ -44,6 +45,7 @@ _STATUS: dict[type[KfrError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     StoreFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StoreClosed: grpc.StatusCode.UNAVAILABLE,
 }
 
 

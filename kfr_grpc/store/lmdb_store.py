@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -53,6 +54,8 @@ from kfr_grpc.register.model import (
 )
 from kfr_grpc.store import codec
 from kfr_grpc.store.mapsize import MapGuard
+
+log = logging.getLogger("kfr.store")
 
 STORE_FORMAT = b"3"
 META = b"meta"
@@ -187,8 +190,15 @@ class Store:
                 active += _is_active(history)
             txn._txn.put(ACTIVE_KEY, str(active).encode(), db=self._databases[META])
 
-    def close(self) -> None:
-        self._env.close()
+    def close(self, wait_seconds: float = 10.0) -> None:
+        """Closes the environment once the transactions under way have ended; later ones
+        fail with ``StoreClosed``. If some are still running after ``wait_seconds`` the
+        environment is left to the process's exit (LMDB needs no clean close to be
+        consistent; closing it under a running commit could crash the process)."""
+        if self._map.close(wait_seconds):
+            self._env.close()
+        else:
+            log.warning("store transactions still running at close; leaving it to exit")
 
     @property
     def keyring(self) -> Keyring:

@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import lmdb
 
+from kfr_grpc.errors import StoreClosed
+
 log = logging.getLogger("kfr.store")
 
 _MARGIN = 64 * 1024 * 1024
@@ -32,6 +34,7 @@ class MapGuard:
         self._condition = threading.Condition()
         self._active = 0
         self._resizing = False
+        self._closed = False
         self._depth = threading.local()
 
     @contextlib.contextmanager
@@ -93,12 +96,22 @@ class MapGuard:
                 self._resizing = False
                 self._condition.notify_all()
 
+    def close(self, wait_seconds: float) -> bool:
+        """Refuses new transactions (``StoreClosed``) and waits up to ``wait_seconds`` for
+        the ones under way to end. True when none is left: only then may the environment
+        be closed (closing it under a commit in another thread is not safe)."""
+        with self._condition:
+            self._closed = True
+            return self._condition.wait_for(lambda: self._active == 0, timeout=wait_seconds)
+
     def _acquire(self) -> None:
         depth = getattr(self._depth, "value", 0)
         if depth == 0:
             with self._condition:
                 while self._resizing:
                     self._condition.wait()
+                if self._closed:
+                    raise StoreClosed("the store is closed: the server is shutting down")
                 self._active += 1
         self._depth.value = depth + 1
 
