@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -205,6 +206,10 @@ def test_readme_demo_report_then_lookup(served: ServerProcess, ids):
     assert served.terminate() == 0, served.stderr
     assert "method=/kfr.v1.LookupService/Lookup" in served.stderr
     assert customer not in served.stderr, "a customer ID reached the server's log"
+    if platform.libc_ver()[0] == "glibc" and not {"MALLOC_ARENA_MAX", "GLIBC_TUNABLES"} & set(
+        os.environ
+    ):
+        assert "malloc: MALLOC_ARENA_MAX=2" in served.stderr  # kfr_grpc.allocator at work
 
 
 def test_client_errors_exit_non_zero_with_status_and_correlation_id(served: ServerProcess, ids):

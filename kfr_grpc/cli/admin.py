@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import signal
 import sys
 import threading
@@ -11,6 +13,7 @@ from pathlib import Path
 import click
 
 from kfr_grpc import logs
+from kfr_grpc.allocator import tune_malloc
 from kfr_grpc.cli.common import (
     CONFIG_OPTION,
     fail,
@@ -41,8 +44,13 @@ from kfr_grpc.supervisor import Supervisor
 @click.option("--worker-index", type=int, default=None, hidden=True)
 def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
     """Run the server until SIGTERM or SIGINT."""
+    tuned = tune_malloc(os.environ)  # before any thread starts: see kfr_grpc.allocator
     config = load(config_path)
     logs.configure(config.log_level, config.log_format, worker_index)
+    if tuned:
+        logging.getLogger("kfr.server").info(
+            "malloc: %s", ", ".join(f"{name}={value}" for name, value in tuned.items())
+        )
     if worker_index and config.metrics_listen:  # each worker its own metrics port
         host, _, port = config.metrics_listen.rpartition(":")
         shifted = int(port) + worker_index if int(port) else 0
