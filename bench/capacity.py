@@ -87,23 +87,8 @@ def main() -> None:
 
 
 def _stream(server: BenchServer, customers: list[str], chunk: int = 20_000) -> float:
-    def chunks():
-        for offset in range(0, len(customers), chunk):
-            yield pb.ReportRequest(
-                institution_org_number=TEST_INSTITUTION_ORG if offset == 0 else "",
-                relationships=[
-                    pb.Relationship(customer_id=c, role=pb.ROLE_OWNER, start_date="2020-01-01")
-                    for c in customers[offset : offset + chunk]
-                ],
-            )
-
-    client = server.client("institution")
-    started = time.perf_counter()
-    response = client.institutions.ReportStream(chunks())
-    elapsed = time.perf_counter() - started
-    client.close()
-    assert response.registered_count == len(customers), response
-    return elapsed
+    batches = (customers[offset : offset + chunk] for offset in range(0, len(customers), chunk))
+    return server.report_stream(batches)
 
 
 def _report_file(server: BenchServer, ids, entries: int) -> tuple[float, str]:

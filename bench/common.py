@@ -11,12 +11,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.client import KfrClient, secure_channel
 from kfr_grpc.clock import SystemClock
 from kfr_grpc.config import load_config
@@ -85,6 +86,34 @@ class BenchServer:
         )
         return cert, self.setup.file(f"{who}.key"), token
 
+    def report_stream(self, batches: Iterable[list[str]]) -> float:
+        """Streams each batch of customer IDs as one ``ReportStream`` chunk (owner since
+        2020-01-01) as the test institution; returns the seconds until the answer, and
+        checks every relationship was registered."""
+        sent = 0
+
+        def chunks() -> Iterator[pb.ReportRequest]:
+            nonlocal sent
+            for index, batch in enumerate(batches):
+                sent += len(batch)
+                yield pb.ReportRequest(
+                    institution_org_number=TEST_INSTITUTION_ORG if index == 0 else "",
+                    relationships=[
+                        pb.Relationship(customer_id=c, role=pb.ROLE_OWNER, start_date="2020-01-01")
+                        for c in batch
+                    ],
+                )
+
+        client = self.client("institution")
+        try:
+            started = time.perf_counter()
+            response = client.institutions.ReportStream(chunks())
+            elapsed = time.perf_counter() - started
+        finally:
+            client.close()
+        assert response.registered_count == sent, response
+        return elapsed
+
     def rss_anon_kib(self) -> int:
         """The server process's anonymous resident memory (heap, stacks; not the LMDB map)."""
         return rss_anon_kib(self.process.pid)
@@ -102,7 +131,7 @@ def bench_server(*, workers: int = 1, config_extra: str = "") -> Iterator[BenchS
         command = [KFR, "serve", "--config", str(setup.config), "--workers", str(workers)]
         process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         try:
-            wait_for_port(port)
+            wait_for_port(port, process)
             time.sleep(0.5 * workers)  # let every worker bind before measuring
             yield BenchServer(setup, port, process)
         finally:
@@ -116,15 +145,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 30) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    """Until the server ``process`` accepts connections on ``port``; RuntimeError if it
+    exits first (with what it wrote to a piped stderr) or takes longer than ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            said = process.stderr.read() if process.stderr else ""
+            raise RuntimeError(f"the server exited early ({process.returncode}): {said}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise SystemExit("the server did not start")
+    raise RuntimeError(f"the server did not listen on port {port} within {timeout:.0f} s")
 
 
 def rss_anon_kib(pid: int) -> int:

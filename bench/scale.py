@@ -16,15 +16,15 @@ import argparse
 import asyncio
 import itertools
 import random
-import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.capacity import _open
 from bench.common import BenchServer, bench_server, percentile
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
-from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, TEST_MANDATE
+from kfr_grpc.dev.setup import TEST_MANDATE
 from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 
 _CHUNK = 20_000
@@ -55,7 +55,7 @@ def _load(server: BenchServer, size: int) -> tuple[float, list[str]]:
     sample: list[str] = []
     ids = unique_synthetic_person_ids(seed=size)
 
-    def chunks():
+    def batches() -> Iterator[list[str]]:
         sent = 0
         while sent < size:
             batch = list(itertools.islice(ids, min(_CHUNK, size - sent)))
@@ -65,21 +65,9 @@ def _load(server: BenchServer, size: int) -> tuple[float, list[str]]:
                     sample.append(customer)
                 elif (slot := rng.randrange(sent)) < _SAMPLE:
                     sample[slot] = customer
-            yield pb.ReportRequest(
-                institution_org_number=TEST_INSTITUTION_ORG,
-                relationships=[
-                    pb.Relationship(customer_id=c, role=pb.ROLE_OWNER, start_date="2020-01-01")
-                    for c in batch
-                ],
-            )
+            yield batch
 
-    client = server.client("institution")
-    started = time.perf_counter()
-    response = client.institutions.ReportStream(chunks())
-    elapsed = time.perf_counter() - started
-    client.close()
-    assert response.registered_count == size, response
-    return elapsed, sample
+    return server.report_stream(batches()), sample
 
 
 async def _lookups(server: BenchServer, sample: list[str], rate: int, seconds: float):

@@ -125,6 +125,15 @@ _AGENCY_KEYS = {"org_number", "name", "mandates", "owner_only"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
 
+def host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:50051`` too) split into host and port; ValueError if not one."""
+    host, separator, port = address.rpartition(":")
+    number = int(port) if separator and port.isdigit() else -1
+    if not host or not 0 <= number <= 65535:
+        raise ValueError(f"not host:port: {address!r}")
+    return host, number
+
+
 def _default_validation_processes() -> int:
     """One helper process for bulk-load validation when there is a second core."""
     return 1 if (os.cpu_count() or 1) > 1 else 0
@@ -162,7 +171,7 @@ class _Reader:
         self._known(metrics, _METRICS_KEYS, "metrics.")
         config = Config(
             path=self._path,
-            listen=self._get(document, "listen", str, DEFAULT_LISTEN),
+            listen=self._address(document, "listen", DEFAULT_LISTEN, ""),
             data_dir=self._file(document, "data_dir"),
             keyring=self._file(document, "keyring"),
             test_mode=self._get(document, "test_mode", bool, False),
@@ -191,7 +200,7 @@ class _Reader:
                 server, "validation_processes", _default_validation_processes(), "server."
             ),
             maintenance=self._maintenance(maintenance),
-            metrics_listen=self._get(metrics, "listen", str, "", "metrics.") or None,
+            metrics_listen=self._address(metrics, "listen", "", "metrics.") or None,
             log_level=self._get(document, "log_level", str, "INFO").upper(),
             log_format=self._get(document, "log_format", str, "json").lower(),
         )
@@ -305,6 +314,15 @@ class _Reader:
         value = float(self._get(table, key, (int, float), default, prefix))
         if value < 0:
             raise self._error(prefix + key, "must not be negative")
+        return value
+
+    def _address(self, table: dict, key: str, default: str, prefix: str) -> str:
+        value = self._get(table, key, str, default, prefix)
+        if value:
+            try:
+                host_port(value)
+            except ValueError:
+                raise self._error(prefix + key, "must be host:port") from None
         return value
 
     def _files(self, table: dict, key: str, prefix: str) -> tuple[Path, ...]:

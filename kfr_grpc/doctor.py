@@ -8,7 +8,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -19,7 +19,8 @@ from kfr_grpc.auth.jwks import JwksSource
 from kfr_grpc.auth.tls import read_key_pair
 from kfr_grpc.auth.trust import load_client_trust
 from kfr_grpc.client import secure_channel
-from kfr_grpc.config import Config, load_config
+from kfr_grpc.clock import Clock, SystemClock
+from kfr_grpc.config import Config, host_port, load_config
 from kfr_grpc.errors import KfrError
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.store.backup import verify
@@ -54,7 +55,11 @@ class ClientIdentity:
     token: str
 
 
-def examine(config_path: Path, client: ClientIdentity | None) -> list[Finding]:
+def examine(
+    config_path: Path, client: ClientIdentity | None, clock: Clock | None = None
+) -> list[Finding]:
+    """Every check's findings; certificate validity is judged at ``clock``'s now."""
+    now = (clock or SystemClock()).now()
     try:
         config = load_config(config_path)
     except KfrError as error:
@@ -62,7 +67,7 @@ def examine(config_path: Path, client: ClientIdentity | None) -> list[Finding]:
     findings = [Finding(Status.OK, "config", f"{config.path} reads cleanly")]
     keyring = _keyring(config, findings)
     for check in (_data_dir, _server_certificate, _client_trust, _jwks):
-        findings.extend(_guarded(check, config, keyring))
+        findings.extend(_guarded(check, config, keyring, now))
     findings.extend(_guarded(_health, config, client))
     return findings
 
@@ -89,7 +94,7 @@ def _keyring(config: Config, findings: list[Finding]) -> Keyring | None:
     return keyring
 
 
-def _data_dir(config: Config, keyring: Keyring | None) -> Iterator[Finding]:
+def _data_dir(config: Config, keyring: Keyring | None, *_: object) -> Iterator[Finding]:
     directory = config.data_dir
     if not (directory / "data.mdb").is_file():
         yield Finding(Status.WARN, "data directory", f"{directory} holds no store yet")
@@ -110,12 +115,12 @@ def _data_dir(config: Config, keyring: Keyring | None) -> Iterator[Finding]:
     yield Finding(status, "disk", f"{usage.free / 1e9:,.1f} GB free ({free:.0%}) under {directory}")
 
 
-def _server_certificate(config: Config, _: object) -> Iterator[Finding]:
+def _server_certificate(config: Config, _: object, now: datetime) -> Iterator[Finding]:
     _, pem = read_key_pair(config.tls)
-    yield _validity("server certificate", x509.load_pem_x509_certificate(pem))
+    yield _validity("server certificate", x509.load_pem_x509_certificate(pem), now)
 
 
-def _client_trust(config: Config, _: object) -> Iterator[Finding]:
+def _client_trust(config: Config, _: object, now: datetime) -> Iterator[Finding]:
     trust = load_client_trust(config.tls.client_ca, config.tls.crls)
     authorities = x509.load_pem_x509_certificates(trust.ca_pem)
     yield Finding(
@@ -125,10 +130,10 @@ def _client_trust(config: Config, _: object) -> Iterator[Finding]:
         f"{len(trust.revoked)} revoked serial(s)",
     )
     for authority in authorities:
-        yield _validity(f"client CA {authority.subject.rfc4514_string()}", authority)
+        yield _validity(f"client CA {authority.subject.rfc4514_string()}", authority, now)
 
 
-def _jwks(config: Config, _: object) -> Iterator[Finding]:
+def _jwks(config: Config, *_: object) -> Iterator[Finding]:
     keys = JwksSource(config.tokens.jwks, ca_file=config.tokens.jwks_ca).keys
     status = Status.OK if keys else Status.FAIL
     yield Finding(status, "token keys", f"{len(keys)} RS256 key(s) at {config.tokens.jwks}")
@@ -140,7 +145,7 @@ def _health(config: Config, client: ClientIdentity | None) -> Iterator[Finding]:
             Status.WARN, "server", "not asked: give --cert, --key and --token (a dev setup: none)"
         )
         return
-    host, _, port = config.listen.rpartition(":")
+    host, port = host_port(config.listen)
     target = f"{'localhost' if host in ('0.0.0.0', '[::]', '127.0.0.1', '') else host}:{port}"
     channel = secure_channel(
         target, ca=client.ca, cert=client.cert, key=client.key, token=client.token
@@ -159,8 +164,7 @@ def _health(config: Config, client: ClientIdentity | None) -> Iterator[Finding]:
     yield Finding(Status.OK if serving else Status.FAIL, "server", f"{target} says {status_name}")
 
 
-def _validity(subject: str, certificate: x509.Certificate) -> Finding:
-    now = datetime.now(UTC)
+def _validity(subject: str, certificate: x509.Certificate, now: datetime) -> Finding:
     if certificate.not_valid_before_utc > now:
         return Finding(Status.FAIL, subject, f"not valid before {certificate.not_valid_before_utc}")
     left = certificate.not_valid_after_utc - now

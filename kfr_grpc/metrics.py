@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kfr_grpc.config import host_port
 from kfr_grpc.store import Store
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -54,8 +55,8 @@ class Metrics:
 
     def serve(self, listen: str) -> tuple[object, int]:
         """Starts the HTTP endpoint on ``host:port``; returns the server and its port."""
-        host, _, port = listen.rpartition(":")
-        server, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        host, port = host_port(listen)
+        server, _ = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
         return server, server.server_port
 
 

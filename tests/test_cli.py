@@ -6,25 +6,28 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from bench.common import free_port, wait_for_port
 from kfr_grpc.cli import main
-from kfr_grpc.clock import SystemClock
+from kfr_grpc.clock import FixedClock, SystemClock
 from kfr_grpc.dev import pki
 from kfr_grpc.dev.setup import (
     TEST_AGENCY_ORG,
     TEST_INSTITUTION_NAME,
     TEST_INSTITUTION_ORG,
     TEST_MANDATE,
+    create_dev_setup,
 )
+from kfr_grpc.doctor import examine
 from kfr_grpc.keyring import Keyring
 
 KFR = str(Path(sys.executable).with_name("kfr"))
@@ -102,25 +105,6 @@ def test_admin_commands_explain_a_bad_config(tmp_path: Path):
 # --- the demo against a real server process ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early: {process.stderr.read()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("server did not start listening")
-
-
 class ServerProcess:
     def __init__(self, directory: Path, port: int) -> None:
         self.directory = directory
@@ -132,7 +116,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
-        _wait_for_port(port, self.process)
+        wait_for_port(port, self.process)
 
     def client(self, who: str, *args: str, input: str | None = None):
         options = [
@@ -153,7 +137,7 @@ class ServerProcess:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[ServerProcess]:
-    port = _free_port()
+    port = free_port()
     directory = tmp_path / "dev"
     assert run("dev", "init", str(directory), "--listen", f"127.0.0.1:{port}").exit_code == 0
     server = ServerProcess(directory, port)
@@ -424,3 +408,17 @@ def test_doctor_reports_a_broken_config(tmp_path: Path):
     (tmp_path / "kfr.toml").write_text("listen = ")
     result = run("doctor", "--config", str(tmp_path / "kfr.toml"))
     assert result.exit_code == 1 and result.output.startswith("FAIL config:")
+
+
+def test_doctor_judges_certificates_at_its_clock(tmp_path: Path):
+    setup = create_dev_setup(tmp_path / "dev")
+    now = datetime.now(UTC)
+
+    def server_certificate(days_ahead: int) -> str:
+        findings = examine(setup.config, None, FixedClock(now + timedelta(days=days_ahead)))
+        (finding,) = [f for f in findings if f.subject == "server certificate"]
+        return str(finding)
+
+    assert server_certificate(0).startswith("OK   server certificate: valid until")
+    assert server_certificate(810).startswith("WARN server certificate: valid until")
+    assert server_certificate(900).startswith("FAIL server certificate: expired")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kfr_grpc.config import DEFAULT_LISTEN, load_config
+from kfr_grpc.config import DEFAULT_LISTEN, host_port, load_config
 from kfr_grpc.errors import ConfigError
 
 MINIMAL = """
@@ -123,3 +123,16 @@ def test_missing_or_broken_file(tmp_path: Path):
         load_config(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match=r"kfr\.toml"):
         load_config(write(tmp_path, "listen = "))
+
+
+@pytest.mark.parametrize("address", ["localhost", "localhost:http", ":50051", "h:70000"])
+def test_addresses_must_be_host_and_port(tmp_path: Path, address: str):
+    with pytest.raises(ConfigError, match=r"listen must be host:port"):
+        load_config(write(tmp_path, f'listen = "{address}"\n' + MINIMAL))
+    with pytest.raises(ConfigError, match=r"metrics\.listen must be host:port"):
+        load_config(write(tmp_path, MINIMAL + f'\n[metrics]\nlisten = "{address}"\n'))
+
+
+def test_host_port_takes_ipv6_and_port_zero():
+    assert host_port("[::1]:0") == ("[::1]", 0)
+    assert host_port("0.0.0.0:50051") == ("0.0.0.0", 50051)

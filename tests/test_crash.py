@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 from click.testing import CliRunner
 
+from bench.common import free_port, wait_for_port
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.cli import main
 from kfr_grpc.client import KfrClient, secure_channel
@@ -30,7 +31,7 @@ from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
 from kfr_grpc.register.model import Role
 from kfr_grpc.server import open_store
-from tests.test_cli import KFR, _free_port, _wait_for_port
+from tests.test_cli import KFR
 
 ROUNDS = int(os.environ.get("KFR_CRASH_ROUNDS", "2"))
 OWNER = pb.ROLE_OWNER
@@ -170,7 +171,7 @@ def _check(setup: DevSetup, load: Load) -> tuple[int, int]:
 
 
 def test_kill_9_during_writes_loses_nothing_acknowledged(tmp_path: Path, capsys):
-    port = _free_port()
+    port = free_port()
     CliRunner().invoke(main, ["dev", "init", str(tmp_path), "--listen", f"127.0.0.1:{port}"])
     setup = DevSetup(tmp_path)
     ids = _SharedIds(unique_synthetic_person_ids(seed=17))
@@ -179,7 +180,7 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(tmp_path: Path, capsys)
     for _ in range(ROUNDS):
         server = subprocess.Popen([KFR, "serve", "--config", str(setup.config)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        _wait_for_port(port, server)
+        wait_for_port(port, server)
         load = Load()
         threads = [threading.Thread(target=_bulk, args=(_client(setup, port), ids, load))]
         threads += [
@@ -201,7 +202,7 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(tmp_path: Path, capsys)
     server = subprocess.Popen([KFR, "serve", "--config", str(setup.config)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        _wait_for_port(port, server)
+        wait_for_port(port, server)
         client = _client(setup, port)
         client.institutions.ListOwn(
             pb.ListOwnRequest(institution_org_number=TEST_INSTITUTION_ORG, customer_id=next(ids)),

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.common import free_port, wait_for_port
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.cli import main
 from kfr_grpc.client import KfrClient, secure_channel
@@ -26,14 +27,14 @@ from kfr_grpc.dev.setup import (
     DevSetup,
 )
 from kfr_grpc.server import open_store
-from tests.test_cli import KFR, _free_port, _wait_for_port
+from tests.test_cli import KFR
 
 WRITE, READ = "bits:kundeforhold.write", "bits:kundeforhold.read"
 
 
 class Served:
     def __init__(self, directory: Path, extra_config: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         result = CliRunner().invoke(
             main, ["dev", "init", str(directory), "--listen", f"127.0.0.1:{self.port}"]
         )
@@ -45,7 +46,7 @@ class Served:
             [KFR, "serve", "--config", str(self.setup.config)],
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        _wait_for_port(self.port, self.process)
+        wait_for_port(self.port, self.process)
         self.log = ""
 
     def client(

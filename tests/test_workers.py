@@ -10,6 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from bench.common import free_port, wait_for_port
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.cli import main
 from kfr_grpc.client import KfrClient, secure_channel
@@ -20,7 +21,7 @@ from kfr_grpc.dev.setup import (
     TEST_MANDATE,
     DevSetup,
 )
-from tests.test_cli import KFR, _free_port, _wait_for_port
+from tests.test_cli import KFR
 
 
 def _client(setup: DevSetup, port: int, who: str, org: str, scope: str) -> KfrClient:
@@ -35,7 +36,7 @@ def _client(setup: DevSetup, port: int, who: str, org: str, scope: str) -> KfrCl
 
 
 def test_a_write_on_one_worker_is_read_at_once_on_another(tmp_path: Path, ids):
-    port = _free_port()
+    port = free_port()
     assert (
         CliRunner()
         .invoke(main, ["dev", "init", str(tmp_path), "--listen", f"127.0.0.1:{port}"])
@@ -48,7 +49,7 @@ def test_a_write_on_one_worker_is_read_at_once_on_another(tmp_path: Path, ids):
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        _wait_for_port(port, server)
+        wait_for_port(port, server)
         writers = [
             _client(setup, port, "institution", TEST_INSTITUTION_ORG, "bits:kundeforhold.write")
             for _ in range(6)

@@ -24,6 +24,7 @@ from kfr_grpc.cli.common import (
     operations,
 )
 from kfr_grpc.clock import SystemClock
+from kfr_grpc.config import host_port
 from kfr_grpc.dev.setup import SIGNING_KEY_NAME, TEST_AGENCY_ORG, DevSetup
 from kfr_grpc.doctor import ClientIdentity, Status, examine
 from kfr_grpc.keyring import Keyring
@@ -52,8 +53,8 @@ def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
             "malloc: %s", ", ".join(f"{name}={value}" for name, value in tuned.items())
         )
     if worker_index and config.metrics_listen:  # each worker its own metrics port
-        host, _, port = config.metrics_listen.rpartition(":")
-        shifted = int(port) + worker_index if int(port) else 0
+        host, port = host_port(config.metrics_listen)
+        shifted = port + worker_index if port else 0
         config = dataclasses.replace(config, metrics_listen=f"{host}:{shifted}")
     if workers > 1:
         if config.listen.rsplit(":", 1)[-1] == "0":

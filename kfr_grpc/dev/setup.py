@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography import x509
 
 from kfr_grpc.clock import SystemClock
-from kfr_grpc.config import DEFAULT_LISTEN, load_config
+from kfr_grpc.config import DEFAULT_LISTEN, host_port, load_config
 from kfr_grpc.dev import pki, tokens
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring
@@ -60,6 +60,10 @@ class DevSetup:
 def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSetup:
     """Writes CA, server and client certificates, a keyring, a config and a store
     with the test institution registered. Refuses a directory that already has a config."""
+    try:
+        host_port(listen)
+    except ValueError:
+        raise ConfigError(f"--listen {listen} is not host:port") from None
     setup = DevSetup(directory.resolve())
     if setup.config.exists():
         raise ConfigError(f"{setup.config} already exists; remove {directory} to start afresh")
@@ -92,8 +96,8 @@ def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSet
 
 
 def _config_text(listen: str) -> str:
-    port = listen.rpartition(":")[2]
-    metrics = f"127.0.0.1:{int(port) + 1 if int(port) else 0}"
+    port = host_port(listen)[1]
+    metrics = f"127.0.0.1:{port + 1 if port else 0}"
     return f'''# Local development setup made by `kfr dev init`; see README.md, "Configuration".
 listen = "{listen}"
 data_dir = "data"
