@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -103,6 +104,18 @@ def _synthetic_customers() -> list[str]:
     raise AssertionError("could not make synthetic IDs")
 
 
+def _answers_as_expected(call: Callable[[], object], expected_error: type | None) -> bool:
+    """Runs ``call``; asserts it fails with ``expected_error`` or, if None, succeeds.
+    True when it succeeded (the model then applies the change)."""
+    try:
+        call()
+    except KfrError as error:
+        assert expected_error is not None and isinstance(error, expected_error), error
+        return False
+    assert expected_error is None
+    return True
+
+
 class RegisterModel(RuleBasedStateMachine):
     """Random Report/End/close/purge/clock moves; after each, every answer must match."""
 
@@ -147,12 +160,9 @@ class RegisterModel(RuleBasedStateMachine):
             pass  # already active: a no-op
         elif history and start < history[-1][1]:
             expected_error = InvalidArgument
-        try:
-            self.register.report(bank, [ReportItem(customer, role, start.isoformat())])
-        except KfrError as error:
-            assert expected_error is not None and isinstance(error, expected_error), error
+        report = [ReportItem(customer, role, start.isoformat())]
+        if not _answers_as_expected(lambda: self.register.report(bank, report), expected_error):
             return
-        assert expected_error is None
         if not (history and history[-1][1] is None):
             self.periods.setdefault(key, []).append([start, None])
 
@@ -170,12 +180,9 @@ class RegisterModel(RuleBasedStateMachine):
             expected_error = NotFound
         elif any(day < self.periods[k][-1][0] for k in open_keys):
             expected_error = InvalidArgument
-        try:
-            self.register.end(bank, [EndItem(customer, role, day.isoformat())])
-        except KfrError as error:
-            assert expected_error is not None and isinstance(error, expected_error), error
+        ending = [EndItem(customer, role, day.isoformat())]
+        if not _answers_as_expected(lambda: self.register.end(bank, ending), expected_error):
             return
-        assert expected_error is None
         for key in open_keys:
             self.periods[key][-1][1] = day
 

@@ -170,22 +170,20 @@ class RequestInterceptor(grpc.ServerInterceptor):
 
     def _finish(self, call: FinishedCall, started: float) -> None:
         call.seconds = time.perf_counter() - started
-        caller = "-"
-        if call.caller is not None:
-            caller = call.caller.org_number
-            if call.caller.supplier is not None:
-                caller += f" via={call.caller.supplier}"
+        org = call.caller.org_number if call.caller else None
+        supplier = call.caller.supplier if call.caller else None
         log.info(
-            "request method=%s caller=%s correlation_id=%s status=%s duration_ms=%.2f",
+            "request method=%s caller=%s%s correlation_id=%s status=%s duration_ms=%.2f",
             call.method,
-            caller,
+            org or "-",
+            f" via={supplier}" if supplier else "",
             call.correlation_id,
             call.code.name,
             call.seconds * 1000,
             extra={
                 "method": call.method,
-                "caller": call.caller.org_number if call.caller else None,
-                "supplier": call.caller.supplier if call.caller else None,
+                "caller": org,
+                "supplier": supplier,
                 "correlation_id": call.correlation_id,
                 "status": call.code.name,
                 "duration_ms": round(call.seconds * 1000, 3),

@@ -21,7 +21,7 @@ from kfr_grpc.register.values import InvalidValue
 
 class AccessPolicy:
     def __init__(self, agencies: Iterable[AgencyConfig]) -> None:
-        self._agencies = {agency.org_number: agency for agency in agencies}
+        self.replace_agencies(agencies)
 
     def replace_agencies(self, agencies: Iterable[AgencyConfig]) -> None:
         """Takes a new agency list (SIGHUP); calls in flight keep the one they started with."""

@@ -208,7 +208,7 @@ class Store:
     def read(self) -> Iterator[StoreView]:
         """A consistent snapshot for reading."""
         with self._map.transaction(lambda: self._env.begin(buffers=False)) as txn, txn:
-            pseudonym_version = _meta_version(txn, self._databases[META], PSEUDONYM_VERSION_KEY)
+            pseudonym_version = _meta_number(txn, self._databases[META], PSEUDONYM_VERSION_KEY)
             crypto = self._current_crypto()
             if pseudonym_version not in crypto.pseudonymisers:
                 crypto = self._refreshed_crypto()
@@ -237,8 +237,8 @@ class Store:
 
     def _write_transaction(self, txn: lmdb.Transaction) -> StoreTxn:
         meta = self._databases[META]
-        seal_version = _meta_version(txn, meta, SEAL_VERSION_KEY)
-        pseudonym_version = _meta_version(txn, meta, PSEUDONYM_VERSION_KEY)
+        seal_version = _meta_number(txn, meta, SEAL_VERSION_KEY)
+        pseudonym_version = _meta_number(txn, meta, PSEUDONYM_VERSION_KEY)
         crypto = self._current_crypto()
         if not crypto.has(seal_version, pseudonym_version):
             crypto = self._refreshed_crypto()
@@ -283,7 +283,7 @@ class StoreView:
 
     def active_relationship_count(self) -> int:
         """How many of them have an active period (kept up to date by every write)."""
-        return _meta_version(self._txn, self._db[META], ACTIVE_KEY)
+        return _meta_number(self._txn, self._db[META], ACTIVE_KEY)
 
     def map_use(self) -> tuple[int, int]:
         """(bytes in use, bytes the map allows now): how full the store is."""
@@ -512,7 +512,7 @@ class StoreTxn(StoreView):
     def flush_counters(self) -> None:
         """Adds this transaction's change of the active count to ``meta`` (before commit)."""
         if self._active_delta:
-            active = _meta_version(self._txn, self._db[META], ACTIVE_KEY) + self._active_delta
+            active = _meta_number(self._txn, self._db[META], ACTIVE_KEY) + self._active_delta
             self._txn.put(ACTIVE_KEY, str(active).encode(), db=self._db[META])
             self._active_delta = 0
 
@@ -678,7 +678,7 @@ def _any_ended(history: History) -> bool:
     return any(period.end is not None for period in history)
 
 
-def _meta_version(txn: lmdb.Transaction, meta: Any, key: bytes) -> int:
+def _meta_number(txn: lmdb.Transaction, meta: Any, key: bytes) -> int:
     return int(txn.get(key, db=meta))
 
 

@@ -30,6 +30,7 @@ _T = TypeVar("_T")
 class MapGuard:
     def __init__(self, env: lmdb.Environment, *, max_bytes: int) -> None:
         self._env = env
+        self._page_size = env.stat()["psize"]
         self._max = max_bytes
         self._condition = threading.Condition()
         self._active = 0
@@ -68,7 +69,7 @@ class MapGuard:
 
     def usage(self) -> tuple[int, int]:
         info = self._env.info()
-        return (info["last_pgno"] + 1) * self._env.stat()["psize"], info["map_size"]
+        return (info["last_pgno"] + 1) * self._page_size, info["map_size"]
 
     def _grown_size(self, *, force: bool = False) -> int:
         used, size = self.usage()
