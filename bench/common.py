@@ -48,7 +48,7 @@ class BenchServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{load_config(self.setup.config).metrics_listen}/metrics"
+        return f"http://{load_config(self.setup.config).metrics.listen}/metrics"
 
     def agency_channel(self) -> grpc.aio.Channel:
         """An asyncio channel as the test agency, with a certificate-bound token."""

@@ -23,7 +23,7 @@ from kfr_grpc.clock import Clock, SystemClock
 from kfr_grpc.config import Config, host_port, load_config
 from kfr_grpc.errors import KfrError
 from kfr_grpc.keyring import Keyring
-from kfr_grpc.store.backup import verify
+from kfr_grpc.store.lmdb_store import summarise
 
 _EXPIRY_WARNING = timedelta(days=30)
 _FREE_DISK_WARNING = 0.10
@@ -102,7 +102,7 @@ def _data_dir(config: Config, keyring: Keyring | None, *_: object) -> Iterator[F
     if not os.access(directory, os.W_OK):
         yield Finding(Status.FAIL, "data directory", f"{directory} is not writable")
     if keyring is not None:
-        copy = verify(directory, keyring)
+        copy = summarise(directory, keyring, live=True)  # beside a running server
         yield Finding(
             Status.OK,
             "data directory",

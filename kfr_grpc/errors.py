@@ -1,5 +1,8 @@
-"""Errors raised by the register, the store and auth, mapped to gRPC status codes in one
-place (``kfr_grpc.api.interceptor``).
+"""Errors raised by the register, the store and auth.
+
+Each error names its status as a canonical status code name (``status``: the names gRPC
+and Google's HTTP APIs share); the servicers turn that name into the wire's status in
+one place each (``kfr_grpc.api.status`` for gRPC).
 
 Messages are shown to callers. They name fields by path and index
 (``relationships[3].customer_id``) and never contain a customer ID.
@@ -7,77 +10,113 @@ Messages are shown to callers. They name fields by path and index
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from typing import NamedTuple
+
+
+class Rejection(NamedTuple):
+    """One bad field, from validation to the wire: where it is and why (never its value).
+
+    ``item`` is the position of the item in its batch or stream when the field belongs
+    to one (``field`` is then the item's own field, ``customer_id``); None when
+    ``field`` is the full path of a request field. A named tuple, so that a bulk load's
+    helper process returns thousands of them cheaply.
+    """
+
+    field: str
+    reason: str
+    code: str = "INVALID_VALUE"  # a word for programs: DATE_IN_FUTURE, CUSTOMER_ID_CHECKSUM…
+    item: int | None = None
+
+    def path(self, within: str) -> str:
+        """``relationships[3].customer_id`` for an item's field; the field path otherwise."""
+        return self.field if self.item is None else f"{within}[{self.item}].{self.field}"
+
+    def located(self, within: str) -> Rejection:
+        """The same rejection named by its full path in ``within`` (the batch's field)."""
+        return Rejection(self.path(within), self.reason, self.code)
+
+    def __str__(self) -> str:
+        return f"{self.path('items')}: {self.reason}"
+
+
+# How many rejections a message spells out; the rest are counted.
+_MESSAGE_REJECTIONS = 20
+
+
+def _describe(rejections: tuple[Rejection, ...]) -> str:
+    shown = "; ".join(str(r) for r in rejections[:_MESSAGE_REJECTIONS])
+    hidden = len(rejections) - _MESSAGE_REJECTIONS
+    return shown + (f"; and {hidden} more" if hidden > 0 else "")
 
 
 class KfrError(Exception):
     """Base class: ``str(error)`` is a message fit for the caller."""
 
-
-@dataclass(frozen=True)
-class FieldViolation:
-    """One bad field: where it is in the request and what is wrong with it."""
-
-    field: str
-    reason: str
-    code: str = "INVALID_VALUE"  # a word for programs: DATE_IN_FUTURE, CUSTOMER_ID_CHECKSUM…
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.reason}"
+    status = "INTERNAL"
+    rejections: tuple[Rejection, ...] = ()
 
 
-# How many violations a message spells out; the rest are counted.
-_MESSAGE_VIOLATIONS = 20
+class _RejectingError(KfrError):
+    """An error about named fields: the message lists them."""
 
-
-def _describe(violations: tuple[FieldViolation, ...]) -> str:
-    shown = "; ".join(str(v) for v in violations[:_MESSAGE_VIOLATIONS])
-    hidden = len(violations) - _MESSAGE_VIOLATIONS
-    return shown + (f"; and {hidden} more" if hidden > 0 else "")
-
-
-class InvalidArgument(KfrError):
-    """The request is malformed: one or more fields are wrong (INVALID_ARGUMENT)."""
-
-    def __init__(self, violations: list[FieldViolation] | tuple[FieldViolation, ...]) -> None:
-        self.violations = tuple(violations)
-        super().__init__(_describe(self.violations))
+    def __init__(self, rejections: Iterable[Rejection]) -> None:
+        self.rejections = tuple(rejections)
+        super().__init__(_describe(self.rejections))
 
     @classmethod
-    def field(cls, field: str, reason: str, code: str = "INVALID_VALUE") -> InvalidArgument:
-        return cls([FieldViolation(field, reason, code)])
+    def field(cls, field: str, reason: str, code: str = "INVALID_VALUE") -> _RejectingError:
+        return cls([Rejection(field, reason, code)])
+
+    def with_rejection(self, rejection: Rejection) -> _RejectingError:
+        """This error with one more rejection (a note on what happened before it)."""
+        return type(self)([*self.rejections, rejection])
 
 
-class NotFound(KfrError):
-    """Items refer to relationships that do not exist (NOT_FOUND)."""
+class InvalidArgument(_RejectingError):
+    """The request is malformed: one or more fields are wrong."""
 
-    def __init__(self, violations: list[FieldViolation] | tuple[FieldViolation, ...]) -> None:
-        self.violations = tuple(violations)
-        super().__init__(_describe(self.violations))
+    status = "INVALID_ARGUMENT"
+
+
+class NotFound(_RejectingError):
+    """Items refer to things that do not exist."""
+
+    status = "NOT_FOUND"
 
 
 class PermissionDenied(KfrError):
-    """The authenticated caller may not do this (PERMISSION_DENIED)."""
+    """The authenticated caller may not do this."""
+
+    status = "PERMISSION_DENIED"
 
 
 class AlreadyExists(KfrError):
-    """The thing to create exists already (ALREADY_EXISTS)."""
+    """The thing to create exists already."""
+
+    status = "ALREADY_EXISTS"
 
 
 class Unauthenticated(KfrError):
-    """The caller's identity could not be established (UNAUTHENTICATED)."""
+    """The caller's identity could not be established."""
+
+    status = "UNAUTHENTICATED"
 
 
 class StoreFull(KfrError):
-    """The store has no room left (RESOURCE_EXHAUSTED)."""
+    """The store has no room left."""
+
+    status = "RESOURCE_EXHAUSTED"
 
 
 class StoreClosed(KfrError):
-    """The store was closed: the server is shutting down (UNAVAILABLE; retry elsewhere)."""
+    """The store was closed: the server is shutting down (retry elsewhere)."""
+
+    status = "UNAVAILABLE"
 
 
 class CorruptRecord(KfrError):
-    """A stored value failed its integrity check (INTERNAL; details go to the operator's log)."""
+    """A stored value failed its integrity check (details go to the operator's log)."""
 
 
 class ConfigError(KfrError):

@@ -6,7 +6,8 @@ else. Store figures are read when Prometheus scrapes, not on the request path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -14,7 +15,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kfr_grpc.config import host_port
-from kfr_grpc.store import Store
+from kfr_grpc.errors import StoreClosed
+from kfr_grpc.register.storage import Storage, StoreUsage
+
+log = logging.getLogger("kfr.metrics")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
@@ -22,7 +26,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 class Metrics:
     """The server's metrics in a registry of their own (no process-global state)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, storage: Storage, usage: Callable[[], StoreUsage]) -> None:
         self.registry = CollectorRegistry()
         self._requests = Counter(
             "kfr_requests", "Calls answered, by method and status.", ["method", "status"],
@@ -43,7 +47,7 @@ class Metrics:
             "When the server's TLS certificate expires (Unix time).",
             registry=self.registry,
         )
-        self.registry.register(_StoreCollector(store))
+        self.registry.register(_StoreCollector(storage, usage))
 
     def observe_call(self, method: str, status: str, seconds: float) -> None:
         self._requests.labels(method, status).inc()
@@ -61,18 +65,25 @@ class Metrics:
 
 
 class _StoreCollector(Collector):
-    """Store figures, read at scrape time."""
+    """Store figures, read at scrape time. A scrape that cannot read them fails (the
+    endpoint answers 500 and the error is logged), except while the store is closing at
+    shutdown, when there is nothing to report."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, storage: Storage, usage: Callable[[], StoreUsage]) -> None:
+        self._storage = storage
+        self._usage = usage
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            with self._store.read() as view:
+            with self._storage.read() as view:
                 total, active = view.relationship_count(), view.active_relationship_count()
-                used, size = view.map_use()
-        except Exception:  # a closed store during shutdown: report nothing rather than fail
+            usage = self._usage()
+        except StoreClosed:
             return
+        except Exception:
+            log.exception("reading the store's figures for a metrics scrape failed")
+            raise
+        used, size = usage.used_bytes, usage.capacity_bytes
         yield GaugeMetricFamily("kfr_relationships", "Relationships in the register.", total)
         yield GaugeMetricFamily(
             "kfr_relationships_active", "Relationships with an active period.", active

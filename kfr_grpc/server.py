@@ -1,11 +1,15 @@
-"""Assembles and runs the gRPC server: keyring, store, register, auth, servicers, TLS."""
+"""Assembles and runs the gRPC server: keyring, store, register, auth, servicers, TLS.
+
+``build_server(config)`` puts the parts together (and takes them apart again if any
+part cannot start, so a failed start leaves no helper process or open store behind);
+``KfrServer`` starts, reloads and stops them.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import multiprocessing
-import threading
 import time
 from concurrent import futures
 from concurrent.futures import ProcessPoolExecutor
@@ -18,6 +22,7 @@ from kfr_grpc._proto import kfr_pb2, kfr_pb2_grpc
 from kfr_grpc.api.institution import InstitutionServicer
 from kfr_grpc.api.interceptor import RequestInterceptor
 from kfr_grpc.api.lookup import LookupServicer
+from kfr_grpc.api.observability import CallObserver
 from kfr_grpc.api.recording import MetricsRecorder, RegisterRecorder
 from kfr_grpc.auth.authenticator import Authenticator
 from kfr_grpc.auth.jwks import JwksSource
@@ -26,98 +31,44 @@ from kfr_grpc.auth.tls import ServerTls
 from kfr_grpc.auth.tokens import TokenSettings, TokenVerifier
 from kfr_grpc.auth.trust import ClientTrust
 from kfr_grpc.clock import Clock, SystemClock
-from kfr_grpc.config import Config, MaintenanceConfig, load_config
+from kfr_grpc.config import Config, load_config
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring, KeyringFile
+from kfr_grpc.maintenance import Maintenance
 from kfr_grpc.metrics import Metrics
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register
 from kfr_grpc.register.statistics import LookupStatistics
-from kfr_grpc.store import Store
+from kfr_grpc.store import LmdbStore
 from kfr_grpc.watched import WatchedFiles
 
 log = logging.getLogger("kfr.server")
 
 
-def open_store(config: Config, *, follow_keyring: bool = False) -> Store:
+def open_store(
+    config: Config, *, follow_keyring: bool = False, readonly: bool = False
+) -> LmdbStore:
     """Loads the keyring and opens the store: what the server and admin commands share.
 
     With ``follow_keyring`` (the server), a rotated keyring file is picked up without a
-    restart.
+    restart. ``readonly`` (commands that only read) writes nothing to the data directory.
     """
     if follow_keyring:
-        keys = KeyringFile(config.keyring, check_seconds=config.file_check_seconds)
+        keys = KeyringFile(config.keyring, check_seconds=config.server.file_check_seconds)
     else:
         keys = Keyring.load(config.keyring)
-    return Store.open(
-        config.data_dir, keys, map_size=config.map_size, max_map_size=config.max_map_size
+    return LmdbStore.open(
+        config.data_dir,
+        keys,
+        map_size=config.store.map_size,
+        max_map_size=config.store.max_map_size,
+        readonly=readonly,
+        keyring_path=config.keyring,
     )
 
 
-def operations_for(config: Config, store: Store, clock: Clock) -> Operations:
+def operations_for(config: Config, store: LmdbStore, clock: Clock) -> Operations:
     return Operations(store, clock, request_log_days=config.maintenance.request_log_days)
-
-
-class Maintenance:
-    """The server's periodic work in one background thread: storing the lookup counters
-    and, once per ``purge_interval_seconds`` (first soon after start), retention."""
-
-    def __init__(
-        self,
-        config: MaintenanceConfig,
-        operations: Operations,
-        statistics: LookupStatistics,
-        metrics: Metrics,
-        *,
-        run_retention: bool = True,
-    ) -> None:
-        self._config = config
-        self._metrics = metrics
-        self._run_retention = run_retention
-        self._operations = operations
-        self._statistics = statistics
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kfr-maintenance", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stops the thread and stores the last counts."""
-        self._stopping.set()
-        self._thread.join()
-        self._flush()
-
-    def _run(self) -> None:
-        next_purge = time.monotonic() + min(60.0, self._config.purge_interval_seconds)
-        tick = min(self._config.lookup_counts_flush_seconds, self._config.purge_interval_seconds)
-        while not self._stopping.wait(max(tick, 0.05)):
-            self._flush()
-            if self._run_retention and time.monotonic() >= next_purge:
-                self._purge()
-                next_purge = time.monotonic() + self._config.purge_interval_seconds
-
-    def _flush(self) -> None:
-        try:
-            self._statistics.flush()
-        except Exception:
-            log.exception("storing the lookup counters failed; they are kept for the next try")
-
-    def _purge(self) -> None:
-        try:
-            result = self._operations.purge()
-        except Exception:
-            log.exception("retention failed; it runs again at the next interval")
-            return
-        self._metrics.purge_runs.inc()
-        self._metrics.purged_periods.inc(result.periods_removed)
-        log.info(
-            "retention: removed %d periods, %d relationships, %d request records (cutoff %s)",
-            result.periods_removed,
-            result.relationships_removed,
-            result.request_records_removed,
-            result.cutoff.isoformat(),
-        )
 
 
 def jwks_source(config: Config) -> JwksSource:
@@ -126,7 +77,7 @@ def jwks_source(config: Config) -> JwksSource:
         tokens.jwks,
         ca_file=tokens.jwks_ca,
         min_refresh_seconds=tokens.jwks_min_refresh_seconds,
-        check_seconds=config.file_check_seconds,
+        check_seconds=config.server.file_check_seconds,
     )
 
 
@@ -160,77 +111,67 @@ HEALTH_SERVICES = ("", _service_name("InstitutionService"), _service_name("Looku
 
 
 class KfrServer:
-    """The register served over mutual TLS. ``start()`` returns the bound port."""
+    """The register served over mutual TLS, as ``build_server`` assembled it."""
 
     def __init__(
         self,
-        config: Config,
-        clock: Clock | None = None,
         *,
-        shared_port: bool = False,
-        run_retention: bool = True,
+        config: Config,
+        grpc_server: grpc.Server,
+        port: int,
+        store: LmdbStore,
+        tls: ServerTls,
+        jwks: JwksSource,
+        policy: AccessPolicy,
+        health_servicer: health.HealthServicer,
+        maintenance: Maintenance,
+        metrics: Metrics,
+        validation: ProcessPoolExecutor | None,
     ) -> None:
-        """``shared_port``: one of several worker processes on the same port (SO_REUSEPORT);
-        otherwise a second server on the port fails to start. ``run_retention``: this
-        process runs the daily retention (one worker of several does)."""
-        clock = clock or SystemClock()
         self._config = config
-        self._tls = ServerTls(config.tls, check_seconds=config.file_check_seconds)
-        self._jwks = jwks_source(config)
-        authenticator = build_authenticator(config, clock, self._tls.trust, self._jwks)
-        self._store = open_store(config, follow_keyring=True)
-        self._register = Register(self._store, clock, test_mode=config.test_mode)
-        statistics = LookupStatistics(self._store, clock)
-        self.metrics = Metrics(self._store)
-        self.metrics.observe_certificate(self._tls.certificate_pem)
-        self._maintenance = Maintenance(
-            config.maintenance,
-            operations_for(config, self._store, clock),
-            statistics,
-            self.metrics,
-            run_retention=run_retention,
-        )
-        recorders = [
-            RegisterRecorder(self._register, statistics, clock),
-            MetricsRecorder(self.metrics),
-        ]
-        self._policy = policy = AccessPolicy(config.agencies)
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="kfr-rpc"),
-            interceptors=[RequestInterceptor(authenticator, recorders)],
-            # Calls beyond this many get RESOURCE_EXHAUSTED instead of queueing without end.
-            maximum_concurrent_rpcs=config.max_concurrent_calls,
-            options=[("grpc.so_reuseport", 1 if shared_port else 0)],
-        )
-        self._validation = _validation_executor(config.validation_processes)
-        kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
-            InstitutionServicer(self._register, policy, self._validation), self._server
-        )
-        kfr_pb2_grpc.add_LookupServiceServicer_to_server(
-            LookupServicer(self._register, policy), self._server
-        )
-        self._health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        # Reflection, so grpcurl and grpcui can list and call the services (with the same
-        # certificate and token as any other call).
-        reflection.enable_server_reflection(
-            (*[name for name in HEALTH_SERVICES if name], health.SERVICE_NAME,
-             reflection.SERVICE_NAME),
-            self._server,
-        )  # fmt: skip
-        self._port = self._bind()
+        self._server = grpc_server
+        self._port = port
+        self._store = store
+        self._tls = tls
+        self._jwks = jwks
+        self._policy = policy
+        self._health = health_servicer
+        self._maintenance = maintenance
+        self.metrics = metrics
+        self._validation = validation
         self._metrics_http = None
         self.metrics_port = 0
 
-    def _bind(self) -> int:
-        try:
-            port = self._server.add_secure_port(self._config.listen, self._tls.credentials())
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            self._store.close()
-            raise ConfigError(f"cannot listen on {self._config.listen} (address in use or invalid)")
-        return port
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def store(self) -> LmdbStore:
+        return self._store
+
+    def start(self) -> int:
+        """Starts serving; returns the bound port."""
+        self._server.start()
+        self._maintenance.start()
+        listen = self._config.metrics.listen
+        if listen:
+            try:
+                self._metrics_http, self.metrics_port = self.metrics.serve(listen)
+            except OSError as error:
+                self.stop(grace=0)
+                raise ConfigError(f"cannot serve metrics on {listen}: {error.strerror}") from None
+            log.info("metrics on http://%s/metrics", listen)
+        for service in HEALTH_SERVICES:
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving on %s (port %d), data in %s, test mode %s",
+            self._config.listen,
+            self._port,
+            self._config.data_dir,
+            "on" if self._config.test_mode else "off",
+        )
+        return self._port
 
     def reload(self) -> None:
         """SIGHUP: re-reads the server certificate, the client CA bundle and CRLs, the JWKS
@@ -245,37 +186,12 @@ class KfrServer:
         self.metrics.observe_certificate(self._tls.certificate_pem)
         self._jwks.refresh_now()
         self._policy.replace_agencies(config.agencies)
-        unchanged = dataclasses.replace(
-            config, tls=self._config.tls, agencies=self._config.agencies
+        unchanged = config.model_copy(
+            update={"tls": self._config.tls, "agencies": self._config.agencies}
         )
         if unchanged != self._config:
             log.warning("reload applies tls and agencies only; other changes need a restart")
         log.info("reloaded: server certificate, client CA bundle and CRLs, JWKS, agencies")
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def store(self) -> Store:
-        return self._store
-
-    def start(self) -> int:
-        self._server.start()
-        self._maintenance.start()
-        if self._config.metrics_listen:
-            self._metrics_http, self.metrics_port = self.metrics.serve(self._config.metrics_listen)
-            log.info("metrics on http://%s/metrics", self._config.metrics_listen)
-        for service in HEALTH_SERVICES:
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "serving on %s (port %d), data in %s, test mode %s",
-            self._config.listen,
-            self._port,
-            self._config.data_dir,
-            "on" if self._config.test_mode else "off",
-        )
-        return self._port
 
     def wait(self) -> None:
         self._server.wait_for_termination()
@@ -283,8 +199,8 @@ class KfrServer:
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
         self._health.enter_graceful_shutdown()  # NOT_SERVING from now on
-        time.sleep(self._config.drain_notice_seconds)  # for load balancers to notice
-        self._server.stop(self._config.grace_seconds if grace is None else grace).wait()
+        time.sleep(self._config.server.drain_notice_seconds)  # for load balancers to notice
+        self._server.stop(self._config.server.grace_seconds if grace is None else grace).wait()
         self._maintenance.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -292,6 +208,101 @@ class KfrServer:
             self._validation.shutdown(cancel_futures=True)
         self._store.close()
         log.info("stopped")
+
+
+def build_server(
+    config: Config,
+    clock: Clock | None = None,
+    *,
+    shared_port: bool = False,
+    run_retention: bool = True,
+) -> KfrServer:
+    """The server, bound to ``config.listen`` and ready to ``start()``.
+
+    ``shared_port``: one of several worker processes on the same port (SO_REUSEPORT);
+    otherwise a second server on the port fails to start. ``run_retention``: this
+    process runs the daily retention (one worker of several does).
+    """
+    clock = clock or SystemClock()
+    with contextlib.ExitStack() as undo:
+        tls = ServerTls(config.tls, check_seconds=config.server.file_check_seconds)
+        jwks = jwks_source(config)
+        authenticator = build_authenticator(config, clock, tls.trust, jwks)
+        store = open_store(config, follow_keyring=True)
+        undo.callback(store.close)
+        register = Register(store, clock, test_mode=config.test_mode)
+        statistics = LookupStatistics(store, clock)
+        metrics = Metrics(store, store.usage)
+        metrics.observe_certificate(tls.certificate_pem)
+        policy = AccessPolicy(config.agencies)
+        observer = CallObserver(
+            [RegisterRecorder(register, statistics, policy), MetricsRecorder(metrics)]
+        )
+        validation = _validation_executor(config.server.validation_processes)
+        if validation is not None:
+            undo.callback(validation.shutdown, cancel_futures=True)
+        grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=config.server.threads, thread_name_prefix="kfr-rpc"
+            ),
+            interceptors=[RequestInterceptor(authenticator, observer)],
+            # Calls beyond this many get RESOURCE_EXHAUSTED instead of queueing without end.
+            maximum_concurrent_rpcs=config.server.max_concurrent_calls,
+            options=[("grpc.so_reuseport", 1 if shared_port else 0)],
+        )
+        health_servicer = _add_services(grpc_server, register, policy, validation)
+        port = _bind(grpc_server, config.listen, tls)
+        maintenance = Maintenance(
+            config.maintenance,
+            operations_for(config, store, clock),
+            statistics,
+            metrics,
+            run_retention=run_retention,
+        )
+        undo.pop_all()
+    return KfrServer(
+        config=config,
+        grpc_server=grpc_server,
+        port=port,
+        store=store,
+        tls=tls,
+        jwks=jwks,
+        policy=policy,
+        health_servicer=health_servicer,
+        maintenance=maintenance,
+        metrics=metrics,
+        validation=validation,
+    )
+
+
+def _add_services(
+    grpc_server: grpc.Server,
+    register: Register,
+    policy: AccessPolicy,
+    validation: ProcessPoolExecutor | None,
+) -> health.HealthServicer:
+    kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
+        InstitutionServicer(register, policy, validation), grpc_server
+    )
+    kfr_pb2_grpc.add_LookupServiceServicer_to_server(LookupServicer(register, policy), grpc_server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    # Reflection, so grpcurl and grpcui can list and call the services (with the same
+    # certificate and token as any other call).
+    names = (*[name for name in HEALTH_SERVICES if name], health.SERVICE_NAME,
+             reflection.SERVICE_NAME)  # fmt: skip
+    reflection.enable_server_reflection(names, grpc_server)
+    return health_servicer
+
+
+def _bind(grpc_server: grpc.Server, listen: str, tls: ServerTls) -> int:
+    try:
+        port = grpc_server.add_secure_port(listen, tls.credentials())
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"cannot listen on {listen} (address in use or invalid)")
+    return port
 
 
 def _validation_executor(processes: int) -> ProcessPoolExecutor | None:

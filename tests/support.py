@@ -13,7 +13,8 @@ from kfr_grpc.config import load_config
 from kfr_grpc.dev import pki
 from kfr_grpc.dev.synthetic import regular_person_id, synthetic_org_number, synthetic_person_id
 from kfr_grpc.dev.tokens import TokenIssuer
-from kfr_grpc.server import KfrServer
+from kfr_grpc.register.model import CallInfo
+from kfr_grpc.server import KfrServer, build_server
 
 TODAY = date(2026, 6, 15)
 
@@ -30,6 +31,11 @@ VENDOR_ORG = "316000002"
 TEST_ISSUER = "https://maskinporten.test.kfr.invalid/"
 WRITE_SCOPE = "bits:kundeforhold.write"
 READ_SCOPE = "bits:kundeforhold.read"
+
+
+def by(institution: str) -> CallInfo:
+    """A call made for ``institution`` under a fresh correlation-id (register tests)."""
+    return CallInfo.new(institution, "/tests")
 
 
 class Ids:
@@ -107,7 +113,7 @@ class RunningServer:
         self.server: KfrServer | None = None
 
     def start(self) -> None:
-        self.server = KfrServer(load_config(self.config_path), clock=self.clock)
+        self.server = build_server(load_config(self.config_path), clock=self.clock)
         self.port = self.server.start()
 
     def stop(self) -> None:
@@ -243,12 +249,12 @@ owner_only = true
 
 def dump_store(store) -> dict[tuple[bytes, bytes], bytes]:
     """Every record of every database, sealed values opened: (database, key) -> bytes."""
-    from kfr_grpc.store.lmdb_store import _DATABASES, META, SEALED_DATABASES, associated_data
+    from kfr_grpc.store.layout import DATABASES, META, SEALED_DATABASES, associated_data
 
     records = {}
     with store.read() as view:
         txn, sealer = view._txn, view._crypto.sealer
-        for name in (*_DATABASES, META):
+        for name in (*DATABASES, META):
             for key, value in txn.cursor(db=store._databases[name]):
                 if name in SEALED_DATABASES:
                     value = sealer.open(value, associated_data(name, key))

@@ -217,7 +217,7 @@ def test_a_load_far_past_a_tiny_initial_map_succeeds(server_factory):
     ]
     response = stream(server.client(server.pki.institution), *batches)
     assert response.registered_count == 30_000 and response.rejected_count == 0
-    with server.server.store.read() as view:
-        used, size = view.map_use()
+    usage = server.server.store.usage()
+    used, size = usage.used_bytes, usage.capacity_bytes
     assert size > used > 4 * 1024 * 1024  # several times the initial 1 MB map
     assert server.relationship_count() == 30_000

@@ -16,10 +16,9 @@ from kfr_grpc.keyring import Keyring, KeyringFile
 from kfr_grpc.register.model import Role
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import EndItem, Register, ReportItem
-from kfr_grpc.store import Store
-from kfr_grpc.store import keys as rotation
-from kfr_grpc.store.lmdb_store import BY_INSTITUTION, ENDED_BY_DATE, RELATIONSHIPS
-from tests.support import INSTITUTION_ORG, OTHER_INSTITUTION_ORG, dump_store
+from kfr_grpc.store import LmdbStore, rotation
+from kfr_grpc.store.layout import BY_INSTITUTION, ENDED_BY_DATE, RELATIONSHIPS
+from tests.support import INSTITUTION_ORG, OTHER_INSTITUTION_ORG, by, dump_store
 from tests.test_server import list_own, lookup, report
 
 TODAY = date(2026, 6, 15)
@@ -36,8 +35,11 @@ def keyring_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(tmp_path: Path, keyring_path: Path):
-    opened = Store.open(
-        tmp_path / "data", KeyringFile(keyring_path, check_seconds=0), map_size=1 << 28
+    opened = LmdbStore.open(
+        tmp_path / "data",
+        KeyringFile(keyring_path, check_seconds=0),
+        map_size=1 << 28,
+        keyring_path=keyring_path,
     )
     yield opened
     opened.close()
@@ -56,12 +58,19 @@ def populated(store, ids) -> tuple[Register, list[str]]:
     customers = [ids.person() for _ in range(280)] + [ids.company() for _ in range(20)]
     for customer in customers:
         for bank in rng.sample(BANKS, rng.randint(1, 2)):
-            register.report(bank, [ReportItem(customer, Role.OWNER, "2015-03-01")])
+            register.report(by(bank), [ReportItem(customer, Role.OWNER, "2015-03-01")])
             if rng.random() < 0.5:
-                register.end(bank, [EndItem(customer, Role.OWNER, "2018-01-01")])
+                register.end(by(bank), [EndItem(customer, Role.OWNER, "2018-01-01")])
                 if rng.random() < 0.5:
-                    register.report(bank, [ReportItem(customer, Role.OWNER, "2020-01-01")])
+                    register.report(by(bank), [ReportItem(customer, Role.OWNER, "2020-01-01")])
     return register, customers
+
+
+def repseudonymise(store: LmdbStore, keyring_path: Path, *, progress=None, **batches):
+    """``kfr keys repseudonymise``, in batches of the test's size."""
+    return rotation.repseudonymise(
+        store.write, keyring_path, progress or (lambda _: None), **batches
+    )
 
 
 def answers(register: Register, customers: list[str]) -> list:
@@ -77,11 +86,11 @@ def answers(register: Register, customers: list[str]) -> list:
             account_info_request_id=str(uuid.uuid4()),
         )
         result.append(register.lookup(query))
-        result.append([register.list_own(bank, customer) for bank in BANKS])
+        result.append([register.list_own(by(bank), customer) for bank in BANKS])
     return result
 
 
-def assert_indexes_consistent(store: Store) -> None:
+def assert_indexes_consistent(store: LmdbStore) -> None:
     """Every relationship has its by-institution slot (naming it), every ended period its
     ended-by-date entry, and the indexes name nothing else."""
     from kfr_grpc.store import codec
@@ -104,21 +113,19 @@ def test_seal_rotation_keeps_everything_readable_and_retires_the_old_key(
 ):
     register, customers = populated
     before = answers(register, customers)
-    assert rotation.rotate(store, keyring_path, pseudonym=False) == 2
-    with store.write() as txn:
-        assert txn.seal_version == 2
-        assert txn.seal_versions_in_use() == {1}
+    assert store.rotate_key(pseudonym=False) == 2
+    assert store.write(lambda txn: txn.seal_version) == 2
+    # The request records of the calls so far are sealed with version 1 too.
+    assert store.write(lambda txn: txn.seal_versions_in_use()) == {1}
     assert answers(register, customers) == before  # old values still open
 
-    register.report(BANKS[0], [ReportItem(ids.person(), Role.OWNER, "2026-01-01")])
-    with store.write() as txn:
-        assert txn.seal_versions_in_use() == {1, 2}  # new writes use version 2
+    register.report(by(BANKS[0]), [ReportItem(ids.person(), Role.OWNER, "2026-01-01")])
+    assert store.write(lambda txn: txn.seal_versions_in_use()) == {1, 2}  # new writes: 2
 
-    result = rotation.reseal(store, keyring_path)
+    result = store.reseal(lambda _: None)
     assert result.finished and result.retired == (1,)
     assert result.changed > len(customers)  # relationships, institutions, accounts...
-    with store.write() as txn:
-        assert txn.seal_versions_in_use() == {2}
+    assert store.write(lambda txn: txn.seal_versions_in_use()) == {2}
     assert set(Keyring.load(keyring_path).seal.keys) == {2}
     assert answers(register, customers) == before
 
@@ -126,17 +133,17 @@ def test_seal_rotation_keeps_everything_readable_and_retires_the_old_key(
 def test_rotating_both_keys_interrupted_once_gives_the_same_answers(populated, store, keyring_path):
     register, customers = populated
     before = answers(register, customers)
-    rotation.rotate(store, keyring_path, pseudonym=False)
-    rotation.rotate(store, keyring_path, pseudonym=True)
+    store.rotate_key(pseudonym=False)
+    store.rotate_key(pseudonym=True)
 
-    stopped = rotation.repseudonymise(store, keyring_path, batch=100, stop_after_batches=1)
+    stopped = repseudonymise(store, keyring_path, batch=100, stop_after_batches=1)
     assert not stopped.finished and stopped.changed == 100
     assert answers(register, customers) == before  # half moved: still right
     assert_indexes_consistent(store)
 
-    finished = rotation.repseudonymise(store, keyring_path, batch=100)
+    finished = repseudonymise(store, keyring_path, batch=100)
     assert finished.finished and finished.retired == (1,)
-    rotation.reseal(store, keyring_path)
+    store.reseal(lambda _: None)
     assert answers(register, customers) == before
     assert_indexes_consistent(store)
     relationship_keys = [k for (db, k) in dump_store(store) if db == RELATIONSHIPS]
@@ -147,29 +154,28 @@ def test_rotating_both_keys_interrupted_once_gives_the_same_answers(populated, s
 
 def test_writes_during_repseudonymisation_land_under_the_new_key(populated, store, keyring_path):
     register, customers = populated
-    rotation.rotate(store, keyring_path, pseudonym=True)
-    rotation.repseudonymise(store, keyring_path, batch=50, stop_after_batches=1)
+    store.rotate_key(pseudonym=True)
+    repseudonymise(store, keyring_path, batch=50, stop_after_batches=1)
     # Customers still under the old key get their relationships ended: the records move.
     at_bank = [
         c
         for c in customers
-        if any(h.periods[-1].end is None for h in register.list_own(BANKS[1], c))
+        if any(h.periods[-1].end is None for h in register.list_own(by(BANKS[1]), c))
     ]
-    register.end(BANKS[1], [EndItem(c, None, "2026-06-01") for c in at_bank])
-    rotation.repseudonymise(store, keyring_path)
+    register.end(by(BANKS[1]), [EndItem(c, None, "2026-06-01") for c in at_bank])
+    repseudonymise(store, keyring_path)
     for customer in at_bank:
-        (history,) = register.list_own(BANKS[1], customer)
+        (history,) = register.list_own(by(BANKS[1]), customer)
         assert history.periods[-1].end == date(2026, 6, 1)
     assert_indexes_consistent(store)
 
 
 def test_retention_and_closure_still_work_after_repseudonymisation(populated, store, keyring_path):
-    rotation.rotate(store, keyring_path, pseudonym=True)
-    rotation.repseudonymise(store, keyring_path)
+    store.rotate_key(pseudonym=True)
+    repseudonymise(store, keyring_path)
     operations = Operations(store, FixedClock.on(date(2030, 1, 2)))
     assert operations.purge().periods_removed > 0  # the ended-by-date index was rebuilt
-    result = Operations(store, FixedClock.on(TODAY)).close_institution(BANKS[0], "2026-06-01")
-    assert result.examined > 0
+    assert Operations(store, FixedClock.on(TODAY)).close_institution(BANKS[0], "2026-06-01") > 0
     assert_indexes_consistent(store)
 
 
@@ -190,13 +196,13 @@ def test_the_server_answers_correctly_while_keys_rotate(server, ids):
 
     before = everything()
     store, keyring_path = server.server.store, server.keyring_path
-    rotation.rotate(store, keyring_path, pseudonym=False)
-    rotation.rotate(store, keyring_path, pseudonym=True)
+    store.rotate_key(pseudonym=False)
+    store.rotate_key(pseudonym=True)
     during = []
-    rotation.repseudonymise(
+    repseudonymise(
         store, keyring_path, batch=30, progress=lambda _: during.append(everything() == before)
     )
-    rotation.reseal(store, keyring_path)
+    store.reseal(lambda _: None)
     assert during and all(during)
     assert everything() == before
     report(institution, INSTITUTION_ORG, (ids.person(), pb.ROLE_OWNER, ""))  # writes still work

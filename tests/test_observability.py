@@ -80,3 +80,47 @@ def test_json_log_lines_carry_the_request_fields():
     }  # fmt: skip
     assert {key: line[key] for key in expected} == expected
     assert line["time"].endswith("+00:00") and line["level"] == "INFO"
+
+
+def test_streams_are_counted_and_logged_with_the_status_the_client_saw(server_factory, caplog):
+    import uuid
+
+    import grpc
+
+    server = server_factory(metrics=True)
+    channel = server.client(server.pki.agency).channel
+    reflect = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    )
+    correlation = str(uuid.uuid4())
+    responses = reflect(
+        iter([b"\xff\xff\xff\xff\x0f"]), metadata=(("correlation-id", correlation),)
+    )
+    error = rpc_error(list, responses)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    text = server.metrics()
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert _value(text, "kfr_requests_total", method=method, status="INVALID_ARGUMENT") == 1
+    assert f'kfr_requests_total{{method="{method}",status="OK"}}' not in text
+    (line,) = [r for r in caplog.records if getattr(r, "method", None) == method]
+    assert (line.status, line.correlation_id) == ("INVALID_ARGUMENT", correlation)
+
+
+def test_a_stream_the_client_leaves_is_recorded_as_cancelled(server_factory, caplog):
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = server_factory(metrics=True)
+    health = health_pb2_grpc.HealthStub(server.client(server.pki.agency).channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest())
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+    method = "/grpc.health.v1.Health/Watch"
+    deadline = time.monotonic() + 10
+    while not [r for r in caplog.records if getattr(r, "method", None) == method]:
+        assert time.monotonic() < deadline, "the cancelled Watch was never logged"
+        time.sleep(0.02)
+    (line,) = [r for r in caplog.records if getattr(r, "method", None) == method]
+    assert line.status == "CANCELLED"
+    assert _value(server.metrics(), "kfr_requests_total", method=method, status="CANCELLED") == 1

@@ -23,7 +23,8 @@ from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.retention import retention_cutoff
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.register.values import InvalidValue
-from kfr_grpc.store import Store
+from kfr_grpc.store import LmdbStore
+from tests.support import by
 
 TODAY = date(2026, 6, 15)
 
@@ -123,7 +124,7 @@ class RegisterModel(RuleBasedStateMachine):
         super().__init__()
         self.directory = tempfile.TemporaryDirectory()
         self.clock = FixedClock.on(date(2015, 1, 1))
-        self.store = Store.open(
+        self.store = LmdbStore.open(
             Path(self.directory.name) / "data", Keyring.generate(), map_size=16 << 20
         )
         self.operations = Operations(self.store, self.clock)
@@ -161,7 +162,7 @@ class RegisterModel(RuleBasedStateMachine):
         elif history and start < history[-1][1]:
             expected_error = InvalidArgument
         report = [ReportItem(customer, role, start.isoformat())]
-        if not _answers_as_expected(lambda: self.register.report(bank, report), expected_error):
+        if not _answers_as_expected(lambda: self.register.report(by(bank), report), expected_error):
             return
         if not (history and history[-1][1] is None):
             self.periods.setdefault(key, []).append([start, None])
@@ -181,7 +182,7 @@ class RegisterModel(RuleBasedStateMachine):
         elif any(day < self.periods[k][-1][0] for k in open_keys):
             expected_error = InvalidArgument
         ending = [EndItem(customer, role, day.isoformat())]
-        if not _answers_as_expected(lambda: self.register.end(bank, ending), expected_error):
+        if not _answers_as_expected(lambda: self.register.end(by(bank), ending), expected_error):
             return
         for key in open_keys:
             self.periods[key][-1][1] = day
@@ -218,7 +219,7 @@ class RegisterModel(RuleBasedStateMachine):
             for bank in BANKS:
                 answer = {
                     h.role: [[p.start, p.end] for p in h.periods]
-                    for h in self.register.list_own(bank, customer)
+                    for h in self.register.list_own(by(bank), customer)
                 }
                 expected = {
                     key[2]: history

@@ -13,8 +13,10 @@ from kfr_grpc.errors import AlreadyExists, InvalidArgument, NotFound, Permission
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.register.model import Period, Role
 from kfr_grpc.register.operations import Operations
-from kfr_grpc.register.service import MAX_ITEMS_PER_CALL, EndItem, Register, ReportItem
-from kfr_grpc.store import Store
+from kfr_grpc.register.reports import MAX_ITEMS_PER_CALL
+from kfr_grpc.register.service import EndItem, Register, ReportItem
+from kfr_grpc.store import LmdbStore
+from tests.support import by
 
 TODAY = date(2026, 6, 15)
 BANK, OTHER_BANK, UNKNOWN_BANK = "311000004", "313000001", "314000005"
@@ -28,7 +30,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def register(tmp_path: Path, clock: FixedClock):
-    store = Store.open(tmp_path / "data", Keyring.generate(), map_size=64 * 1024 * 1024)
+    store = LmdbStore.open(tmp_path / "data", Keyring.generate(), map_size=64 * 1024 * 1024)
     register = Register(store, clock, test_mode=True)
     operations = Operations(store, clock)
     operations.add_institution(BANK, "Testbanken")
@@ -38,7 +40,7 @@ def register(tmp_path: Path, clock: FixedClock):
 
 
 def count(register: Register) -> int:
-    with register._store.read() as view:
+    with register._storage.read() as view:
         return view.relationship_count()
 
 
@@ -55,7 +57,7 @@ def lookup(register: Register, customer: str, first: str, last: str, *, owner_on
 
 
 def periods(register: Register, institution: str, customer: str) -> dict[Role, tuple[Period, ...]]:
-    return {h.role: h.periods for h in register.list_own(institution, customer)}
+    return {h.role: h.periods for h in register.list_own(by(institution), customer)}
 
 
 # --- Report ---------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ def periods(register: Register, institution: str, customer: str) -> dict[Role, t
 def test_report_registers_and_counts(register, ids):
     alice, bob = ids.person(), ids.company()
     result = register.report(
-        BANK, [ReportItem(alice, OWNER, "2020-01-01"), ReportItem(bob, OWNER, "")]
+        by(BANK), [ReportItem(alice, OWNER, "2020-01-01"), ReportItem(bob, OWNER, "")]
     )
     assert (result.registered, result.already_registered) == (2, 0)
     assert periods(register, BANK, alice) == {OWNER: (Period(date(2020, 1, 1)),)}
@@ -73,9 +75,9 @@ def test_report_registers_and_counts(register, ids):
 
 def test_reporting_an_active_relationship_again_is_a_no_op(register, ids):
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2020-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2020-01-01")])
     result = register.report(
-        BANK, [ReportItem(alice, OWNER, "2021-01-01"), ReportItem(alice, OWNER, "")]
+        by(BANK), [ReportItem(alice, OWNER, "2021-01-01"), ReportItem(alice, OWNER, "")]
     )
     assert (result.registered, result.already_registered) == (0, 2)
     assert periods(register, BANK, alice) == {OWNER: (Period(date(2020, 1, 1)),)}
@@ -83,7 +85,7 @@ def test_reporting_an_active_relationship_again_is_a_no_op(register, ids):
 
 def test_the_same_item_twice_in_one_request_registers_once(register, ids):
     alice = ids.person()
-    result = register.report(BANK, [ReportItem(alice, OWNER), ReportItem(alice, OWNER)])
+    result = register.report(by(BANK), [ReportItem(alice, OWNER), ReportItem(alice, OWNER)])
     assert (result.registered, result.already_registered) == (1, 1)
 
 
@@ -92,8 +94,8 @@ def test_report_is_all_or_nothing_and_lists_every_bad_item(register, ids):
     items = [ReportItem(good, OWNER, "2020-01-01")] * 3
     items += [ReportItem(bad, OWNER), ReportItem(good, None), ReportItem(good, OWNER, "2099-01-01")]
     with pytest.raises(InvalidArgument) as raised:
-        register.report(BANK, items)
-    fields = [v.field for v in raised.value.violations]
+        register.report(by(BANK), items)
+    fields = [v.field for v in raised.value.rejections]
     assert fields == [
         "relationships[3].customer_id",
         "relationships[4].role",
@@ -105,50 +107,51 @@ def test_report_is_all_or_nothing_and_lists_every_bad_item(register, ids):
 
 def test_a_state_conflict_late_in_the_request_rolls_back_earlier_items(register, ids):
     returning, fresh = ids.person(), ids.person()
-    register.report(BANK, [ReportItem(returning, OWNER, "2020-01-01")])
-    register.end(BANK, [EndItem(returning, OWNER, "2022-01-01")])
+    register.report(by(BANK), [ReportItem(returning, OWNER, "2020-01-01")])
+    register.end(by(BANK), [EndItem(returning, OWNER, "2022-01-01")])
     with pytest.raises(InvalidArgument) as raised:
         register.report(
-            BANK,
+            by(BANK),
             [ReportItem(fresh, OWNER, "2023-01-01"), ReportItem(returning, OWNER, "2021-06-01")],
         )
-    assert [v.field for v in raised.value.violations] == ["relationships[1].start_date"]
+    assert [v.field for v in raised.value.rejections] == ["relationships[1].start_date"]
     assert periods(register, BANK, fresh) == {}
 
 
 def test_batch_limits(register, ids):
     customer = ids.person()
     with pytest.raises(InvalidArgument, match="at least one"):
-        register.report(BANK, [])
+        register.report(by(BANK), [])
     too_many = [ReportItem(customer, OWNER)] * (MAX_ITEMS_PER_CALL + 1)
     with pytest.raises(InvalidArgument, match="at most 1000"):
-        register.report(BANK, too_many)
+        register.report(by(BANK), too_many)
     exactly = [ReportItem(customer, OWNER)] * MAX_ITEMS_PER_CALL
-    assert register.report(BANK, exactly).registered == 1
+    assert register.report(by(BANK), exactly).registered == 1
 
 
 def test_a_company_cannot_be_disponent(register, ids):
     with pytest.raises(InvalidArgument, match="ROLE_DISPONENT needs a person"):
-        register.report(BANK, [ReportItem(ids.company(), DISPONENT)])
+        register.report(by(BANK), [ReportItem(ids.company(), DISPONENT)])
 
 
 def test_an_unregistered_institution_may_not_report(register, ids):
     with pytest.raises(PermissionDenied, match="not registered"):
-        register.report(UNKNOWN_BANK, [ReportItem(ids.person(), OWNER)])
+        register.report(by(UNKNOWN_BANK), [ReportItem(ids.person(), OWNER)])
     with pytest.raises(PermissionDenied):
-        register.end(UNKNOWN_BANK, [EndItem(ids.person(), OWNER)])
+        register.end(by(UNKNOWN_BANK), [EndItem(ids.person(), OWNER)])
     with pytest.raises(PermissionDenied):
-        register.list_own(UNKNOWN_BANK, ids.person())
+        register.list_own(by(UNKNOWN_BANK), ids.person())
 
 
 def test_synthetic_ids_need_test_mode(tmp_path, clock, ids):
-    store = Store.open(tmp_path / "prod", Keyring.generate(), map_size=64 * 1024 * 1024)
+    store = LmdbStore.open(tmp_path / "prod", Keyring.generate(), map_size=64 * 1024 * 1024)
     try:
         production = Register(store, clock, test_mode=False)
         Operations(store, clock).add_institution(BANK, "Testbanken")
         with pytest.raises(InvalidArgument, match="test mode"):
-            production.report(BANK, [ReportItem(ids.person(), OWNER)])
-        assert production.report(BANK, [ReportItem(ids.regular_person(), OWNER)]).registered == 1
+            production.report(by(BANK), [ReportItem(ids.person(), OWNER)])
+        regular = [ReportItem(ids.regular_person(), OWNER)]
+        assert production.report(by(BANK), regular).registered == 1
     finally:
         store.close()
 
@@ -158,64 +161,64 @@ def test_synthetic_ids_need_test_mode(tmp_path, clock, ids):
 
 def test_end_makes_a_relationship_historical(register, ids):
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2020-01-01")])
-    result = register.end(BANK, [EndItem(alice, OWNER, "2024-03-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2020-01-01")])
+    result = register.end(by(BANK), [EndItem(alice, OWNER, "2024-03-01")])
     assert (result.ended, result.already_ended) == (1, 0)
     assert periods(register, BANK, alice) == {OWNER: (Period(date(2020, 1, 1), date(2024, 3, 1)),)}
 
 
 def test_ending_an_ended_relationship_again_is_a_no_op(register, ids):
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2020-01-01")])
-    register.end(BANK, [EndItem(alice, OWNER, "2024-03-01")])
-    result = register.end(BANK, [EndItem(alice, OWNER, "2025-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2020-01-01")])
+    register.end(by(BANK), [EndItem(alice, OWNER, "2024-03-01")])
+    result = register.end(by(BANK), [EndItem(alice, OWNER, "2025-01-01")])
     assert (result.ended, result.already_ended) == (0, 1)
     assert periods(register, BANK, alice)[OWNER][-1].end == date(2024, 3, 1)
 
 
 def test_ending_what_was_never_reported_is_not_found_and_writes_nothing(register, ids):
     known, unknown = ids.person(), ids.person()
-    register.report(BANK, [ReportItem(known, OWNER, "2020-01-01")])
+    register.report(by(BANK), [ReportItem(known, OWNER, "2020-01-01")])
     with pytest.raises(NotFound) as raised:
-        register.end(BANK, [EndItem(known, OWNER), EndItem(unknown, OWNER)])
-    assert [v.field for v in raised.value.violations] == ["endings[1]"]
+        register.end(by(BANK), [EndItem(known, OWNER), EndItem(unknown, OWNER)])
+    assert [v.field for v in raised.value.rejections] == ["endings[1]"]
     assert unknown not in str(raised.value)
     assert periods(register, BANK, known) == {OWNER: (Period(date(2020, 1, 1)),)}
 
 
 def test_ending_a_role_the_customer_never_held_is_not_found(register, ids):
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2020-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2020-01-01")])
     with pytest.raises(NotFound):
-        register.end(BANK, [EndItem(alice, DISPONENT)])
+        register.end(by(BANK), [EndItem(alice, DISPONENT)])
     with pytest.raises(NotFound):  # relationships are per institution
-        register.end(OTHER_BANK, [EndItem(alice, OWNER)])
+        register.end(by(OTHER_BANK), [EndItem(alice, OWNER)])
 
 
 def test_end_without_role_ends_every_role(register, ids):
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2020-01-01")])
-    register.report(BANK, [ReportItem(alice, DISPONENT, "2021-01-01")])
-    result = register.end(BANK, [EndItem(alice, None, "2024-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2020-01-01")])
+    register.report(by(BANK), [ReportItem(alice, DISPONENT, "2021-01-01")])
+    result = register.end(by(BANK), [EndItem(alice, None, "2024-01-01")])
     assert (result.ended, result.already_ended) == (1, 0)
     assert all(p[-1].end == date(2024, 1, 1) for p in periods(register, BANK, alice).values())
 
 
 def test_end_date_before_start_is_refused(register, ids):
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2020-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2020-01-01")])
     with pytest.raises(InvalidArgument) as raised:
-        register.end(BANK, [EndItem(alice, OWNER, "2019-12-31")])
-    assert [v.field for v in raised.value.violations] == ["endings[0].end_date"]
+        register.end(by(BANK), [EndItem(alice, OWNER, "2019-12-31")])
+    assert [v.field for v in raised.value.rejections] == ["endings[0].end_date"]
 
 
 def test_re_entry_keeps_every_period(register, ids):
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2015-01-01")])
-    register.end(BANK, [EndItem(alice, OWNER, "2017-01-01")])
-    register.report(BANK, [ReportItem(alice, OWNER, "2019-01-01")])
-    register.end(BANK, [EndItem(alice, OWNER, "2020-01-01")])
-    register.report(BANK, [ReportItem(alice, OWNER, "2022-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2015-01-01")])
+    register.end(by(BANK), [EndItem(alice, OWNER, "2017-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2019-01-01")])
+    register.end(by(BANK), [EndItem(alice, OWNER, "2020-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2022-01-01")])
     assert periods(register, BANK, alice) == {
         OWNER: (
             Period(date(2015, 1, 1), date(2017, 1, 1)),
@@ -227,8 +230,8 @@ def test_re_entry_keeps_every_period(register, ids):
 
 def test_list_own_shows_only_the_callers_relationships(register, ids):
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2020-01-01")])
-    register.report(OTHER_BANK, [ReportItem(alice, DISPONENT, "2021-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2020-01-01")])
+    register.report(by(OTHER_BANK), [ReportItem(alice, DISPONENT, "2021-01-01")])
     assert set(periods(register, BANK, alice)) == {OWNER}
     assert set(periods(register, OTHER_BANK, alice)) == {DISPONENT}
 
@@ -240,10 +243,10 @@ def test_list_own_shows_only_the_callers_relationships(register, ids):
 def history(register, ids):
     """Owner at BANK 2018-2020 and again from 2023; disponent at OTHER_BANK from 2021."""
     alice = ids.person()
-    register.report(BANK, [ReportItem(alice, OWNER, "2018-01-01")])
-    register.end(BANK, [EndItem(alice, OWNER, "2020-01-01")])
-    register.report(BANK, [ReportItem(alice, OWNER, "2023-01-01")])
-    register.report(OTHER_BANK, [ReportItem(alice, DISPONENT, "2021-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2018-01-01")])
+    register.end(by(BANK), [EndItem(alice, OWNER, "2020-01-01")])
+    register.report(by(BANK), [ReportItem(alice, OWNER, "2023-01-01")])
+    register.report(by(OTHER_BANK), [ReportItem(alice, DISPONENT, "2021-01-01")])
     return alice
 
 
@@ -295,7 +298,7 @@ def test_lookup_validation(register, ids):
             legal_mandate=" ",
             account_info_request_id="not-a-uuid",
         )
-    assert [v.field for v in raised.value.violations] == [
+    assert [v.field for v in raised.value.rejections] == [
         "customer_id",
         "legal_mandate",
         "account_info_request_id",
@@ -310,7 +313,7 @@ def test_lookup_validation(register, ids):
 
 
 def test_institutions_are_registered_once(register, clock):
-    operations = Operations(register._store, clock)
+    operations = Operations(register._storage, clock)
     assert operations.add_institution(BANK, "Testbanken") == (operations.institutions()[0], False)
     with pytest.raises(AlreadyExists, match="already registered"):
         operations.add_institution(BANK, "Another name")

@@ -15,7 +15,7 @@ from kfr_grpc.errors import ConfigError, CorruptRecord, StoreClosed, StoreFull
 from kfr_grpc.keyring import Keyring, KeySet
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
 from kfr_grpc.register.model import Institution, Period, Role
-from kfr_grpc.store import Store
+from kfr_grpc.store import LmdbStore
 
 MAP_SIZE = 64 * 1024 * 1024
 BANK_A, BANK_B = "311000004", "313000001"
@@ -25,6 +25,16 @@ def person(ids) -> CustomerId:
     return CustomerId(ids.person(), CustomerKind.PERSON)
 
 
+def put(store, *histories: tuple) -> None:
+    """Stores each (customer, institution, role, periods) in one transaction."""
+
+    def work(txn) -> None:
+        for customer, institution, role, periods in histories:
+            txn.put_history(customer, institution, role, periods)
+
+    store.write(work)
+
+
 @pytest.fixture
 def keyring() -> Keyring:
     return Keyring.generate()
@@ -32,7 +42,7 @@ def keyring() -> Keyring:
 
 @pytest.fixture
 def store(tmp_path: Path, keyring: Keyring):
-    opened = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    opened = LmdbStore.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
     yield opened
     opened.close()
 
@@ -40,10 +50,12 @@ def store(tmp_path: Path, keyring: Keyring):
 def test_histories_round_trip_and_range_reads_stay_within_one_customer(store, ids):
     alice, bob = person(ids), person(ids)
     history = (Period(date(2020, 1, 1), date(2021, 1, 1)), Period(date(2022, 1, 1)))
-    with store.write() as txn:
-        txn.put_history(alice, BANK_A, Role.OWNER, history)
-        txn.put_history(alice, BANK_B, Role.DISPONENT, (Period(date(2023, 5, 5)),))
-        txn.put_history(bob, BANK_A, Role.OWNER, (Period(date(2019, 1, 1)),))
+    put(
+        store,
+        (alice, BANK_A, Role.OWNER, history),
+        (alice, BANK_B, Role.DISPONENT, (Period(date(2023, 5, 5)),)),
+        (bob, BANK_A, Role.OWNER, (Period(date(2019, 1, 1)),)),
+    )
     with store.read() as view:
         assert view.history(alice, BANK_A, Role.OWNER) == history
         assert view.history(alice, BANK_A, Role.DISPONENT) == ()
@@ -56,17 +68,20 @@ def test_histories_round_trip_and_range_reads_stay_within_one_customer(store, id
 
 def test_failed_write_transaction_leaves_nothing(store, ids):
     customer = person(ids)
-    with pytest.raises(RuntimeError), store.write() as txn:
+
+    def fail(txn) -> None:
         txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
         raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError):
+        store.write(fail)
     with store.read() as view:
         assert view.relationship_count() == 0
 
 
 def test_institutions_round_trip(store):
     institution = Institution(BANK_A, "Testbanken KFR ÆØÅ", date(2026, 1, 2))
-    with store.write() as txn:
-        txn.put_institution(institution)
+    store.write(lambda txn: txn.put_institution(institution))
     with store.read() as view:
         assert view.institution(BANK_A) == institution
         assert view.institution(BANK_B) is None
@@ -77,10 +92,14 @@ def test_raw_files_contain_no_customer_id(tmp_path: Path, store, ids):
     rng = random.Random(7)
     customers = [person(ids) for _ in range(200)]
     customers += [CustomerId(ids.company(), CustomerKind.ORGANISATION) for _ in range(50)]
-    with store.write() as txn:
-        for customer in customers:
-            role = rng.choice([Role.OWNER, Role.DISPONENT])
-            txn.put_history(customer, BANK_A, role, (Period(date(2020, 1, 1)),))
+    roles = [rng.choice([Role.OWNER, Role.DISPONENT]) for _ in customers]
+    put(
+        store,
+        *[
+            (c, BANK_A, r, (Period(date(2020, 1, 1)),))
+            for c, r in zip(customers, roles, strict=True)
+        ],
+    )
     store.close()
     raw = b"".join(path.read_bytes() for path in (tmp_path / "data").iterdir())
     assert raw, "the store wrote nothing"
@@ -90,9 +109,11 @@ def test_raw_files_contain_no_customer_id(tmp_path: Path, store, ids):
 
 def test_a_value_moved_to_another_key_fails_to_open(tmp_path: Path, store, keyring, ids):
     first, second = person(ids), person(ids)
-    with store.write() as txn:
-        txn.put_history(first, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
-        txn.put_history(second, BANK_A, Role.OWNER, (Period(date(2021, 1, 1)),))
+    put(
+        store,
+        (first, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)),
+        (second, BANK_A, Role.OWNER, (Period(date(2021, 1, 1)),)),
+    )
     store.close()
     env = lmdb.open(str(tmp_path / "data"), max_dbs=8, map_size=MAP_SIZE)
     relationships = env.open_db(b"relationships")
@@ -100,7 +121,7 @@ def test_a_value_moved_to_another_key_fails_to_open(tmp_path: Path, store, keyri
         (_, value_a), (key_b, _) = list(txn.cursor())
         txn.put(key_b, value_a)
     env.close()
-    reopened = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    reopened = LmdbStore.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
     try:
         with reopened.read() as view:
             moved_to = [c for c in (first, second) if _opens(view, c) is False]
@@ -122,13 +143,12 @@ def _fingerprint(directory: Path) -> str:
 
 
 def test_another_keyring_is_refused_without_writing(tmp_path: Path, store, ids):
-    with store.write() as txn:
-        txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+    put(store, (person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)))
     store.close()
     data = tmp_path / "data"
     before = _fingerprint(data)
     with pytest.raises(ConfigError, match="written under keyring"):
-        Store.open(data, Keyring.generate(), map_size=MAP_SIZE)
+        LmdbStore.open(data, Keyring.generate(), map_size=MAP_SIZE)
     assert _fingerprint(data) == before
 
 
@@ -137,7 +157,7 @@ def test_same_keyring_id_with_other_keys_is_refused(tmp_path: Path, store, keyri
     impostor = dataclasses.replace(keyring, seal=KeySet.generate())
     before = _fingerprint(tmp_path / "data")
     with pytest.raises(ConfigError, match="do not open"):
-        Store.open(tmp_path / "data", impostor, map_size=MAP_SIZE)
+        LmdbStore.open(tmp_path / "data", impostor, map_size=MAP_SIZE)
     assert _fingerprint(tmp_path / "data") == before
 
 
@@ -147,15 +167,14 @@ def test_a_foreign_lmdb_environment_is_refused(tmp_path: Path, keyring):
         txn.put(b"something", b"else")
     env.close()
     with pytest.raises(ConfigError, match="not a KFR store"):
-        Store.open(tmp_path / "foreign", keyring, map_size=MAP_SIZE)
+        LmdbStore.open(tmp_path / "foreign", keyring, map_size=MAP_SIZE)
 
 
 def test_reopening_with_the_right_keyring_reads_everything(tmp_path: Path, store, keyring, ids):
     customer = person(ids)
-    with store.write() as txn:
-        txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+    put(store, (customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)))
     store.close()
-    reopened = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    reopened = LmdbStore.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
     try:
         with reopened.read() as view:
             assert view.history(customer, BANK_A, Role.OWNER) == (Period(date(2020, 1, 1)),)
@@ -165,11 +184,11 @@ def test_reopening_with_the_right_keyring_reads_everything(tmp_path: Path, store
 
 def test_a_full_store_raises_store_full_at_its_maximum(tmp_path: Path, keyring, ids):
     size = 256 * 1024
-    tiny = Store.open(tmp_path / "tiny", keyring, map_size=size, max_map_size=size)
+    tiny = LmdbStore.open(tmp_path / "tiny", keyring, map_size=size, max_map_size=size)
     try:
-        with pytest.raises(StoreFull, match="max_map_size_mb"), tiny.write() as txn:
-            for _ in range(10_000):
-                txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        many = [(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))] * 10_000
+        with pytest.raises(StoreFull, match="max_map_size_mb"):
+            put(tiny, *[(person(ids), *rest) for _, *rest in many])
         with tiny.read() as view:
             assert view.relationship_count() == 0
     finally:
@@ -180,16 +199,15 @@ def test_the_map_grows_by_itself_far_past_its_initial_size(tmp_path: Path, keyri
     from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 
     customers = unique_synthetic_person_ids(seed=5)
-    grows = Store.open(tmp_path / "grows", keyring, map_size=64 * 1024)
+    grows = LmdbStore.open(tmp_path / "grows", keyring, map_size=64 * 1024)
     try:
         for _ in range(40):
-            with grows.write() as txn:
-                for _ in range(1000):
-                    customer = CustomerId(next(customers), CustomerKind.PERSON)
-                    txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+            batch = [CustomerId(next(customers), CustomerKind.PERSON) for _ in range(1000)]
+            put(grows, *[(c, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)) for c in batch])
         with grows.read() as view:
-            used, size = view.map_use()
             assert view.relationship_count() == 40_000
+        usage = grows.usage()
+        used, size = usage.used_bytes, usage.capacity_bytes
         assert used > 100 * 64 * 1024 and size > used  # far past the initial 64 KiB
     finally:
         grows.close()
@@ -200,10 +218,9 @@ def test_another_process_growing_the_map_is_adopted(tmp_path: Path, keyring, ids
     import subprocess
     import sys
 
-    first = Store.open(tmp_path / "shared", keyring, map_size=64 * 1024)
+    first = LmdbStore.open(tmp_path / "shared", keyring, map_size=64 * 1024)
     try:
-        with first.write() as txn:
-            txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        put(first, (person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)))
         keyring_file = tmp_path / "keyring.json"
         keyring.save(keyring_file)
         grower = f"""
@@ -213,20 +230,25 @@ from pathlib import Path
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
 from kfr_grpc.register.model import Period, Role
-from kfr_grpc.store import Store
-store = Store.open(Path({str(tmp_path / "shared")!r}), Keyring.load(Path({str(keyring_file)!r})),
-                   map_size=64 * 1024)
-for batch in range(10):
-    with store.write() as txn:
+from kfr_grpc.store import LmdbStore
+store = LmdbStore.open(Path({str(tmp_path / "shared")!r}),
+                       Keyring.load(Path({str(keyring_file)!r})), map_size=64 * 1024)
+
+def batch_of(batch):
+    def work(txn):
         for n in range(1000):
             digits = f"{{310000000 + batch * 1000 + n:09d}}"
             txn.put_history(CustomerId(digits, CustomerKind.ORGANISATION), "311000004",
                             Role.OWNER, (Period(date(2020, 1, 1)),))
+    return work
+
+for batch in range(10):
+    store.write(batch_of(batch))
 store.close()
 """
         subprocess.run([sys.executable, "-c", grower], check=True, timeout=120)
-        with first.write() as txn:  # this process adopts the bigger map and goes on
-            txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        # This process adopts the bigger map and goes on.
+        put(first, (person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)))
         with first.read() as view:
             assert view.relationship_count() == 10_002
     finally:
@@ -236,15 +258,17 @@ store.close()
 def test_close_waits_for_the_write_under_way_then_refuses_new_ones(tmp_path, keyring, ids):
     import threading
 
-    store = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    store = LmdbStore.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
     customer = person(ids)
     inside, release = threading.Event(), threading.Event()
 
     def slow_write() -> None:
-        with store.write() as txn:
+        def work(txn) -> None:
             txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
             inside.set()
             release.wait(5)
+
+        store.write(work)
 
     writer = threading.Thread(target=slow_write)
     writer.start()
@@ -259,14 +283,14 @@ def test_close_waits_for_the_write_under_way_then_refuses_new_ones(tmp_path, key
     assert not closing.is_alive()
     with pytest.raises(StoreClosed), store.read():
         pass
-    reopened = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    reopened = LmdbStore.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
     with reopened.read() as view:
         assert view.history(customer, BANK_A, Role.OWNER) == (Period(date(2020, 1, 1)),)
     reopened.close()
 
 
 def test_close_leaves_a_stuck_transaction_to_the_process_exit(tmp_path, keyring, caplog):
-    store = Store.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
+    store = LmdbStore.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
     with store.read():
         store.close(wait_seconds=0.1)  # this thread's own transaction: it cannot end first
     assert "still running at close" in caplog.text

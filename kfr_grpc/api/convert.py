@@ -1,39 +1,31 @@
-"""Protobuf <-> register types."""
+"""Protobuf <-> register types. Every enum is mapped here explicitly, number by number:
+the wire's numbers are the contract's, not the register's."""
 
 from __future__ import annotations
 
 from datetime import UTC, date
 
 from kfr_grpc._proto import kfr_pb2 as pb
-from kfr_grpc.errors import FieldViolation, InvalidArgument
-from kfr_grpc.register.model import Institution, Period, RequestRecord, Role
-from kfr_grpc.register.values import InvalidValue
+from kfr_grpc.register.bulk import BulkLoad
+from kfr_grpc.register.model import (
+    Institution,
+    Period,
+    RequestRecord,
+    Role,
+    RoleChoice,
+    UnknownRole,
+)
 
 _ROLE_FROM_PB = {pb.ROLE_OWNER: Role.OWNER, pb.ROLE_DISPONENT: Role.DISPONENT}
 _ROLE_TO_PB = {role: number for number, role in _ROLE_FROM_PB.items()}
 
 
-def role_from_pb(number: int) -> Role | None:
-    """The role of a request item (None for ROLE_UNSPECIFIED); unknown numbers are refused."""
+def role_from_pb(number: int) -> RoleChoice:
+    """The role of a request item: None for ROLE_UNSPECIFIED; a number the contract does
+    not define is passed on for validation to reject with the request's other faults."""
     if number == pb.ROLE_UNSPECIFIED:
         return None
-    role = _ROLE_FROM_PB.get(number)
-    if role is None:
-        raise InvalidValue(f"has unknown value {number}", "ROLE_UNKNOWN")
-    return role
-
-
-def roles_from_pb(numbers: list[int], field_of: str) -> list[Role | None]:
-    """Roles of a request's items; ``field_of`` names the repeated field for errors."""
-    roles, unknown = [], []
-    for index, number in enumerate(numbers):
-        try:
-            roles.append(role_from_pb(number))
-        except InvalidValue as error:
-            unknown.append(FieldViolation(f"{field_of}[{index}].role", str(error), error.code))
-    if unknown:
-        raise InvalidArgument(unknown)
-    return roles
+    return _ROLE_FROM_PB.get(number) or UnknownRole(number)
 
 
 def role_to_pb(role: Role) -> int:
@@ -59,10 +51,25 @@ def request_record_to_pb(record: RequestRecord) -> pb.RequestLogRecord:
         message=record.message,
         counts=record.counts,
         rejected=[
-            pb.FieldViolation(field=v.field, reason=v.reason, code=v.code) for v in record.rejected
+            pb.FieldViolation(field=r.field, reason=r.reason, code=r.code) for r in record.rejected
         ],
     )
 
 
 def institution_to_pb(institution: Institution) -> pb.Institution:
     return pb.Institution(org_number=institution.org_number, name=institution.name)
+
+
+def bulk_load_to_pb(load: BulkLoad) -> pb.ReportStreamResponse:
+    return pb.ReportStreamResponse(
+        accepted_count=load.accepted,
+        registered_count=load.registered,
+        already_registered_count=load.already_registered,
+        rejected_count=load.rejected_count,
+        rejected=[
+            pb.RejectedItem(position=r.item, field=r.field, code=r.code, reason=r.reason)
+            for r in load.rejections
+        ],
+        rejected_truncated=load.truncated,
+        chunk_count=load.chunks,
+    )

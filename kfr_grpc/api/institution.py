@@ -9,18 +9,20 @@ from typing import Any
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
-from kfr_grpc.api.bulk import BulkLoad, PreparedChunk
+from kfr_grpc.api.calls import RequestContext
 from kfr_grpc.api.convert import (
+    bulk_load_to_pb,
     period_to_pb,
     request_record_to_pb,
+    role_from_pb,
     role_to_pb,
-    roles_from_pb,
 )
-from kfr_grpc.api.interceptor import RequestContext
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.errors import InvalidArgument, KfrError
-from kfr_grpc.register.reports import ValidatedReports
-from kfr_grpc.register.service import EndItem, Register, ReportItem, check_chunk_size
+from kfr_grpc.register.bulk import BulkLoad
+from kfr_grpc.register.model import CallInfo
+from kfr_grpc.register.reports import ReportItem, ValidatedReports, check_chunk_size
+from kfr_grpc.register.service import EndItem, Register
 
 
 class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
@@ -32,19 +34,12 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         self._validation = validation or InlineExecutor()
 
     def Report(self, request: pb.ReportRequest, context: RequestContext) -> pb.ReportResponse:
-        institution = self._policy.acting_institution(
-            context.caller, request.institution_org_number
-        )
-        roles = roles_from_pb([item.role for item in request.relationships], "relationships")
+        call = self._call(context, request.institution_org_number)
         items = [
-            ReportItem(item.customer_id, role, item.start_date)
-            for item, role in zip(request.relationships, roles, strict=True)
+            ReportItem(item.customer_id, role_from_pb(item.role), item.start_date)
+            for item in request.relationships
         ]
-        result = self._register.report(institution, items)
-        context.outcome.counts = {
-            "registered": result.registered,
-            "already_registered": result.already_registered,
-        }
+        result = self._register.report(call, items)
         return pb.ReportResponse(
             registered_count=result.registered,
             already_registered_count=result.already_registered,
@@ -56,75 +51,67 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         """Chunk N is written while chunk N+1 is validated (in the validation executor,
         another process when the server has one): one transaction per chunk."""
         load = BulkLoad()
-        institution = None
+        call: CallInfo | None = None
         validate = self._register.row_validator()
-        pending: tuple[PreparedChunk, Future] | None = None
+        pending: Future | None = None
         try:
-            chunks = iter(request_iterator)
             while True:
                 try:
-                    chunk = next(chunks, None)
+                    chunk = next(request_iterator, None)
                     if chunk is None:
                         break
-                    institution = self._stream_institution(context, chunk, institution)
-                    prepared = load.begin_chunk(chunk)
+                    call = self._stream_call(context, chunk, call)
                     check_chunk_size(chunk.relationships)
                 except KfrError:
-                    self._write_chunk(load, institution, pending)  # it came before the bad one
+                    load = self._write(call, load, pending)  # it came before the bad one
                     raise
-                submitted = (prepared, self._validation.submit(validate, prepared.rows))
-                self._write_chunk(load, institution, pending)
+                rows = [
+                    ReportItem(item.customer_id, role_from_pb(item.role), item.start_date).row()
+                    for item in chunk.relationships
+                ]
+                submitted = self._validation.submit(validate, rows)
+                load = self._write(call, load, pending)
                 pending = submitted
-            self._write_chunk(load, institution, pending)
+            if call is None:
+                raise InvalidArgument.field("stream", "holds no chunk", "BATCH_EMPTY")
+            load = self._write(call, load, pending, last=True)
         except KfrError as error:
             raise load.annotate(error) from None
-        if institution is None:
-            raise InvalidArgument.field("stream", "holds no chunk", "BATCH_EMPTY")
-        context.outcome.counts = load.counts()
-        context.outcome.rejected = load.violations()
-        return load.response()
+        return bulk_load_to_pb(load)
 
-    def _write_chunk(
-        self, load: BulkLoad, institution: str | None, pending: tuple[PreparedChunk, Future] | None
-    ) -> None:
-        if pending is None or institution is None:
-            return
-        prepared, validation = pending
-        validated = ValidatedReports.from_rows(validation.result())
-        load.finish_chunk(prepared, self._register.apply_chunk(institution, validated))
+    def _write(
+        self, call: CallInfo | None, load: BulkLoad, pending: Future | None, *, last: bool = False
+    ) -> BulkLoad:
+        if pending is None or call is None:
+            return load
+        validated = ValidatedReports.from_rows(pending.result())
+        return self._register.apply_chunk(call, load, validated, last=last)
 
-    def _stream_institution(
-        self, context: RequestContext, chunk: pb.ReportRequest, institution: str | None
-    ) -> str:
-        """The institution the stream reports for: named in the first chunk."""
-        if institution is None:
-            return self._policy.acting_institution(context.caller, chunk.institution_org_number)
+    def _stream_call(
+        self, context: RequestContext, chunk: pb.ReportRequest, call: CallInfo | None
+    ) -> CallInfo:
+        """The stream's call, for the institution named in its first chunk."""
+        if call is None:
+            return self._call(context, chunk.institution_org_number)
         named = chunk.institution_org_number.replace(" ", "")
-        if named and named != institution:
+        if named and named != call.institution:
             raise InvalidArgument.field(
                 "institution_org_number", "differs between chunks of one stream", "INVALID_VALUE"
             )
-        return institution
+        return call
 
     def End(self, request: pb.EndRequest, context: RequestContext) -> pb.EndResponse:
-        institution = self._policy.acting_institution(
-            context.caller, request.institution_org_number
-        )
-        roles = roles_from_pb([item.role for item in request.endings], "endings")
+        call = self._call(context, request.institution_org_number)
         items = [
-            EndItem(item.customer_id, role, item.end_date)
-            for item, role in zip(request.endings, roles, strict=True)
+            EndItem(item.customer_id, role_from_pb(item.role), item.end_date)
+            for item in request.endings
         ]
-        result = self._register.end(institution, items)
-        context.outcome.counts = {"ended": result.ended, "already_ended": result.already_ended}
+        result = self._register.end(call, items)
         return pb.EndResponse(ended_count=result.ended, already_ended_count=result.already_ended)
 
     def ListOwn(self, request: pb.ListOwnRequest, context: RequestContext) -> pb.ListOwnResponse:
-        institution = self._policy.acting_institution(
-            context.caller, request.institution_org_number
-        )
-        histories = self._register.list_own(institution, request.customer_id)
-        context.outcome.counts = {"relationships": len(histories)}
+        call = self._call(context, request.institution_org_number)
+        histories = self._register.list_own(call, request.customer_id)
         return pb.ListOwnResponse(
             relationships=[
                 pb.OwnRelationship(
@@ -138,11 +125,14 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
     def GetRequestLog(
         self, request: pb.GetRequestLogRequest, context: RequestContext
     ) -> pb.GetRequestLogResponse:
-        institution = self._policy.acting_institution(
-            context.caller, request.institution_org_number
-        )
-        records = self._register.request_log(institution, request.correlation_id)
+        call = self._call(context, request.institution_org_number)
+        records = self._register.request_log(call, request.correlation_id)
         return pb.GetRequestLogResponse(records=[request_record_to_pb(r) for r in records])
+
+    def _call(self, context: RequestContext, institution_org_number: str) -> CallInfo:
+        """The call, for the institution it names once the caller may act for it."""
+        institution = self._policy.acting_institution(context.caller, institution_org_number)
+        return context.call_for(institution)
 
 
 class InlineExecutor(Executor):

@@ -1,116 +1,36 @@
-"""What every call shares: correlation id, caller identity, error mapping, request log.
+"""The gRPC interceptor: wraps every handler with what every call shares.
 
-Servicers receive a ``RequestContext``: the gRPC context plus the authenticated
-``caller`` and the ``correlation_id``. They raise the register's errors; this module is
-the one place that turns them into gRPC status codes. Log lines name the method, the
-caller's organisation, the correlation id, the status and the duration: never a
-request field, so never a customer ID.
+For each call, in order: a correlation-id (the caller's, or a fresh one, always sent
+back in the initial metadata); the caller's identity and the scope the service needs
+(``authentication``); the handler, with a ``RequestContext``; errors turned into the
+caller's status (``status``); and, once the call has ended with the status the client
+saw, the log line and the records (``observability``).
+
+Streams end later than their handler returns: a response stream is finished when its
+last message is sent, when it fails, or when the client goes away (then CANCELLED, or
+DEADLINE_EXCEEDED), whichever comes first. Bytes that do not decode as the method's
+message reach the handler as ``MALFORMED`` and are refused after authentication, like
+any other bad request.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from kfr_grpc.auth.authenticator import Caller
-from kfr_grpc.errors import (
-    AlreadyExists,
-    FieldViolation,
-    InvalidArgument,
-    KfrError,
-    NotFound,
-    PermissionDenied,
-    StoreClosed,
-    StoreFull,
-    Unauthenticated,
-)
-
-log = logging.getLogger("kfr.requests")
-
-CORRELATION_ID_KEY = "correlation-id"
-
-_STATUS: dict[type[KfrError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    StoreFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    StoreClosed: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-class RequestContext:
-    """A ``grpc.ServicerContext`` that also knows who is calling and under which id."""
-
-    def __init__(
-        self,
-        context: grpc.ServicerContext,
-        caller: Caller,
-        correlation_id: str,
-        outcome: CallOutcome,
-    ) -> None:
-        self._context = context
-        self.caller = caller
-        self.correlation_id = correlation_id
-        self.outcome = outcome
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
-
-
-class CallAuthenticator(Protocol):
-    def authenticate(
-        self, pem_certificates: Sequence[bytes], metadata: Sequence[tuple[str, str]]
-    ) -> Caller: ...
-
-    def authorize(self, method: str, caller: Caller) -> None: ...
-
-
-@dataclass
-class CallOutcome:
-    """What a servicer tells the request log about a call it handled."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    rejected: tuple[FieldViolation, ...] = ()  # items a successful call did not apply
-    mandate: str | None = None  # lookups: the legal mandate, as counted
-
-
-@dataclass
-class FinishedCall:
-    """One call as the request log and the lookup counters see it: no request fields."""
-
-    method: str
-    correlation_id: str
-    caller: Caller | None = None
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    message: str = ""
-    violations: tuple[FieldViolation, ...] = ()
-    outcome: CallOutcome = field(default_factory=CallOutcome)
-    seconds: float = 0.0  # how long the call took
-
-
-class CallRecorder(Protocol):
-    def record(self, call: FinishedCall) -> None: ...
+from kfr_grpc.api.authentication import CallAuthenticator, identify
+from kfr_grpc.api.calls import CORRELATION_ID_KEY, RequestContext, correlation_id_of
+from kfr_grpc.api.observability import CallObserver, FinishedCall
+from kfr_grpc.api.status import refusal_for
+from kfr_grpc.errors import InvalidArgument, KfrError
 
 
 class RequestInterceptor(grpc.ServerInterceptor):
-    """Wraps every handler with the shared per-call work."""
-
-    def __init__(
-        self, authenticator: CallAuthenticator, recorders: Sequence[CallRecorder] = ()
-    ) -> None:
+    def __init__(self, authenticator: CallAuthenticator, observer: CallObserver) -> None:
         self._authenticator = authenticator
-        self._recorders = tuple(recorders)
+        self._observer = observer
 
     def intercept_service(
         self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
@@ -118,123 +38,197 @@ class RequestInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
-        for kind, factory, streams_requests, streams_responses in _HANDLER_KINDS:
-            behaviour = getattr(handler, kind)
-            if behaviour is None:
-                continue
-            if streams_requests:
-                behaviour = _well_formed_stream(behaviour)
-            wrapped = self._wrap(behaviour, method, metadata)
-            if streams_responses:
-                wrapped = _streaming_responses(wrapped)
-            return factory(
-                wrapped,
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+        call = _CallWrapper(
+            self._authenticator,
+            self._observer,
+            handler_call_details.method,
+            handler_call_details.invocation_metadata or (),
+        )
+        deserializer = _tolerant(handler.request_deserializer)
+        serializer = handler.response_serializer
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                call.unary(handler.unary_unary), deserializer, serializer
             )
-        return handler
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                call.request_stream(handler.stream_unary), deserializer, serializer
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                call.response_stream(handler.unary_stream), deserializer, serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            call.bidirectional(handler.stream_stream), deserializer, serializer
+        )
 
-    def _wrap(self, behaviour: Callable, method: str, metadata: Any) -> Callable:
+
+class _ClientGone(Exception):
+    """The client cancelled, or its deadline passed, while the handler read its stream."""
+
+    def __init__(self, error: grpc.RpcError) -> None:
+        super().__init__("the client went away")
+        self.error = error
+
+
+class _CallWrapper:
+    """The shared work of one method's calls, around each kind of handler."""
+
+    def __init__(
+        self,
+        authenticator: CallAuthenticator,
+        observer: CallObserver,
+        method: str,
+        metadata: Any,
+    ) -> None:
+        self._authenticator = authenticator
+        self._observer = observer
+        self._method = method
+        self._metadata = metadata
+
+    def unary(self, behaviour: Callable) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            correlation_id, correlation_ok = _correlation_id(metadata)
-            context.send_initial_metadata(((CORRELATION_ID_KEY, correlation_id),))
-            call = FinishedCall(method, correlation_id)
+            call, wrapped = self._begin(context, request)
             try:
-                if not correlation_ok:
-                    raise InvalidArgument.field(
-                        f"metadata {CORRELATION_ID_KEY}", "must be a UUID", "UUID_MALFORMED"
-                    )
-                pem_certificates = context.auth_context().get("x509_pem_cert", [])
-                call.caller = self._authenticator.authenticate(pem_certificates, metadata or ())
-                self._authenticator.authorize(method, call.caller)
-                wrapped = RequestContext(context, call.caller, correlation_id, call.outcome)
-                return behaviour(_refuse_malformed(request), wrapped)
-            except KfrError as error:
-                call.code, call.message = _status_for(error, correlation_id)
-                call.violations = getattr(error, "violations", ())
-                if isinstance(error, InvalidArgument):
-                    context.abort_with_status(_bad_request(call.code, call.message, error))
-                context.abort(call.code, call.message)
-            except Exception:
-                log.exception("unexpected error correlation_id=%s", correlation_id)
-                call.code = grpc.StatusCode.INTERNAL
-                call.message = f"internal error; quote correlation-id {correlation_id}"
-                context.abort(call.code, call.message)
-            finally:
-                self._finish(call, started)
+                response = behaviour(_refuse_malformed(request), wrapped)
+            except Exception as error:
+                self._refuse(call, context, error)
+            self._finish_answered(call, context)
+            return response
 
         return handle
 
-    def _finish(self, call: FinishedCall, started: float) -> None:
-        call.seconds = time.perf_counter() - started
-        org = call.caller.org_number if call.caller else None
-        supplier = call.caller.supplier if call.caller else None
-        log.info(
-            "request method=%s caller=%s%s correlation_id=%s status=%s duration_ms=%.2f",
-            call.method,
-            org or "-",
-            f" via={supplier}" if supplier else "",
-            call.correlation_id,
-            call.code.name,
-            call.seconds * 1000,
-            extra={
-                "method": call.method,
-                "caller": org,
-                "supplier": supplier,
-                "correlation_id": call.correlation_id,
-                "status": call.code.name,
-                "duration_ms": round(call.seconds * 1000, 3),
-            },
-        )
-        for recorder in self._recorders:
+    def request_stream(self, behaviour: Callable) -> Callable:
+        def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            call, wrapped = self._begin(context, None)
             try:
-                recorder.record(call)
-            except Exception:  # the call's answer stands; the operator hears about the record
-                log.exception("could not record the call correlation_id=%s", call.correlation_id)
+                response = behaviour(_well_formed(requests), wrapped)
+            except _ClientGone as gone:
+                self._finish_gone(call, context)
+                raise gone.error from None  # grpcio knows its own error: no log line
+            except Exception as error:
+                self._refuse(call, context, error)
+            self._finish_answered(call, context)
+            return response
 
+        return handle
 
-# Field violations carried in an error's details; the message lists the first 20 anyway.
-_MAX_DETAILED_VIOLATIONS = 1000
-
-
-def _bad_request(code: grpc.StatusCode, message: str, error: InvalidArgument) -> grpc.Status:
-    """INVALID_ARGUMENT with a google.rpc.BadRequest detail: one field violation per bad
-    field, with its path, the reason in words and its code (never the value)."""
-    bad_request = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(
-                field=violation.field, description=violation.reason, reason=violation.code
+    def response_stream(self, behaviour: Callable) -> Callable:
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            call, wrapped = self._begin(context, request)
+            return self._streamed(
+                call, context, lambda: behaviour(_refuse_malformed(request), wrapped)
             )
-            for violation in error.violations[:_MAX_DETAILED_VIOLATIONS]
-        ]
-    )
-    detail = any_pb2.Any()
-    detail.Pack(bad_request)
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return rpc_status.to_status(status)
 
+        return handle
 
-def _status_for(error: KfrError, correlation_id: str) -> tuple[grpc.StatusCode, str]:
-    code = _STATUS.get(type(error))
-    if code is not None:
-        return code, str(error)
-    # CorruptRecord and anything unforeseen: details for the operator, not the caller.
-    log.error("%s correlation_id=%s: %s", type(error).__name__, correlation_id, error)
-    return grpc.StatusCode.INTERNAL, f"internal error; quote correlation-id {correlation_id}"
+    def bidirectional(self, behaviour: Callable) -> Callable:
+        def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            call, wrapped = self._begin(context, None)
+            return self._streamed(call, context, lambda: behaviour(_well_formed(requests), wrapped))
 
+        return handle
 
-def _correlation_id(metadata: Any) -> tuple[str, bool]:
-    """The caller's correlation id if it sent a valid one, else a fresh one (and whether valid)."""
-    for key, value in metadata or ():
-        if key == CORRELATION_ID_KEY:
+    # --- the parts ----------------------------------------------------------------------
+
+    def _begin(
+        self, context: grpc.ServicerContext, request: Any
+    ) -> tuple[FinishedCall, RequestContext]:
+        """Starts the call: correlation-id, then identity. A call refused here is
+        finished, and the context aborted (which raises)."""
+        correlation_id, correlation_ok = correlation_id_of(self._metadata)
+        context.send_initial_metadata(((CORRELATION_ID_KEY, correlation_id),))
+        call = FinishedCall(self._method, correlation_id, request=request)
+        try:
+            if not correlation_ok:
+                raise InvalidArgument.field(
+                    f"metadata {CORRELATION_ID_KEY}", "must be a UUID", "UUID_MALFORMED"
+                )
+            caller = identify(self._authenticator, context, self._method, self._metadata)
+        except Exception as error:
+            self._refuse(call, context, error)
+        call.caller = caller
+        return call, RequestContext(context, caller, correlation_id, self._method)
+
+    def _refuse(
+        self, call: FinishedCall, context: grpc.ServicerContext, error: Exception
+    ) -> NoReturn:
+        """Finishes ``call`` with the status ``error`` gives, then aborts (raises). A
+        handler that aborted by itself (health, reflection) keeps its own status."""
+        aborted_with = context.code()
+        if aborted_with is not None and not isinstance(error, KfrError):
+            self._observer.finish(call, aborted_with, _text(context.details()))
+            raise error
+        refusal = refusal_for(error, call.correlation_id)
+        self._observer.finish(call, refusal.code, refusal.message, refusal.rejections)
+        refusal.abort(context)
+        raise AssertionError("context.abort returned")  # it always raises
+
+    def _finish_answered(self, call: FinishedCall, context: grpc.ServicerContext) -> None:
+        """The handler answered: with the code it set (OK if none), unless the client
+        went away meanwhile."""
+        if context.is_active():
+            code = context.code() or grpc.StatusCode.OK
+            self._observer.finish(call, code, _text(context.details()))
+        else:
+            self._finish_gone(call, context)
+
+    def _finish_gone(self, call: FinishedCall, context: grpc.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed"
+        else:
+            code, message = grpc.StatusCode.CANCELLED, "the client went away"
+        self._observer.finish(call, code, message)
+
+    def _streamed(
+        self,
+        call: FinishedCall,
+        context: grpc.ServicerContext,
+        responses: Callable[[], Iterator[Any]],
+    ) -> Iterator[Any]:
+        """The response stream, finished when it ends, fails or is torn down (a stream
+        the client leaves is never iterated to its end: the callback finishes it)."""
+        context.add_callback(lambda: self._finish_gone(call, context))  # no-op once finished
+
+        def stream() -> Iterator[Any]:
             try:
-                return str(uuid.UUID(value)), True
-            except (ValueError, TypeError, AttributeError):
-                return str(uuid.uuid4()), False
-    return str(uuid.uuid4()), True
+                yield from responses()
+            except _ClientGone:
+                self._finish_gone(call, context)
+                return
+            except Exception as error:
+                self._refuse(call, context, error)
+            self._finish_answered(call, context)
+
+        return stream()
+
+
+def _text(details: bytes | str | None) -> str:
+    if isinstance(details, bytes):
+        return details.decode("utf-8", "replace")
+    return details or ""
+
+
+def _refuse_malformed(request: Any) -> Any:
+    if request is _MALFORMED:
+        raise InvalidArgument.field(
+            "request", "is not a valid protobuf message of the method's type", "MALFORMED"
+        )
+    return request
+
+
+def _well_formed(requests: Iterator[Any]) -> Iterator[Any]:
+    """The request stream: ``InvalidArgument`` at a message that does not decode, and
+    ``_ClientGone`` when the client cancels or its deadline passes."""
+    while True:
+        try:
+            request = next(requests)
+        except StopIteration:
+            return
+        except grpc.RpcError as error:
+            raise _ClientGone(error) from None
+        yield _refuse_malformed(request)
 
 
 class _Malformed:
@@ -260,43 +254,3 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
             return _MALFORMED
 
     return deserialize
-
-
-def _refuse_malformed(request: Any) -> Any:
-    if request is _MALFORMED:
-        raise InvalidArgument.field(
-            "request", "is not a valid protobuf message of the method's type", "MALFORMED"
-        )
-    return request
-
-
-def _well_formed_stream(behaviour: Callable) -> Callable:
-    """A request-streaming handler whose stream raises ``InvalidArgument`` at a bad message."""
-
-    def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        return behaviour((_refuse_malformed(request) for request in requests), context)
-
-    return handle
-
-
-def _streaming_responses(handle: Callable) -> Callable:
-    """Response-streaming calls (health Watch, reflection): the same checks, then the
-    stream; errors while streaming end it with their status."""
-
-    def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        responses = handle(request, context)
-        try:
-            yield from responses
-        except KfrError as error:
-            context.abort(*_status_for(error, "-"))
-
-    return stream
-
-
-# (handler attribute, handler factory, streams requests, streams responses)
-_HANDLER_KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler, False, False),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler, True, False),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler, False, True),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler, True, True),
-)

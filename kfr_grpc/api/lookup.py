@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
+from kfr_grpc.api.calls import RequestContext
 from kfr_grpc.api.convert import institution_to_pb, role_to_pb
-from kfr_grpc.api.interceptor import RequestContext
 from kfr_grpc.auth.policy import AccessPolicy
-from kfr_grpc.config import AgencyConfig
 from kfr_grpc.errors import InvalidArgument
 from kfr_grpc.register.service import Register
 
-NOT_ALLOWED_MANDATE = "(not allowed)"
 _ROLE_FILTERS = {pb.ROLE_FILTER_UNSPECIFIED, pb.ROLE_FILTER_ALL, pb.ROLE_FILTER_OWNER_ONLY}
 
 
@@ -22,7 +20,6 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
 
     def Lookup(self, request: pb.LookupRequest, context: RequestContext) -> pb.LookupResponse:
         agency = self._policy.agency(context.caller)
-        context.outcome.mandate = _counted_mandate(agency, request.legal_mandate)
         if request.role_filter not in _ROLE_FILTERS:
             raise InvalidArgument.field(
                 "role_filter", f"has unknown value {request.role_filter}", "ROLE_FILTER_UNKNOWN"
@@ -53,7 +50,6 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
         self, request: pb.LookupCollectionAccountRequest, context: RequestContext
     ) -> pb.LookupCollectionAccountResponse:
         agency = self._policy.agency(context.caller)
-        context.outcome.mandate = _counted_mandate(agency, request.legal_mandate)
         query = self._register.parse_collection_account_lookup(
             account_number=request.account_number,
             legal_mandate=request.legal_mandate,
@@ -64,8 +60,3 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
         return pb.LookupCollectionAccountResponse(
             institutions=[institution_to_pb(i) for i in institutions]
         )
-
-
-def _counted_mandate(agency: AgencyConfig, mandate: str) -> str:
-    """The mandate as the lookup counters record it: only ever a configured one."""
-    return mandate.strip() if mandate.strip() in agency.mandates else NOT_ALLOWED_MANDATE

@@ -1,57 +1,63 @@
-"""What the register keeps about calls once they are answered.
+"""What the register keeps about calls once they have ended.
 
-- InstitutionService calls: a request log record under the call's correlation-id, for the
-  institution's troubleshooting (``GetRequestLog``): time, method, institution, outcome,
-  counts, and the positions and reasons of rejected items. Never a customer ID.
+- InstitutionService calls the register carried out are recorded by the register itself,
+  in the transaction of their changes. A call refused before or inside the register
+  (and so changing nothing) is recorded here, in its own transaction: time, method,
+  institution, status, message and the positions and reasons of rejected items. Never a
+  customer ID.
 - LookupService calls: one tick of a counter per agency, mandate and outcome. Nothing
   about the person looked up, not the ID and not its pseudonym.
+- Every call: a count and a latency in the metrics, by method and status.
 """
 
 from __future__ import annotations
 
+import grpc
+
 from kfr_grpc._proto import kfr_pb2
-from kfr_grpc.api.interceptor import FinishedCall
-from kfr_grpc.clock import Clock
+from kfr_grpc.api.observability import FinishedCall
+from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.metrics import Metrics
-from kfr_grpc.register.model import RequestRecord
+from kfr_grpc.register.model import CallInfo
 from kfr_grpc.register.service import Register
 from kfr_grpc.register.statistics import LookupStatistics
 
-_INSTITUTION_SERVICE = kfr_pb2.DESCRIPTOR.services_by_name["InstitutionService"].full_name
-_LOOKUP_SERVICE = kfr_pb2.DESCRIPTOR.services_by_name["LookupService"].full_name
+INSTITUTION_SERVICE = kfr_pb2.DESCRIPTOR.services_by_name["InstitutionService"].full_name
+LOOKUP_SERVICE = kfr_pb2.DESCRIPTOR.services_by_name["LookupService"].full_name
 UNKNOWN_MANDATE = "(none)"
-_MAX_REJECTED_RECORDED = 1000
+NOT_ALLOWED_MANDATE = "(not allowed)"
 
 
 class RegisterRecorder:
-    def __init__(self, register: Register, statistics: LookupStatistics, clock: Clock) -> None:
+    def __init__(
+        self, register: Register, statistics: LookupStatistics, policy: AccessPolicy
+    ) -> None:
         self._register = register
         self._statistics = statistics
-        self._clock = clock
+        self._policy = policy
 
     def record(self, call: FinishedCall) -> None:
         if call.caller is None:
             return  # no identity: nobody could ever ask for this record
-        service = call.method.strip("/").split("/", 1)[0]
-        if service == _INSTITUTION_SERVICE:
-            self._register.record_request(self._request_record(call))
-        elif service == _LOOKUP_SERVICE:
-            mandate = call.outcome.mandate or UNKNOWN_MANDATE
-            self._statistics.count(call.caller.org_number, mandate, call.code.name)
+        if call.service == INSTITUTION_SERVICE and call.code is not grpc.StatusCode.OK:
+            info = CallInfo(
+                call.correlation_id, call.method, call.caller.org_number, call.caller.supplier
+            )
+            self._register.record_refusal(info, call.code.name, call.message, call.rejections)
+        elif call.service == LOOKUP_SERVICE:
+            self._statistics.count(call.caller.org_number, self._mandate(call), call.code.name)
 
-    def _request_record(self, call: FinishedCall) -> RequestRecord:
+    def _mandate(self, call: FinishedCall) -> str:
+        """The mandate as the counters record it: only ever one configured for the agency."""
+        mandate = getattr(call.request, "legal_mandate", None)
+        if not isinstance(mandate, str) or not mandate.strip():
+            return UNKNOWN_MANDATE
         assert call.caller is not None
-        return RequestRecord(
-            correlation_id=call.correlation_id,
-            time=self._clock.now(),
-            method=call.method,
-            institution=call.caller.org_number,
-            supplier=call.caller.supplier,
-            status=call.code.name,
-            message=call.message,
-            counts=dict(call.outcome.counts),
-            rejected=(call.violations or call.outcome.rejected)[:_MAX_REJECTED_RECORDED],
-        )
+        if not self._policy.is_agency(call.caller):
+            return UNKNOWN_MANDATE
+        if self._policy.allows_mandate(call.caller, mandate.strip()):
+            return mandate.strip()
+        return NOT_ALLOWED_MANDATE
 
 
 class MetricsRecorder:

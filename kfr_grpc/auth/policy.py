@@ -51,6 +51,14 @@ class AccessPolicy:
             )
         return agency
 
+    def allows_mandate(self, caller: Caller, legal_mandate: str) -> bool:
+        """Whether ``caller`` is an agency allowed to invoke ``legal_mandate``."""
+        agency = self._agencies.get(caller.org_number)
+        return agency is not None and legal_mandate in agency.mandates
+
+    def is_agency(self, caller: Caller) -> bool:
+        return caller.org_number in self._agencies
+
     @staticmethod
     def require_mandate(agency: AgencyConfig, legal_mandate: str) -> None:
         if legal_mandate not in agency.mandates:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -28,9 +27,8 @@ from kfr_grpc.config import host_port
 from kfr_grpc.dev.setup import SIGNING_KEY_NAME, TEST_AGENCY_ORG, DevSetup
 from kfr_grpc.doctor import ClientIdentity, Status, examine
 from kfr_grpc.keyring import Keyring
-from kfr_grpc.server import KfrServer
-from kfr_grpc.store import backup as backups
-from kfr_grpc.store import keys as key_rotation
+from kfr_grpc.server import build_server
+from kfr_grpc.store.lmdb_store import restore as restore_store
 from kfr_grpc.supervisor import Supervisor
 
 # --- server --------------------------------------------------------------------------------
@@ -52,23 +50,25 @@ def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
         logging.getLogger("kfr.server").info(
             "malloc: %s", ", ".join(f"{name}={value}" for name, value in tuned.items())
         )
-    if worker_index and config.metrics_listen:  # each worker its own metrics port
-        host, port = host_port(config.metrics_listen)
+    if worker_index and config.metrics.listen:  # each worker its own metrics port
+        host, port = host_port(config.metrics.listen)
         shifted = port + worker_index if port else 0
-        config = dataclasses.replace(config, metrics_listen=f"{host}:{shifted}")
+        metrics = config.metrics.model_copy(update={"listen": f"{host}:{shifted}"})
+        config = config.model_copy(update={"metrics": metrics})
     if workers > 1:
         if config.listen.rsplit(":", 1)[-1] == "0":
             fail("--workers needs a fixed port in listen, not port 0")
-        sys.exit(Supervisor(config.path, workers, config.grace_seconds).run())
+        sys.exit(Supervisor(config.path, workers, config.server.grace_seconds).run())
     with kfr_errors():
-        server = KfrServer(
+        server = build_server(
             config, shared_port=worker_index is not None, run_retention=not worker_index
         )
     stopping, reloading = threading.Event(), threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: reloading.set())
-    server.start()
+    with kfr_errors():
+        server.start()
     while not stopping.wait(0.2):
         if reloading.is_set():
             reloading.clear()
@@ -102,7 +102,7 @@ def keys_rotate(pseudonym: bool, config_path: Path) -> None:
     """Add a new key version; new writes use it at once (the server too, no restart)."""
     config = load(config_path)
     with opened_store(config) as store, kfr_errors():
-        version = key_rotation.rotate(store, config.keyring, pseudonym=pseudonym)
+        version = store.rotate_key(pseudonym=pseudonym)
     purpose, follow_up = ("pseudonym", "repseudonymise") if pseudonym else ("seal", "reseal")
     click.echo(f"{purpose} key version {version} added to {config.keyring} and in use")
     click.echo(f"back up the keyring now; then run `kfr keys {follow_up}` to move old data")
@@ -114,10 +114,9 @@ def keys_reseal(config_path: Path) -> None:
     """Re-seal every value with the current seal key, then retire unused key versions."""
     config = load(config_path)
     with opened_store(config) as store, kfr_errors():
-        with store.read() as view:
-            total = view.sealed_value_count()
+        total = store.sealed_value_count()
         with click.progressbar(length=total, label="re-sealing", file=sys.stderr) as bar:
-            result = key_rotation.reseal(store, config.keyring, progress=bar.update)
+            result = store.reseal(bar.update)
     click.echo(f"looked at {result.examined} values, re-sealed {result.changed}")
     click.echo(f"retired seal key versions: {_versions(result.retired)}")
 
@@ -135,7 +134,7 @@ def keys_repseudonymise(config_path: Path) -> None:
         with store.read() as view:
             total = view.relationship_count()
         with click.progressbar(length=total, label="re-pseudonymising", file=sys.stderr) as bar:
-            result = key_rotation.repseudonymise(store, config.keyring, progress=bar.update)
+            result = store.repseudonymise(bar.update)
     click.echo(f"moved {result.changed} relationships to the current pseudonym key")
     if not result.finished:
         fail("new writes under old keys arrived meanwhile; run the command again to finish")
@@ -173,7 +172,7 @@ def institutions_add(org_number: str, name: str, config_path: Path) -> None:
 @CONFIG_OPTION
 def institutions_list(config_path: Path) -> None:
     """List institutions: org number, registered, closed (or -), name."""
-    with operations(config_path) as ops, kfr_errors():
+    with operations(config_path, readonly=True) as ops, kfr_errors():
         for institution in ops.institutions():
             closed = institution.closed_on.isoformat() if institution.closed_on else "-"
             registered = institution.registered_on.isoformat()
@@ -190,8 +189,8 @@ def institutions_close(org_number: str, day: str, config_path: Path) -> None:
     It can no longer report; lookups show its history until retention removes it.
     """
     with operations(config_path) as ops, kfr_errors():
-        result = ops.close_institution(org_number, day)
-    click.echo(f"closed {org_number} on {day}: {result.ended} active relationships ended")
+        ended = ops.close_institution(org_number, day)
+    click.echo(f"closed {org_number} on {day}: {ended} active relationships ended")
 
 
 @institutions.command("collection-accounts")
@@ -209,13 +208,11 @@ def institutions_collection_accounts(
         fail("give --set ACCOUNT... or --clear")
     if (replace and not accounts) or (accounts and not replace):
         fail("give --set ACCOUNT... (at least one account), or --clear")
-    with operations(config_path) as ops, kfr_errors():
+    with operations(config_path, readonly=not (replace or clear)) as ops, kfr_errors():
         if replace or clear:
             institution = ops.set_collection_accounts(org_number, accounts)
         else:
-            institution = next((i for i in ops.institutions() if i.org_number == org_number), None)
-            if institution is None:
-                fail(f"institution {org_number} is not registered")
+            institution = ops.institution(org_number)
     for account in institution.collection_accounts:
         click.echo(account)
 
@@ -279,7 +276,7 @@ def _doctor_identity(
 @CONFIG_OPTION
 def purge(dry_run: bool, config_path: Path) -> None:
     """Remove periods that ended more than ten years ago, and expired request records."""
-    with operations(config_path) as ops, kfr_errors():
+    with operations(config_path, readonly=dry_run) as ops, kfr_errors():
         result = ops.purge(dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(
@@ -300,8 +297,8 @@ def backup(destination: Path, config_path: Path) -> None:
     config = load(config_path)
     if destination.resolve().is_relative_to(config.data_dir):
         fail("the backup destination must not lie inside data_dir")
-    with opened_store(config) as store, kfr_errors():
-        result = backups.backup(store, destination, store.keyring)
+    with opened_store(config, readonly=True) as store, kfr_errors():
+        result = store.backup(destination)
     click.echo(
         f"backup in {result.path}: {result.bytes} bytes, {result.relationships} relationships, "
         f"{result.institutions} institutions (keyring {store.keyring.id}, not included)"
@@ -316,7 +313,7 @@ def restore(source: Path, config_path: Path) -> None:
     config = load(config_path)
     with kfr_errors():
         keyring = Keyring.load(config.keyring)
-        result, kept_aside = backups.restore(source, config.data_dir, keyring)
+        result, kept_aside = restore_store(source, config.data_dir, keyring)
     if kept_aside is not None:
         click.echo(f"the previous store was moved to {kept_aside}")
     click.echo(
@@ -330,7 +327,7 @@ def restore(source: Path, config_path: Path) -> None:
 def lookup_counts(config_path: Path) -> None:
     """Agency lookups per day, agency, mandate and outcome (all that lookups leave behind)."""
     config = load(config_path)
-    with opened_store(config) as store, kfr_errors(), store.read() as view:
-        for day, agency, mandate, counts in view.lookup_counts():
-            outcome = " ".join(f"{status}={count}" for status, count in sorted(counts.items()))
-            click.echo(f"{day.isoformat()}\t{agency}\t{mandate}\t{outcome}")
+    with opened_store(config, readonly=True) as store, kfr_errors(), store.read() as view:
+        for count in view.lookup_counts():
+            outcome = " ".join(f"{status}={n}" for status, n in sorted(count.by_status.items()))
+            click.echo(f"{count.day.isoformat()}\t{count.agency}\t{count.mandate}\t{outcome}")

@@ -14,7 +14,7 @@ from kfr_grpc.config import Config, load_config
 from kfr_grpc.errors import KfrError
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.server import open_store, operations_for
-from kfr_grpc.store import Store
+from kfr_grpc.store import LmdbStore
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -60,10 +60,11 @@ def load(config_path: Path) -> Config:
 
 
 @contextmanager
-def opened_store(config: Config) -> Iterator[Store]:
-    """The configured store, following keyring rotations, closed afterwards."""
+def opened_store(config: Config, *, readonly: bool = False) -> Iterator[LmdbStore]:
+    """The configured store, following keyring rotations, closed afterwards.
+    ``readonly``: for commands that only read (they write nothing to the data directory)."""
     with kfr_errors():
-        store = open_store(config, follow_keyring=True)
+        store = open_store(config, follow_keyring=True, readonly=readonly)
         try:
             yield store
         finally:
@@ -71,7 +72,7 @@ def opened_store(config: Config) -> Iterator[Store]:
 
 
 @contextmanager
-def operations(config_path: Path) -> Iterator[Operations]:
+def operations(config_path: Path, *, readonly: bool = False) -> Iterator[Operations]:
     config = load(config_path)
-    with opened_store(config) as store:
+    with opened_store(config, readonly=readonly) as store:
         yield operations_for(config, store, SystemClock())

@@ -1,20 +1,43 @@
-"""The register's plain data types. No gRPC, no protobuf, no LMDB."""
+"""The register's plain data types. No gRPC, no protobuf, no storage engine.
+
+Enums here are the register's own: the wire (``api.convert``) and the disk
+(``store.codec``) each map them explicitly to their own numbers.
+"""
 
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from kfr_grpc.errors import FieldViolation
+from kfr_grpc.errors import Rejection
 from kfr_grpc.register.customer_ids import CustomerId
 
 
 class Role(enum.Enum):
     """The customer's role in a relationship."""
 
-    OWNER = 1
-    DISPONENT = 2
+    OWNER = "owner"
+    DISPONENT = "disponent"
+
+
+ROLES_IN_ORDER = (Role.OWNER, Role.DISPONENT)  # how answers list them: owner first
+
+
+def in_role_order(roles: set[Role] | tuple[Role, ...]) -> tuple[Role, ...]:
+    return tuple(role for role in ROLES_IN_ORDER if role in roles)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownRole:
+    """A role number the caller sent that the contract does not define (rejected by
+    validation, with every other bad field of the request)."""
+
+    number: int
+
+
+RoleChoice = Role | UnknownRole | None  # None: not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +61,10 @@ class Period:
 
 # Every period of one (customer, institution, role), oldest first; only the last can be active.
 History = tuple[Period, ...]
+
+
+def is_active(history: History) -> bool:
+    return bool(history) and history[-1].end is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +110,49 @@ class RequestRecord:
     status: str
     message: str
     counts: dict[str, int] = field(default_factory=dict)
-    rejected: tuple[FieldViolation, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+
+
+# Rejected items a request record keeps (the count of all of them is in the message).
+MAX_REJECTIONS_RECORDED = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """An institution's call as its request record names it: under which correlation-id,
+    which method, for which institution and through which vendor. The register writes
+    the record of a call it carried out in the same transaction as the call's changes."""
+
+    correlation_id: str
+    method: str
+    institution: str
+    supplier: str | None = None
+
+    @classmethod
+    def new(cls, institution: str, method: str = "register") -> CallInfo:
+        """A call under a fresh correlation-id (operator tools, tests)."""
+        return cls(str(uuid.uuid4()), method, institution)
+
+    def record(
+        self,
+        time: datetime,
+        status: str,
+        message: str = "",
+        *,
+        counts: dict[str, int] | None = None,
+        rejected: tuple[Rejection, ...] = (),
+    ) -> RequestRecord:
+        return RequestRecord(
+            correlation_id=self.correlation_id,
+            time=time,
+            method=self.method,
+            institution=self.institution,
+            supplier=self.supplier,
+            status=status,
+            message=message,
+            counts=dict(counts or {}),
+            rejected=rejected[:MAX_REJECTIONS_RECORDED],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +170,24 @@ class ReportResult:
     registered: int
     already_registered: int
 
+    def counts(self) -> dict[str, int]:
+        return {"registered": self.registered, "already_registered": self.already_registered}
+
 
 @dataclass(frozen=True, slots=True)
 class EndResult:
     ended: int
     already_ended: int
+
+    def counts(self) -> dict[str, int]:
+        return {"ended": self.ended, "already_ended": self.already_ended}
+
+
+@dataclass(frozen=True, slots=True)
+class LookupCount:
+    """Agency lookups on one day under one mandate, by outcome."""
+
+    day: date
+    agency: str
+    mandate: str
+    by_status: dict[str, int]

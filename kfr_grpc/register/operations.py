@@ -3,40 +3,29 @@ and retention (purging what the agreement says must go)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
-from typing import TypeVar
 
 from kfr_grpc.clock import Clock
-from kfr_grpc.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from kfr_grpc.errors import AlreadyExists, InvalidArgument, NotFound, Rejection
 from kfr_grpc.register.customer_ids import parse_org_number
-from kfr_grpc.register.model import Institution
+from kfr_grpc.register.model import Institution, StoredHistory
 from kfr_grpc.register.periods import end_period
-from kfr_grpc.register.retention import (
-    kept_after_retention,
-    retention_cutoff,
-    without_periods_ended_on,
-)
+from kfr_grpc.register.retention import kept_after_retention, retention_cutoff
+from kfr_grpc.register.storage import ReadTxn, Storage, WriteTxn
 from kfr_grpc.register.values import (
     InvalidValue,
-    Violations,
+    Rejections,
     parse_account_number,
     parse_date,
+    parse_or_raise,
     require_text,
 )
-from kfr_grpc.store import Store, StoreTxn, StoreView
-
-_T = TypeVar("_T")
 
 DEFAULT_REQUEST_LOG_DAYS = 90
 _PURGE_BATCH = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class ClosureResult:
-    ended: int  # active relationships made historical
-    examined: int  # relationships of the institution looked at
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +36,27 @@ class PurgeResult:
     request_records_removed: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Expired:
+    """What retention takes: periods, and relationships left with none."""
+
+    periods: int = 0
+    relationships: int = 0
+
+    def plus(self, stored: StoredHistory, cutoff: date) -> _Expired:
+        kept = kept_after_retention(stored.periods, cutoff)
+        return _Expired(
+            self.periods + len(stored.periods) - len(kept), self.relationships + (not kept)
+        )
+
+
 class Operations:
-    """Operator commands over a ``Store``; each runs in its own transaction(s)."""
+    """Operator commands over a ``Storage``; each runs in its own transaction(s)."""
 
     def __init__(
-        self, store: Store, clock: Clock, *, request_log_days: int = DEFAULT_REQUEST_LOG_DAYS
+        self, storage: Storage, clock: Clock, *, request_log_days: int = DEFAULT_REQUEST_LOG_DAYS
     ) -> None:
-        self._store = store
+        self._storage = storage
         self._clock = clock
         self._request_log_days = request_log_days
 
@@ -64,11 +67,12 @@ class Operations:
 
         Idempotent: adding an institution again under the same name changes nothing.
         """
-        violations = Violations()
-        org = violations.parse("org_number", parse_org_number, org_number)
-        clean_name = violations.parse("name", require_text, name)
-        violations.raise_if_any()
-        with self._store.write() as txn:
+        rejections = Rejections()
+        org = rejections.parse("org_number", parse_org_number, org_number)
+        clean_name = rejections.parse("name", require_text, name)
+        rejections.raise_if_any()
+
+        def work(txn: WriteTxn) -> tuple[Institution, bool]:
             existing = txn.institution(org)
             if existing is not None and existing.name == clean_name:
                 return existing, False
@@ -76,54 +80,55 @@ class Operations:
                 raise AlreadyExists(f"institution {org} is already registered as {existing.name!r}")
             institution = Institution(org, clean_name, self._clock.today())
             txn.put_institution(institution)
-        return institution, True
+            return institution, True
+
+        return self._storage.write(work)
 
     def institutions(self) -> list[Institution]:
-        with self._store.read() as view:
+        with self._storage.read() as view:
             return list(view.institutions())
 
-    def close_institution(self, org_number: str, day: str) -> ClosureResult:
+    def institution(self, org_number: str) -> Institution:
+        org = parse_or_raise("org_number", parse_org_number, org_number)
+        with self._storage.read() as view:
+            return _existing(view, org)
+
+    def close_institution(self, org_number: str, day: str) -> int:
         """The institution ceased to exist on ``day``: every active relationship becomes
         historical with that end date, in one transaction, and it can no longer report.
+        Returns how many relationships that ended.
 
         Costs what the institution has (its index), not what the register holds.
         """
-        org = _parse_or_raise("org_number", parse_org_number, org_number)
-        closed_on = _parse_or_raise("date", parse_date, day, self._clock.today())
-        with self._store.write() as txn:
+        org = parse_or_raise("org_number", parse_org_number, org_number)
+        closed_on = parse_or_raise("date", parse_date, day, self._clock.today())
+
+        def work(txn: WriteTxn) -> int:
             institution = _existing(txn, org)
             if institution.closed_on is not None:
                 raise AlreadyExists(
                     f"institution {org} was already closed on {institution.closed_on.isoformat()}"
                 )
-            ended = examined = 0
-            for stored in txn.institution_histories(org):
-                examined += 1
-                try:
-                    history, changed = end_period(stored.periods, closed_on)
-                except InvalidValue:
-                    raise InvalidArgument.field(
-                        "date",
-                        "is before the start of an active relationship of the institution",
-                        "END_BEFORE_START",
-                    ) from None
-                if changed:
-                    txn.put_history(stored.customer, org, stored.role, history)
-                    ended += 1
+            ended = sum(
+                _end_at_closure(txn, stored, closed_on) for stored in txn.institution_histories(org)
+            )
             txn.put_institution(replace(institution, closed_on=closed_on))
-        return ClosureResult(ended=ended, examined=examined)
+            return ended
+
+        return self._storage.write(work)
 
     def set_collection_accounts(self, org_number: str, accounts: Sequence[str]) -> Institution:
         """Replaces the institution's list of collection account numbers."""
-        org = _parse_or_raise("org_number", parse_org_number, org_number)
-        violations = Violations()
+        org = parse_or_raise("org_number", parse_org_number, org_number)
+        rejections = Rejections()
         parsed = [
-            violations.parse(f"accounts[{index}]", parse_account_number, account)
+            rejections.parse(f"accounts[{index}]", parse_account_number, account)
             for index, account in enumerate(accounts)
         ]
-        violations.raise_if_any()
+        rejections.raise_if_any()
         wanted = tuple(dict.fromkeys(parsed))
-        with self._store.write() as txn:
+
+        def work(txn: WriteTxn) -> Institution:
             institution = _existing(txn, org)
             for account in wanted:
                 owner = txn.collection_account_owner(account)
@@ -137,7 +142,9 @@ class Operations:
                 txn.put_collection_account(account, org)
             updated = replace(institution, collection_accounts=wanted)
             txn.put_institution(updated)
-        return updated
+            return updated
+
+        return self._storage.write(work)
 
     # --- retention ------------------------------------------------------------------------------
 
@@ -145,76 +152,73 @@ class Operations:
         """Deletes periods that ended more than ten years ago (relationships left without
         periods disappear) and request log records past their retention.
 
-        Costs what it removes: it walks the index of ended periods up to the cutoff, one
-        entry per period to remove. With ``dry_run`` it only counts.
+        Costs what it removes: the store yields only relationships with an expired period.
+        With ``dry_run`` it only counts.
         """
-        today = self._clock.today()
-        cutoff = retention_cutoff(today)
-        periods = relationships = 0
-        after: bytes | None = None
-        while True:
-            with self._store.read() if dry_run else self._store.write() as txn:
-                batch = txn.ended_entries(cutoff, after, _PURGE_BATCH)
-                for index_key, day, key in batch:
-                    removed, emptied = _expire(txn, index_key, key, day, cutoff, dry_run=dry_run)
-                    periods += removed
-                    relationships += emptied
-            if len(batch) < _PURGE_BATCH:
-                break
-            if dry_run:  # nothing was deleted: go on after this batch
-                after = batch[-1][0]
+        cutoff = retention_cutoff(self._clock.today())
+        expired = self._count_expired(cutoff) if dry_run else self._remove_expired(cutoff)
         records = self._expire_request_log(self._clock.now(), apply=not dry_run)
-        return PurgeResult(cutoff, periods, relationships, records)
+        return PurgeResult(cutoff, expired.periods, expired.relationships, records)
+
+    def _count_expired(self, cutoff: date) -> _Expired:
+        total = _Expired()
+        with self._storage.read() as view:
+            for stored in view.expired(cutoff):
+                total = total.plus(stored, cutoff)
+        return total
+
+    def _remove_expired(self, cutoff: date) -> _Expired:
+        def batch(txn: WriteTxn) -> tuple[_Expired, int]:
+            removed = _Expired()
+            found = list(itertools.islice(txn.expired(cutoff), _PURGE_BATCH))
+            for stored in found:
+                kept = kept_after_retention(stored.periods, cutoff)
+                txn.put_history(stored.customer, stored.institution, stored.role, kept)
+                removed = removed.plus(stored, cutoff)
+            return removed, len(found)
+
+        total = _Expired()
+        while True:
+            removed, looked_at = self._storage.write(batch)
+            total = _Expired(
+                total.periods + removed.periods, total.relationships + removed.relationships
+            )
+            if looked_at < _PURGE_BATCH:
+                return total
 
     def _expire_request_log(self, now: datetime, *, apply: bool) -> int:
         before = now - timedelta(days=self._request_log_days)
         if not apply:
-            with self._store.read() as view:
+            with self._storage.read() as view:
                 return view.count_request_records_before(before)
         total = 0
         while True:
-            with self._store.write() as txn:
-                expired = txn.expire_request_records(before, _PURGE_BATCH)
+            expired = self._storage.write(
+                lambda txn: txn.expire_request_records(before, _PURGE_BATCH)
+            )
             total += expired
             if expired < _PURGE_BATCH:
                 return total
 
 
-def _expire(
-    txn: StoreView, index_key: bytes, key: bytes, day: date, cutoff: date, *, dry_run: bool
-) -> tuple[int, int]:
-    """Removes the periods of one relationship that ended on ``day`` (before the cutoff).
-
-    Returns how many periods that removes, and 1 if the relationship is left with none.
-    """
-    stored = txn.stored_history(key)
-    remaining = without_periods_ended_on(stored.periods, day)
-    removed = len(stored.periods) - len(remaining)
-    if not dry_run:
-        assert isinstance(txn, StoreTxn)
-        if removed:
-            txn.put_history(stored.customer, stored.institution, stored.role, remaining)
-        else:
-            txn.drop_ended_entry(index_key)  # an entry without its period: never expected
-        return removed, int(removed > 0 and not remaining)
-    # Counting only: the relationship goes once its last expired period is counted.
-    expired_ends = [p.end for p in stored.periods if p.end is not None and p.end < cutoff]
-    emptied = not kept_after_retention(stored.periods, cutoff) and day == max(expired_ends)
-    return removed, int(emptied)
+def _end_at_closure(txn: WriteTxn, stored: StoredHistory, closed_on: date) -> bool:
+    try:
+        history, changed = end_period(stored.periods, closed_on)
+    except InvalidValue:
+        raise InvalidArgument.field(
+            "date",
+            "is before the start of an active relationship of the institution",
+            "END_BEFORE_START",
+        ) from None
+    if changed:
+        txn.put_history(stored.customer, stored.institution, stored.role, history)
+    return changed
 
 
-def _existing(txn: StoreTxn, org: str) -> Institution:
-    institution = txn.institution(org)
+def _existing(view: ReadTxn, org: str) -> Institution:
+    institution = view.institution(org)
     if institution is None:
         raise NotFound(
-            [FieldViolation("org_number", f"institution {org} is not registered", "NOT_FOUND")]
+            [Rejection("org_number", f"institution {org} is not registered", "NOT_FOUND")]
         )
     return institution
-
-
-def _parse_or_raise(field: str, parser: Callable[..., _T], *args: object) -> _T:
-    violations = Violations()
-    value = violations.parse(field, parser, *args)
-    violations.raise_if_any()
-    assert value is not None
-    return value

@@ -21,9 +21,5 @@ def retention_cutoff(today: date) -> date:
         return today.replace(year=today.year - RETENTION_YEARS, day=28)
 
 
-def without_periods_ended_on(history: History, day: date) -> History:
-    return tuple(period for period in history if period.end != day)
-
-
 def kept_after_retention(history: History, cutoff: date) -> History:
     return tuple(period for period in history if period.end is None or period.end >= cutoff)

@@ -1,9 +1,11 @@
-"""The register's use cases: reporting, ending, listing and looking up relationships.
+"""The register's use cases for institutions and agencies: reporting, ending, listing and
+looking up relationships, and the request log.
 
 Requests arrive as plain values (strings for IDs and dates, exactly as the caller sent
-them). Each use case validates every item first and reports every bad one in a single
-``InvalidArgument``; only then does it open one write transaction, so a request is
-applied entirely or not at all.
+them). Each write validates every item first, reporting every bad field in a single
+``InvalidArgument``, and then runs in one write transaction, which also holds the call's
+request record: a call is applied entirely, with its record, or not at all. A call that
+fails leaves nothing; its caller records the refusal (``record_refusal``).
 """
 
 from __future__ import annotations
@@ -15,46 +17,53 @@ from dataclasses import dataclass
 from datetime import date
 
 from kfr_grpc.clock import Clock
-from kfr_grpc.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from kfr_grpc.errors import NotFound, PermissionDenied, Rejection
+from kfr_grpc.register.bulk import STREAM, BulkLoad, ChunkOutcome
 from kfr_grpc.register.customer_ids import CustomerId, parse_customer_id
 from kfr_grpc.register.model import (
+    ROLES_IN_ORDER,
+    CallInfo,
     EndResult,
     Institution,
     InstitutionRelation,
     ReportResult,
     RequestRecord,
     Role,
+    RoleChoice,
     RoleHistory,
+    UnknownRole,
+    in_role_order,
 )
 from kfr_grpc.register.periods import end_period, start_period
 from kfr_grpc.register.reports import (
-    ItemProblem,
     ParsedReport,
     ReportItem,
     Row,
     ValidatedReports,
+    ValidatedRows,
+    check_batch_size,
     validate_reports,
     validate_rows,
 )
+from kfr_grpc.register.storage import ReadTxn, Storage, WriteTxn
 from kfr_grpc.register.values import (
     InvalidValue,
-    Violations,
+    Rejections,
     parse_account_number,
     parse_date,
     parse_uuid,
     require_text,
 )
-from kfr_grpc.store import Store, StoreTxn, StoreView
 
-MAX_ITEMS_PER_CALL = 1000
+__all__ = ["EndItem", "Register", "ReportItem"]
 
-__all__ = ["EndItem", "ItemProblem", "Register", "ReportItem"]
+_NO_SUCH_RELATIONSHIP = "no such relationship at this institution (never reported, or removed)"
 
 
 @dataclass(frozen=True, slots=True)
 class EndItem:
     customer_id: str
-    role: Role | None  # None: every role the customer holds at the institution
+    role: RoleChoice  # None: every role the customer holds at the institution
     end_date: str = ""
 
 
@@ -80,27 +89,19 @@ class CollectionAccountQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkResult:
-    """One chunk of a bulk load: what was written and what was rejected."""
-
-    registered: int
-    already_registered: int
-    rejected: list[ItemProblem]
-
-
-@dataclass(frozen=True, slots=True)
 class _ParsedEnd:
+    index: int  # in the request
     customer: CustomerId
     roles: tuple[Role, ...]
     end: date
 
 
 class Register:
-    """The register's rules over a ``Store``. Thread-safe; its only state is a memo of
+    """The register's rules over a ``Storage``. Thread-safe; its only state is a memo of
     institution names."""
 
-    def __init__(self, store: Store, clock: Clock, *, test_mode: bool) -> None:
-        self._store = store
+    def __init__(self, storage: Storage, clock: Clock, *, test_mode: bool) -> None:
+        self._storage = storage
         self._clock = clock
         self._test_mode = test_mode
         # An institution's name never changes once registered (adding it again under
@@ -109,31 +110,89 @@ class Register:
 
     # --- institution service ------------------------------------------------------------
 
-    def report(self, institution: str, items: Sequence[ReportItem]) -> ReportResult:
-        """Registers relationships for ``institution``: all of them, or none."""
-        self._require_registered(institution, open_for_reports=True)
-        _check_batch_size("relationships", items)
+    def report(self, call: CallInfo, items: Sequence[ReportItem]) -> ReportResult:
+        """Registers relationships for ``call.institution``: all of them, or none."""
         validated = self.validate_reports(items)
-        if validated.problems:
-            raise InvalidArgument([p.violation("relationships") for p in validated.problems])
-        parsed = validated.parsed
-        with self._store.write() as txn:
-            _require_registered_in(txn, institution, open_for_reports=True)
-            registered, conflicts = _apply_reports(txn, institution, parsed)
-            if conflicts:
-                raise InvalidArgument([problem.violation("relationships") for problem in conflicts])
-        return ReportResult(registered=registered, already_registered=len(parsed) - registered)
 
-    def report_chunk(self, institution: str, items: Sequence[ReportItem]) -> ChunkResult:
-        """One chunk of a bulk load: writes the valid items in one transaction and rejects
-        the others item by item (the unary ``report`` is all or nothing instead)."""
-        check_chunk_size(items)
-        return self.apply_chunk(institution, self.validate_reports(items))
+        def work(txn: WriteTxn) -> ReportResult:
+            _require_open_for_reports(txn, call.institution)
+            check_batch_size("relationships", items)
+            _raise_rejections(validated.rejections, "relationships")
+            registered, conflicts = _apply_reports(txn, call.institution, validated.parsed)
+            _raise_rejections(conflicts, "relationships")
+            result = ReportResult(registered, len(items) - registered)
+            txn.put_request_record(call.record(self._clock.now(), "OK", counts=result.counts()))
+            return result
+
+        return self._storage.write(work)
+
+    def end(self, call: CallInfo, items: Sequence[EndItem]) -> EndResult:
+        """Ends relationships of ``call.institution``: all of them, or none."""
+        parsed = self._parse_end(items)
+
+        def work(txn: WriteTxn) -> EndResult:
+            _require_open_for_reports(txn, call.institution)
+            check_batch_size("endings", items)
+            parsed.raise_if_any("endings")
+            ended = _apply_endings(txn, call.institution, parsed.items)
+            result = EndResult(ended, len(items) - ended)
+            txn.put_request_record(call.record(self._clock.now(), "OK", counts=result.counts()))
+            return result
+
+        return self._storage.write(work)
+
+    def list_own(self, call: CallInfo, customer_id: str) -> list[RoleHistory]:
+        """The institution's own role histories with one customer, owner first."""
+        rejections = Rejections()
+        customer = rejections.parse("customer_id", self._parse_customer, customer_id)
+        with self._storage.read() as view:
+            _require_registered(view, call.institution)
+            rejections.raise_if_any()
+            histories = list(view.relationships(customer, call.institution))
+        histories.sort(key=lambda history: ROLES_IN_ORDER.index(history.role))
+        counts = {"relationships": len(histories)}
+        self._storage.write(
+            lambda txn: txn.put_request_record(call.record(self._clock.now(), "OK", counts=counts))
+        )
+        return histories
+
+    def request_log(self, call: CallInfo, correlation_id: str) -> list[RequestRecord]:
+        """The records of the institution's calls under ``correlation_id``, oldest first."""
+        rejections = Rejections()
+        parsed = rejections.parse("correlation_id", parse_uuid, correlation_id)
+        with self._storage.read() as view:
+            _require_registered(view, call.institution)
+            rejections.raise_if_any()
+            records = view.request_records(str(parsed))
+        own = [record for record in records if record.institution == call.institution]
+        if not own:
+            raise NotFound(
+                [
+                    Rejection(
+                        "correlation_id", "no call of your institution is recorded under it",
+                        "NOT_FOUND",
+                    )
+                ]
+            )  # fmt: skip
+        counts = {"records": len(own)}
+        self._storage.write(
+            lambda txn: txn.put_request_record(call.record(self._clock.now(), "OK", counts=counts))
+        )
+        return own
+
+    def record_refusal(
+        self, call: CallInfo, status: str, message: str, rejected: tuple[Rejection, ...] = ()
+    ) -> None:
+        """Records a call that was refused (and so changed nothing), in its own transaction."""
+        record = call.record(self._clock.now(), status, message, rejected=rejected)
+        self._storage.write(lambda txn: txn.put_request_record(record))
+
+    # --- bulk load ----------------------------------------------------------------------
 
     def validate_reports(self, items: Sequence[ReportItem]) -> ValidatedReports:
         return validate_reports(items, allow_synthetic=self._test_mode, today=self._clock.today())
 
-    def row_validator(self) -> Callable[[Sequence[Row]], tuple[list, list]]:
+    def row_validator(self) -> Callable[[Sequence[Row]], ValidatedRows]:
         """``validate_rows`` with this register's settings, picklable: a bulk load runs it
         in a helper process (then ``ValidatedReports.from_rows`` and ``apply_chunk``)."""
         return functools.partial(
@@ -142,57 +201,34 @@ class Register:
             today_ordinal=self._clock.today().toordinal(),
         )
 
-    def apply_chunk(self, institution: str, validated: ValidatedReports) -> ChunkResult:
-        """Writes the valid items of a validated chunk in one transaction."""
-        with self._store.write() as txn:
-            _require_registered_in(txn, institution, open_for_reports=True)
-            registered, conflicts = _apply_reports(txn, institution, validated.parsed)
-        valid = sum(item is not None for item in validated.parsed) - len(conflicts)
-        rejected = sorted(validated.problems + conflicts, key=lambda problem: problem.index)
-        return ChunkResult(registered, valid - registered, rejected)
+    def apply_chunk(
+        self, call: CallInfo, load: BulkLoad, validated: ValidatedReports, *, last: bool
+    ) -> BulkLoad:
+        """Writes the valid items of one validated chunk of a bulk load in one transaction
+        and rejects the others item by item (``report`` is all or nothing instead). The
+        last chunk's transaction also holds the load's request record. Returns the load
+        with this chunk counted."""
 
-    def end(self, institution: str, items: Sequence[EndItem]) -> EndResult:
-        """Ends relationships of ``institution``: all of them, or none."""
-        self._require_registered(institution, open_for_reports=True)
-        parsed = self._parse_end(items)
-        ended = 0
-        with self._store.write() as txn:
-            _require_registered_in(txn, institution, open_for_reports=True)
-            conflicts = Violations()
-            missing: list[FieldViolation] = []
-            for index, item in enumerate(parsed):
-                histories = {
-                    role: txn.history(item.customer, institution, role) for role in item.roles
-                }
-                histories = {role: history for role, history in histories.items() if history}
-                if not histories:
-                    missing.append(
-                        FieldViolation(f"endings[{index}]", _NO_SUCH_RELATIONSHIP, "NOT_FOUND")
-                    )
-                    continue
-                changed_any = False
-                for role, history in histories.items():
-                    updated = conflicts.parse(
-                        f"endings[{index}].end_date", end_period, history, item.end
-                    )
-                    if updated is not None and updated[1]:
-                        txn.put_history(item.customer, institution, role, updated[0])
-                        changed_any = True
-                ended += changed_any
-            conflicts.raise_if_any()
-            if missing:
-                raise NotFound(missing)
-        return EndResult(ended=ended, already_ended=len(parsed) - ended)
+        def work(txn: WriteTxn) -> BulkLoad:
+            _require_open_for_reports(txn, call.institution)
+            registered, conflicts = _apply_reports(txn, call.institution, validated.parsed)
+            valid = sum(item is not None for item in validated.parsed) - len(conflicts)
+            outcome = ChunkOutcome(
+                size=len(validated.parsed),
+                registered=registered,
+                already_registered=valid - registered,
+                rejections=(*validated.rejections, *conflicts),
+            )
+            counted = load.plus(outcome)
+            if last:
+                located = tuple(r.located(STREAM) for r in counted.rejections)
+                record = call.record(
+                    self._clock.now(), "OK", counts=counted.counts(), rejected=located
+                )
+                txn.put_request_record(record)
+            return counted
 
-    def list_own(self, institution: str, customer_id: str) -> list[RoleHistory]:
-        """The institution's own role histories with one customer, owner first."""
-        self._require_registered(institution)
-        violations = Violations()
-        customer = violations.parse("customer_id", self._parse_customer, customer_id)
-        violations.raise_if_any()
-        with self._store.read() as view:
-            histories = list(view.relationships(customer, institution))
-        return sorted(histories, key=lambda history: history.role.value)
+        return self._storage.write(work)
 
     # --- lookup service -----------------------------------------------------------------
 
@@ -207,22 +243,22 @@ class Register:
         account_info_request_id: str,
     ) -> LookupQuery:
         today = self._clock.today()
-        violations = Violations()
-        customer = violations.parse("customer_id", self._parse_customer, customer_id)
-        first = violations.parse("from_date", parse_date, from_date, today)
-        last = violations.parse("to_date", parse_date, to_date, today)
-        mandate = violations.parse("legal_mandate", require_text, legal_mandate)
-        case = violations.parse("account_info_request_id", parse_uuid, account_info_request_id)
+        rejections = Rejections()
+        customer = rejections.parse("customer_id", self._parse_customer, customer_id)
+        first = rejections.parse("from_date", parse_date, from_date, today)
+        last = rejections.parse("to_date", parse_date, to_date, today)
+        mandate = rejections.parse("legal_mandate", require_text, legal_mandate)
+        case = rejections.parse("account_info_request_id", parse_uuid, account_info_request_id)
         if first is not None and last is not None and last < first:
-            violations.add("to_date", "is before from_date", "DATE_RANGE_INVERTED")
-        violations.raise_if_any()
+            rejections.add("to_date", "is before from_date", "DATE_RANGE_INVERTED")
+        rejections.raise_if_any()
         return LookupQuery(customer, first, last, owner_only, mandate, case)
 
     def lookup(self, query: LookupQuery) -> list[InstitutionRelation]:
         """Institutions where the customer had a relationship overlapping the query's window."""
         roles_by_org: dict[str, set[Role]] = {}
         active_orgs: set[str] = set()
-        with self._store.read() as view:
+        with self._storage.read() as view:
             for history in view.relationships(query.customer):
                 if query.owner_only and history.role is not Role.OWNER:
                     continue
@@ -239,7 +275,7 @@ class Register:
             InstitutionRelation(
                 org_number=org,
                 name=names[org],
-                roles=tuple(sorted(roles, key=lambda role: role.value)),
+                roles=in_role_order(roles),
                 active=org in active_orgs,
             )
             for org, roles in sorted(roles_by_org.items())
@@ -248,48 +284,21 @@ class Register:
     def parse_collection_account_lookup(
         self, *, account_number: str, legal_mandate: str, account_info_request_id: str
     ) -> CollectionAccountQuery:
-        violations = Violations()
-        account = violations.parse("account_number", parse_account_number, account_number)
-        mandate = violations.parse("legal_mandate", require_text, legal_mandate)
-        case = violations.parse("account_info_request_id", parse_uuid, account_info_request_id)
-        violations.raise_if_any()
+        rejections = Rejections()
+        account = rejections.parse("account_number", parse_account_number, account_number)
+        mandate = rejections.parse("legal_mandate", require_text, legal_mandate)
+        case = rejections.parse("account_info_request_id", parse_uuid, account_info_request_id)
+        rejections.raise_if_any()
         return CollectionAccountQuery(account, mandate, case)
 
     def lookup_collection_account(self, query: CollectionAccountQuery) -> list[Institution]:
         """The institution using ``query.account`` as a collection account, if any."""
-        with self._store.read() as view:
+        with self._storage.read() as view:
             owner = view.collection_account_owner(query.account)
             institution = view.institution(owner) if owner is not None else None
         return [institution] if institution is not None else []
 
-    # --- request log ------------------------------------------------------------------------
-
-    def record_request(self, record: RequestRecord) -> None:
-        with self._store.write() as txn:
-            txn.put_request_record(record)
-
-    def request_log(self, institution: str, correlation_id: str) -> list[RequestRecord]:
-        """The records of ``institution``'s calls under ``correlation_id``, oldest first."""
-        self._require_registered(institution)
-        violations = Violations()
-        parsed = violations.parse("correlation_id", parse_uuid, correlation_id)
-        violations.raise_if_any()
-        with self._store.read() as view:
-            records = view.request_records(str(parsed))
-        own = [record for record in records if record.institution == institution]
-        if not own:
-            raise NotFound(
-                [
-                    FieldViolation(
-                        "correlation_id",
-                        "no call of your institution is recorded under it",
-                        "NOT_FOUND",
-                    )
-                ]
-            )
-        return own
-
-    def _institution_name(self, view: StoreView, org_number: str) -> str:
+    def _institution_name(self, view: ReadTxn, org_number: str) -> str:
         name = self._names.get(org_number)
         if name is None:
             institution = view.institution(org_number)
@@ -303,58 +312,46 @@ class Register:
     def _parse_customer(self, raw: str) -> CustomerId:
         return parse_customer_id(raw, allow_synthetic=self._test_mode, today=self._clock.today())
 
-    def _parse_end(self, items: Sequence[EndItem]) -> list[_ParsedEnd]:
+    def _parse_end(self, items: Sequence[EndItem]) -> _ParsedEnds:
         today = self._clock.today()
-        _check_batch_size("endings", items)
-        violations = Violations()
-        parsed = []
+        parsed = _ParsedEnds()
         for index, item in enumerate(items):
-            path = f"endings[{index}]"
-            customer = violations.parse(
-                f"{path}.customer_id", self._parse_customer, item.customer_id
+            customer = parsed.parse(
+                "customer_id", self._parse_customer, item.customer_id, item=index
             )
-            end = violations.parse(f"{path}.end_date", parse_date, item.end_date, today)
-            roles = (item.role,) if item.role is not None else tuple(Role)
-            if customer is not None and end is not None:
-                parsed.append(_ParsedEnd(customer, roles, end))
-        violations.raise_if_any()
+            end = parsed.parse("end_date", parse_date, item.end_date, today, item=index)
+            roles = _roles_to_end(item.role, parsed, index)
+            if customer is not None and end is not None and roles:
+                parsed.items.append(_ParsedEnd(index, customer, roles, end))
         return parsed
 
-    def _require_registered(self, institution: str, *, open_for_reports: bool = False) -> None:
-        with self._store.read() as view:
-            _require_registered_in(view, institution, open_for_reports=open_for_reports)
+
+class _ParsedEnds(Rejections):
+    """The parsed endings and the rejections found among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[_ParsedEnd] = []
 
 
-# The write transaction of a chunk is held in memory until it commits: this bounds the
-# server's memory whatever a client sends (see README, Performance).
-MAX_ITEMS_PER_CHUNK = 20_000
-
-_NO_SUCH_RELATIONSHIP = "no such relationship at this institution (never reported, or removed)"
-
-
-def _check_batch_size(field: str, items: Sequence[object]) -> None:
-    if not items:
-        raise InvalidArgument.field(field, "must hold at least one item", "BATCH_EMPTY")
-    if len(items) > MAX_ITEMS_PER_CALL:
-        raise InvalidArgument.field(
-            field,
-            f"holds {len(items)} items; at most {MAX_ITEMS_PER_CALL} are allowed per call",
-            "BATCH_TOO_LARGE",
-        )
+def _roles_to_end(role: RoleChoice, rejections: Rejections, index: int) -> tuple[Role, ...]:
+    if role is None:
+        return ROLES_IN_ORDER
+    if isinstance(role, UnknownRole):
+        rejections.add("role", f"has unknown value {role.number}", "ROLE_UNKNOWN", index)
+        return ()
+    return (role,)
 
 
-def check_chunk_size(items: Sequence[object]) -> None:
-    if len(items) > MAX_ITEMS_PER_CHUNK:
-        raise InvalidArgument.field(
-            "relationships",
-            f"holds {len(items)} items; at most {MAX_ITEMS_PER_CHUNK} per chunk",
-            "BATCH_TOO_LARGE",
-        )
+def _raise_rejections(rejections: Sequence[Rejection], within: str) -> None:
+    collected = Rejections()
+    collected.found.extend(rejections)
+    collected.raise_if_any(within)
 
 
 def _apply_reports(
-    txn: StoreTxn, institution: str, parsed: Sequence[ParsedReport | None]
-) -> tuple[int, list[ItemProblem]]:
+    txn: WriteTxn, institution: str, parsed: Sequence[ParsedReport | None]
+) -> tuple[int, list[Rejection]]:
     """Starts a period for each parsed item (in order, so repeats see earlier ones).
 
     Returns how many items started a period, and the items in conflict with the
@@ -369,7 +366,7 @@ def _apply_reports(
         try:
             updated, changed = start_period(history, item.start)
         except InvalidValue as error:
-            conflicts.append(ItemProblem(index, "start_date", str(error), error.code))
+            conflicts.append(Rejection("start_date", str(error), error.code, index))
             continue
         if changed:
             txn.put_history(item.customer, institution, item.role, updated)
@@ -377,16 +374,44 @@ def _apply_reports(
     return registered, conflicts
 
 
-def _require_registered_in(
-    view: StoreView, institution: str, *, open_for_reports: bool = False
-) -> None:
+def _apply_endings(txn: WriteTxn, institution: str, parsed: Sequence[_ParsedEnd]) -> int:
+    """Ends each item's active periods; raises (the transaction then leaves nothing) if
+    an item names no relationship or an end date before its period."""
+    conflicts = Rejections()
+    missing: list[Rejection] = []
+    ended = 0
+    for item in parsed:
+        histories = {role: txn.history(item.customer, institution, role) for role in item.roles}
+        histories = {role: history for role, history in histories.items() if history}
+        if not histories:
+            missing.append(Rejection(f"endings[{item.index}]", _NO_SUCH_RELATIONSHIP, "NOT_FOUND"))
+            continue
+        changed_any = False
+        for role, history in histories.items():
+            updated = conflicts.parse("end_date", end_period, history, item.end, item=item.index)
+            if updated is not None and updated[1]:
+                txn.put_history(item.customer, institution, role, updated[0])
+                changed_any = True
+        ended += changed_any
+    conflicts.raise_if_any("endings")
+    if missing:
+        raise NotFound(missing)
+    return ended
+
+
+def _require_registered(view: ReadTxn, institution: str) -> Institution:
     registered = view.institution(institution)
     if registered is None:
         raise PermissionDenied(
             f"institution {institution} is not registered with the register; "
             "ask the register operator to register it before reporting"
         )
-    if open_for_reports and registered.closed_on is not None:
+    return registered
+
+
+def _require_open_for_reports(view: ReadTxn, institution: str) -> None:
+    registered = _require_registered(view, institution)
+    if registered.closed_on is not None:
         raise PermissionDenied(
             f"institution {institution} was closed on {registered.closed_on.isoformat()} "
             "and can no longer report"

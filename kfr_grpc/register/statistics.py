@@ -14,17 +14,18 @@ from collections import defaultdict
 from datetime import date
 
 from kfr_grpc.clock import Clock
-from kfr_grpc.store import Store
+from kfr_grpc.register.storage import Storage, WriteTxn
 
 _Key = tuple[date, str, str]
+_Pending = dict[_Key, dict[str, int]]
 
 
 class LookupStatistics:
-    def __init__(self, store: Store, clock: Clock) -> None:
-        self._store = store
+    def __init__(self, storage: Storage, clock: Clock) -> None:
+        self._storage = storage
         self._clock = clock
         self._lock = threading.Lock()
-        self._pending: dict[_Key, dict[str, int]] = defaultdict(dict)
+        self._pending: _Pending = defaultdict(dict)
 
     def count(self, agency: str, mandate: str, status: str) -> None:
         key = (self._clock.today(), agency, mandate)
@@ -38,16 +39,19 @@ class LookupStatistics:
             pending, self._pending = self._pending, defaultdict(dict)
         if not pending:
             return 0
+
+        def work(txn: WriteTxn) -> None:
+            for (day, agency, mandate), counts in pending.items():
+                txn.add_lookup_counts(day, agency, mandate, counts)
+
         try:
-            with self._store.write() as txn:
-                for (day, agency, mandate), counts in pending.items():
-                    txn.add_lookup_counts(day, agency, mandate, counts)
+            self._storage.write(work)
         except BaseException:
             self._restore(pending)
             raise
         return len(pending)
 
-    def _restore(self, pending: dict[_Key, dict[str, int]]) -> None:
+    def _restore(self, pending: _Pending) -> None:
         """Puts counts that could not be written back, so a later flush writes them."""
         with self._lock:
             for key, counts in pending.items():

@@ -1,7 +1,7 @@
 """Parsing of the plain values in requests: dates, UUIDs, required text.
 
 Parsers raise ``InvalidValue(reason)``; the caller adds the field path and turns it
-into a ``FieldViolation``. Reasons never repeat the value.
+into a ``Rejection``. Reasons never repeat the value.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TypeVar
 from stdnum.exceptions import ValidationError
 from stdnum.no import kontonr
 
-from kfr_grpc.errors import FieldViolation, InvalidArgument
+from kfr_grpc.errors import InvalidArgument, Rejection
 
 _T = TypeVar("_T")
 
@@ -80,23 +80,37 @@ def require_text(raw: str) -> str:
     return text
 
 
-class Violations:
-    """Collects field violations while parsing a request."""
+class Rejections:
+    """Collects the rejections found while validating a request: every bad field, not
+    only the first."""
 
     def __init__(self) -> None:
-        self.found: list[FieldViolation] = []
+        self.found: list[Rejection] = []
 
-    def parse(self, field: str, parser: Callable[..., _T], *args: object) -> _T | None:
+    def parse(
+        self, field: str, parser: Callable[..., _T], *args: object, item: int | None = None
+    ) -> _T | None:
         """Returns ``parser(*args)``, or None after noting why it failed."""
         try:
             return parser(*args)
         except InvalidValue as error:
-            self.found.append(FieldViolation(field, str(error), error.code))
+            self.found.append(Rejection(field, str(error), error.code, item))
             return None
 
-    def add(self, field: str, reason: str, code: str) -> None:
-        self.found.append(FieldViolation(field, reason, code))
+    def add(self, field: str, reason: str, code: str, item: int | None = None) -> None:
+        self.found.append(Rejection(field, reason, code, item))
 
-    def raise_if_any(self) -> None:
+    def raise_if_any(self, within: str = "") -> None:
+        """``InvalidArgument`` naming every rejection (items' fields by their path in
+        ``within``)."""
         if self.found:
-            raise InvalidArgument(self.found)
+            raise InvalidArgument(rejection.located(within) for rejection in self.found)
+
+
+def parse_or_raise(field: str, parser: Callable[..., _T], *args: object) -> _T:
+    """``parser(*args)``, or ``InvalidArgument`` naming ``field``."""
+    rejections = Rejections()
+    value = rejections.parse(field, parser, *args)
+    rejections.raise_if_any()
+    assert value is not None
+    return value

@@ -1,5 +1,8 @@
-"""The store: LMDB layout, transactions and sealing. Knows nothing of gRPC or protobuf."""
+"""The stores: how the register's data is kept. Knows nothing of gRPC or protobuf.
 
-from kfr_grpc.store.lmdb_store import Store, StoreTxn, StoreView
+``LmdbStore`` keeps it in an embedded LMDB environment on one machine.
+"""
 
-__all__ = ["Store", "StoreTxn", "StoreView"]
+from kfr_grpc.store.lmdb_store import LmdbStore
+
+__all__ = ["LmdbStore"]

@@ -11,49 +11,33 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from kfr_grpc.errors import ConfigError
-from kfr_grpc.keyring import Keyring
-from kfr_grpc.store.lmdb_store import Store
+from kfr_grpc.register.storage import CopySummary
 
 DATA_FILE = "data.mdb"
 
 
-@dataclass(frozen=True, slots=True)
-class CopyResult:
-    path: Path
-    bytes: int
-    relationships: int
-    institutions: int
+# Opens a copy of the store read-only and says what it holds (refusing one the
+# configured keyring cannot open).
+Check = Callable[[Path], CopySummary]
 
 
-def backup(store: Store, destination: Path, keyring: Keyring) -> CopyResult:
-    """Copies the live store into ``destination`` (a new or empty directory)."""
+def backup(copy: Callable[[Path], None], destination: Path, check: Check) -> CopySummary:
+    """Copies the live store (``copy`` writes it) into ``destination``, a new or empty
+    directory, and checks the copy opens."""
     if destination.exists() and any(destination.iterdir()):
         raise ConfigError(f"backup destination {destination} is not empty")
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
-    store.copy_to(destination)
+    copy(destination)
     os.chmod(destination / DATA_FILE, 0o600)
-    return verify(destination, keyring)
+    return check(destination)
 
 
-def verify(directory: Path, keyring: Keyring) -> CopyResult:
-    """Opens a copy read-only under ``keyring`` and counts what it holds."""
-    size = (directory / DATA_FILE).stat().st_size
-    copy = Store.open(directory, keyring, map_size=max(size, 1 << 20), readonly=True)
-    try:
-        with copy.read() as view:
-            return CopyResult(
-                directory, size, view.relationship_count(), sum(1 for _ in view.institutions())
-            )
-    finally:
-        copy.close()
-
-
-def restore(source: Path, data_dir: Path, keyring: Keyring) -> tuple[CopyResult, Path | None]:
+def restore(source: Path, data_dir: Path, check: Check) -> tuple[CopySummary, Path | None]:
     """Replaces the store in ``data_dir`` with the backup in ``source``.
 
     Refuses while any process has the store open. The current store is kept aside, not
@@ -61,7 +45,7 @@ def restore(source: Path, data_dir: Path, keyring: Keyring) -> tuple[CopyResult,
     """
     if _in_use(data_dir):
         raise ConfigError(f"{data_dir} is in use (is the server running?); stop it first")
-    verify(source, keyring)  # refuses a copy this keyring cannot open
+    check(source)  # refuses a copy this keyring cannot open
     kept_aside = None
     if data_dir.exists() and any(data_dir.iterdir()):
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
@@ -74,7 +58,7 @@ def restore(source: Path, data_dir: Path, keyring: Keyring) -> tuple[CopyResult,
     with open(temporary, "rb") as copied:
         os.fsync(copied.fileno())
     temporary.replace(data_dir / DATA_FILE)
-    return verify(data_dir, keyring), kept_aside
+    return check(data_dir), kept_aside
 
 
 def _in_use(data_dir: Path) -> bool:

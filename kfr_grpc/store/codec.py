@@ -27,7 +27,7 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
-from kfr_grpc.errors import FieldViolation
+from kfr_grpc.errors import Rejection
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
 from kfr_grpc.register.model import History, Institution, Period, RequestRecord, Role
 
@@ -44,6 +44,9 @@ _PERIOD = struct.Struct(">II")
 _SLOT = struct.Struct(">Q")
 _RELATIONSHIP_FORMAT = 2
 _OPEN_END = 0
+# The byte that stands for each role in a relationship key: part of the store format.
+_ROLE_BYTES = {Role.OWNER: 1, Role.DISPONENT: 2}
+_ROLES_BY_BYTE = {byte: role for role, byte in _ROLE_BYTES.items()}
 
 
 # --- relationships ------------------------------------------------------------------------
@@ -58,7 +61,7 @@ def org_from_key(key: bytes) -> str:
 
 
 def relationship_key(version: int, pseudonym: bytes, org_number: str, role: Role) -> bytes:
-    return _RELATIONSHIP_KEY.pack(version, pseudonym, int(org_number), role.value)
+    return _RELATIONSHIP_KEY.pack(version, pseudonym, int(org_number), _ROLE_BYTES[role])
 
 
 def relationship_prefix(version: int, pseudonym: bytes, org_number: str | None = None) -> bytes:
@@ -69,7 +72,7 @@ def relationship_prefix(version: int, pseudonym: bytes, org_number: str | None =
 def split_relationship_key(key: bytes) -> tuple[int, str, Role]:
     """The pseudonym key version, institution and role of a relationship key."""
     version, _, org, role = _RELATIONSHIP_KEY.unpack(key)
-    return version, f"{org:09d}", Role(role)
+    return version, f"{org:09d}", _ROLES_BY_BYTE[role]
 
 
 def encode_relationship(customer: CustomerId, history: History, slot: int) -> bytes:
@@ -209,7 +212,7 @@ def encode_request(record: RequestRecord) -> bytes:
         "status": record.status,
         "message": record.message,
         "counts": record.counts,
-        "rejected": [[v.field, v.reason, v.code] for v in record.rejected],
+        "rejected": [[r.field, r.reason, r.code] for r in record.rejected],
     }
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
@@ -225,7 +228,7 @@ def decode_request(value: bytes) -> RequestRecord:
         status=document["status"],
         message=document["message"],
         counts=document["counts"],
-        rejected=tuple(FieldViolation(*violation) for violation in document["rejected"]),
+        rejected=tuple(Rejection(*rejection) for rejection in document["rejected"]),
     )
 
 

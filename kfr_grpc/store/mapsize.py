@@ -63,9 +63,13 @@ class MapGuard:
         if used * 2 + _MARGIN > size and size < self._max:
             self._resize(self._grown_size)
 
-    def grow(self) -> None:
-        """Grows the map at once (a write found it full after all), up to the maximum."""
+    def grow(self) -> bool:
+        """Grows the map at once (a write found it full after all), up to the maximum.
+        False when it is at the maximum already."""
+        if self.usage()[1] >= self._max:
+            return False
         self._resize(lambda: self._grown_size(force=True))
+        return True
 
     def usage(self) -> tuple[int, int]:
         info = self._env.info()

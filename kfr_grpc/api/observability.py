@@ -1,0 +1,108 @@
+"""What is kept about every call once it has ended, with the status the client saw: one
+log line, and whatever the recorders keep (metrics, refusals in the request log, lookup
+counters: ``recording``).
+
+Log lines name the method, the caller's organisation (and vendor), the correlation-id,
+the status and the duration: never a request field, so never a customer ID.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from kfr_grpc.auth.authenticator import Caller
+from kfr_grpc.errors import Rejection
+
+log = logging.getLogger("kfr.requests")
+
+
+@dataclass
+class FinishedCall:
+    """One call as the log and the recorders see it. ``request`` is the request message
+    of a unary call (None for a request stream): recorders read only what they must."""
+
+    method: str
+    correlation_id: str
+    started: float = field(default_factory=time.perf_counter)
+    caller: Caller | None = None
+    request: Any = None
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+    rejections: tuple[Rejection, ...] = ()
+    seconds: float = 0.0  # how long the call took
+    _finished: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def claim(self) -> bool:
+        """True the first time: whoever claims the call finishes it (a stream may end on
+        its own and then be torn down)."""
+        with self._lock:
+            if self._finished:
+                return False
+            self._finished = True
+            return True
+
+    @property
+    def service(self) -> str:
+        """``/kfr.v1.LookupService/Lookup`` -> ``kfr.v1.LookupService``."""
+        return self.method.strip("/").split("/", 1)[0]
+
+
+class CallRecorder(Protocol):
+    def record(self, call: FinishedCall) -> None: ...
+
+
+class CallObserver:
+    """Finishes calls: each exactly once, however it ended."""
+
+    def __init__(self, recorders: Sequence[CallRecorder] = ()) -> None:
+        self._recorders = tuple(recorders)
+
+    def finish(
+        self,
+        call: FinishedCall,
+        code: grpc.StatusCode = grpc.StatusCode.OK,
+        message: str = "",
+        rejections: tuple[Rejection, ...] = (),
+    ) -> None:
+        """Ends ``call`` with the status the client saw: logs it and hands it to the
+        recorders. A second finish of the same call does nothing."""
+        if not call.claim():
+            return
+        call.code, call.message, call.rejections = code, message, rejections
+        call.seconds = time.perf_counter() - call.started
+        self._log(call)
+        for recorder in self._recorders:
+            try:
+                recorder.record(call)
+            except Exception:  # the call's answer stands; the operator hears about the record
+                log.exception("could not record the call correlation_id=%s", call.correlation_id)
+
+    @staticmethod
+    def _log(call: FinishedCall) -> None:
+        org = call.caller.org_number if call.caller else None
+        supplier = call.caller.supplier if call.caller else None
+        log.info(
+            "request method=%s caller=%s%s correlation_id=%s status=%s duration_ms=%.2f",
+            call.method,
+            org or "-",
+            f" via={supplier}" if supplier else "",
+            call.correlation_id,
+            call.code.name,
+            call.seconds * 1000,
+            extra={
+                "method": call.method,
+                "caller": org,
+                "supplier": supplier,
+                "correlation_id": call.correlation_id,
+                "status": call.code.name,
+                "duration_ms": round(call.seconds * 1000, 3),
+            },
+        )

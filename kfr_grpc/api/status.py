@@ -1,0 +1,69 @@
+"""The one place where errors become gRPC statuses.
+
+A ``KfrError`` names its status (``error.status``, a canonical code name); its message
+goes to the caller as it is, and an ``INVALID_ARGUMENT`` also carries a
+``google.rpc.BadRequest`` detail with one field violation per rejection. Anything else
+is a bug or a corrupt record: the caller gets ``INTERNAL`` with the correlation-id to
+quote, and the details go to the operator's log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from kfr_grpc.errors import CorruptRecord, KfrError, Rejection
+
+log = logging.getLogger("kfr.requests")
+
+# Field violations carried in an error's details; the message lists the first 20 anyway.
+_MAX_DETAILED_REJECTIONS = 1000
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How a call ended in error: what the caller is told."""
+
+    code: grpc.StatusCode
+    message: str
+    rejections: tuple[Rejection, ...] = ()
+
+    def abort(self, context: grpc.ServicerContext) -> None:
+        """Ends the call with this status (raises, as ``context.abort`` does)."""
+        if self.code is grpc.StatusCode.INVALID_ARGUMENT and self.rejections:
+            context.abort_with_status(self._bad_request())
+        context.abort(self.code, self.message)
+
+    def _bad_request(self) -> grpc.Status:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=rejection.field, description=rejection.reason, reason=rejection.code
+                )
+                for rejection in self.rejections[:_MAX_DETAILED_REJECTIONS]
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad_request)
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        return rpc_status.to_status(status)
+
+
+def refusal_for(error: Exception, correlation_id: str) -> Refusal:
+    """What the caller is told about ``error``."""
+    if isinstance(error, KfrError) and not isinstance(error, CorruptRecord):
+        code = grpc.StatusCode[error.status]
+        if code is not grpc.StatusCode.INTERNAL:
+            return Refusal(code, str(error), error.rejections)
+    if isinstance(error, KfrError):
+        log.error("%s correlation_id=%s: %s", type(error).__name__, correlation_id, error)
+    else:
+        log.error("unexpected error correlation_id=%s", correlation_id, exc_info=error)
+    return Refusal(
+        grpc.StatusCode.INTERNAL, f"internal error; quote correlation-id {correlation_id}"
+    )

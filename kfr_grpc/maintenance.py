@@ -1,0 +1,75 @@
+"""The server's periodic work in one background thread: storing the lookup counters
+and, once per ``purge_interval_seconds`` (first soon after start), retention."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from kfr_grpc.config import MaintenanceConfig
+from kfr_grpc.metrics import Metrics
+from kfr_grpc.register.operations import Operations
+from kfr_grpc.register.statistics import LookupStatistics
+
+log = logging.getLogger("kfr.server")
+
+
+class Maintenance:
+    def __init__(
+        self,
+        config: MaintenanceConfig,
+        operations: Operations,
+        statistics: LookupStatistics,
+        metrics: Metrics,
+        *,
+        run_retention: bool = True,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._run_retention = run_retention
+        self._operations = operations
+        self._statistics = statistics
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kfr-maintenance", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops the thread and stores the last counts."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._flush()
+
+    def _run(self) -> None:
+        next_purge = time.monotonic() + min(60.0, self._config.purge_interval_seconds)
+        tick = min(self._config.lookup_counts_flush_seconds, self._config.purge_interval_seconds)
+        while not self._stopping.wait(max(tick, 0.05)):
+            self._flush()
+            if self._run_retention and time.monotonic() >= next_purge:
+                self._purge()
+                next_purge = time.monotonic() + self._config.purge_interval_seconds
+
+    def _flush(self) -> None:
+        try:
+            self._statistics.flush()
+        except Exception:
+            log.exception("storing the lookup counters failed; they are kept for the next try")
+
+    def _purge(self) -> None:
+        try:
+            result = self._operations.purge()
+        except Exception:
+            log.exception("retention failed; it runs again at the next interval")
+            return
+        self._metrics.purge_runs.inc()
+        self._metrics.purged_periods.inc(result.periods_removed)
+        log.info(
+            "retention: removed %d periods, %d relationships, %d request records (cutoff %s)",
+            result.periods_removed,
+            result.relationships_removed,
+            result.request_records_removed,
+            result.cutoff.isoformat(),
+        )

@@ -1,0 +1,149 @@
+"""The LMDB environment's layout: its databases, its ``meta`` records, and opening it.
+
+Sub-databases (key and value layouts in ``codec``):
+- ``meta``: store format, keyring id, a sealed canary proving the keyring opens the
+  store, the seal and pseudonym key versions that every new write must use, and the
+  count of active relationships. Writers read the key versions inside their own
+  transaction, so a rotation takes effect in every process at the same instant.
+- ``institutions``: org number -> sealed institution record.
+- ``relationships``: pseudonymised key -> sealed history of one (customer, institution,
+  role).
+- ``by_institution``, ``ended_by_date``: indexes over relationships, so that closing an
+  institution costs what it has and retention costs what it deletes.
+- ``collection_accounts``: account number -> sealed org number.
+- ``request_log`` (+ ``request_log_by_time``): sealed records of institutions' calls.
+- ``lookup_counts``: sealed per-day counters of lookups by agency and mandate.
+
+Every value outside ``meta`` and the indexes is sealed with ``database name || key`` as
+associated data. Opening an existing store writes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from kfr_grpc.errors import ConfigError
+from kfr_grpc.keyring import Keyring, SealError
+
+STORE_FORMAT = b"3"
+META = b"meta"
+INSTITUTIONS = b"institutions"
+RELATIONSHIPS = b"relationships"
+BY_INSTITUTION = b"by_institution"
+ENDED_BY_DATE = b"ended_by_date"
+COLLECTION_ACCOUNTS = b"collection_accounts"
+REQUEST_LOG = b"request_log"
+REQUEST_LOG_BY_TIME = b"request_log_by_time"
+LOOKUP_COUNTS = b"lookup_counts"
+SEALED_DATABASES = (INSTITUTIONS, RELATIONSHIPS, COLLECTION_ACCOUNTS, REQUEST_LOG, LOOKUP_COUNTS)
+DATABASES = (*SEALED_DATABASES, BY_INSTITUTION, ENDED_BY_DATE, REQUEST_LOG_BY_TIME)
+
+FORMAT_KEY = b"format"
+KEYRING_ID_KEY = b"keyring_id"
+CANARY_KEY = b"canary"
+CANARY = b"kfr store canary"
+SEAL_VERSION_KEY = b"seal_version"
+PSEUDONYM_VERSION_KEY = b"pseudonym_version"
+ACTIVE_KEY = b"active_relationships"  # how many relationships have an active period
+_MAX_READERS = 1024
+
+Databases = dict[bytes, Any]
+
+
+def associated_data(database: bytes, key: bytes) -> bytes:
+    return database + b"\x00" + key
+
+
+def meta_number(txn: lmdb.Transaction, databases: Databases, key: bytes) -> int:
+    return int(txn.get(key, db=databases[META]))
+
+
+def open_environment(
+    path: Path, *, map_size: int, readonly: bool, shared: bool
+) -> lmdb.Environment:
+    """The LMDB environment in ``path`` (created unless ``readonly``).
+
+    ``shared``: other processes may have it open (LMDB's reader lock table is used);
+    only a copy no one else opens (a backup being checked) may go without.
+    """
+    if readonly and not (path / "data.mdb").is_file():
+        raise ConfigError(f"{path} holds no KFR store (no data.mdb)")
+    if not readonly:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        return lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=len(DATABASES) + 1,
+            max_readers=_MAX_READERS,
+            mode=0o600,
+            readahead=False,
+            readonly=readonly,
+            lock=shared,
+        )
+    except lmdb.Error as error:
+        raise ConfigError(f"cannot open the data directory {path}: {error}") from None
+
+
+def check_or_initialise(
+    env: lmdb.Environment, path: Path, keyring: Keyring, *, readonly: bool
+) -> Databases:
+    """Verifies the store belongs to ``keyring`` (or stamps a new, empty store with it)
+    and returns its database handles."""
+    with env.begin() as txn:
+        try:
+            meta = env.open_db(META, txn=txn, create=False)
+        except lmdb.NotFoundError:
+            meta = None
+            is_empty = env.stat()["entries"] == 0
+        else:
+            _verify_meta(txn, meta, path, keyring)
+    if meta is None:
+        if readonly or not is_empty:
+            raise ConfigError(f"{path} holds an LMDB environment that is not a KFR store")
+        _initialise(env, keyring)
+    # Handles opened outside a transaction stay valid for the environment's life (opening
+    # existing databases writes nothing).
+    return {name: env.open_db(name, create=False) for name in (*DATABASES, META)}
+
+
+def _initialise(env: lmdb.Environment, keyring: Keyring) -> None:
+    sealer = keyring.sealer()
+    with env.begin(write=True) as txn:
+        meta = env.open_db(META, txn=txn)
+        for name in DATABASES:
+            env.open_db(name, txn=txn)
+        txn.put(FORMAT_KEY, STORE_FORMAT, db=meta)
+        txn.put(KEYRING_ID_KEY, keyring.id.encode("ascii"), db=meta)
+        txn.put(CANARY_KEY, sealer.seal(CANARY, associated_data(META, CANARY_KEY)), db=meta)
+        txn.put(SEAL_VERSION_KEY, str(keyring.seal.primary).encode(), db=meta)
+        txn.put(PSEUDONYM_VERSION_KEY, str(keyring.pseudonym.primary).encode(), db=meta)
+        txn.put(ACTIVE_KEY, b"0", db=meta)
+
+
+def _verify_meta(txn: lmdb.Transaction, meta: Any, path: Path, keyring: Keyring) -> None:
+    store_format = txn.get(FORMAT_KEY, db=meta)
+    if store_format != STORE_FORMAT:
+        raise ConfigError(
+            f"{path} has store format {store_format!r}; this version of kfr reads "
+            f"{STORE_FORMAT!r}. Restore a backup made by a matching version, or start afresh."
+        )
+    written_under = (txn.get(KEYRING_ID_KEY, db=meta) or b"").decode("ascii", "replace")
+    if written_under != keyring.id:
+        raise ConfigError(
+            f"{path} was written under keyring {written_under}, but the configured keyring is "
+            f"{keyring.id}; refusing to open it. Point `keyring` at the keyring this data "
+            "directory was created with."
+        )
+    try:
+        keyring.sealer().open(
+            txn.get(CANARY_KEY, db=meta) or b"", associated_data(META, CANARY_KEY)
+        )
+    except SealError:
+        raise ConfigError(
+            f"the keyring's seal keys do not open {path} (keyring id {keyring.id} matches, but "
+            "its keys differ); refusing to open it"
+        ) from None

@@ -1,0 +1,251 @@
+"""Relationship records and their indexes: reading and writing role histories.
+
+A record is one (customer, institution, role) under a pseudonymised key (``codec``);
+``by_institution`` lists an institution's records (closure), ``ended_by_date`` every
+ended period by its end date (retention), and ``meta`` keeps the count of records with
+an active period. Writers keep all three in step with the records.
+
+While a pseudonym key is being rotated a record may sit under an older pseudonym
+version: readers look under every version the keyring holds, and a writer moves the
+record it changes to the current version.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+
+from kfr_grpc.errors import CorruptRecord
+from kfr_grpc.register.customer_ids import CustomerId
+from kfr_grpc.register.model import History, Role, RoleHistory, StoredHistory, is_active
+from kfr_grpc.store import codec
+from kfr_grpc.store.layout import (
+    ACTIVE_KEY,
+    BY_INSTITUTION,
+    ENDED_BY_DATE,
+    META,
+    RELATIONSHIPS,
+    meta_number,
+)
+from kfr_grpc.store.txn import TxnBase, WriteTxnBase
+
+log = logging.getLogger("kfr.store")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored relationship: its key, its history and its by-institution slot."""
+
+    key: bytes
+    history: History
+    slot: int
+
+
+class RelationshipReads(TxnBase):
+    def relationship_count(self) -> int:
+        """How many (customer, institution, role) records the store holds."""
+        return self._txn.stat(self._db[RELATIONSHIPS])["entries"]
+
+    def active_relationship_count(self) -> int:
+        """How many of them have an active period (kept up to date by every write)."""
+        if self._txn.get(ACTIVE_KEY, db=self._db[META]) is None:
+            return self.count_active()  # a store from before the count was kept
+        return meta_number(self._txn, self._db, ACTIVE_KEY)
+
+    def count_active(self) -> int:
+        """The active count by a scan of every record."""
+        active = 0
+        for key, sealed in self._txn.cursor(db=self._db[RELATIONSHIPS]):
+            _, history, _ = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
+            active += is_active(history)
+        return active
+
+    def relationships(
+        self, customer: CustomerId, institution: str | None = None
+    ) -> Iterator[RoleHistory]:
+        """Every role history of ``customer`` (at ``institution``, if given): range reads."""
+        for version, pseudonymiser in self._crypto.newest_first:
+            pseudonym = pseudonymiser.pseudonym(customer.digits)
+            prefix = codec.relationship_prefix(version, pseudonym, institution)
+            for key, sealed in self._range(RELATIONSHIPS, prefix):
+                _, org_number, role = codec.split_relationship_key(key)
+                _, history, _ = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
+                yield RoleHistory(org_number, role, history)
+
+    def history(self, customer: CustomerId, institution: str, role: Role) -> History:
+        """The periods of one (customer, institution, role); empty if never reported."""
+        found = self._locate(customer, institution, role)
+        return found.history if found is not None else ()
+
+    def institution_histories(self, institution: str) -> Iterator[StoredHistory]:
+        """Every relationship of ``institution``, through the by-institution index."""
+        for _, key in self._range(BY_INSTITUTION, codec.org_key(institution)):
+            stored = self._stored_history(key)
+            if stored is None:
+                raise CorruptRecord("the institution index names a relationship that is gone")
+            yield stored
+
+    def expired(self, cutoff: date) -> Iterator[StoredHistory]:
+        """Each relationship with a period that ended before ``cutoff``, once (at the index
+        entry of its earliest such end), through the ended-periods index."""
+        cursor = self._txn.cursor(db=self._db[ENDED_BY_DATE])
+        first_kept = codec.day_key(cutoff)
+        positioned = cursor.first()
+        while positioned and cursor.key() < first_kept:
+            index_key = cursor.key()
+            day = codec.day_of(index_key)
+            stored = self._stored_history(codec.relationship_of_index_key(index_key))
+            if stored is None or all(period.end != day for period in stored.periods):
+                positioned = self._stale_index_entry(cursor)
+                continue
+            earliest = min(p.end for p in stored.periods if p.end is not None and p.end < cutoff)
+            if day == earliest:
+                yield stored
+            positioned = cursor.next()
+
+    def _stale_index_entry(self, cursor) -> bool:
+        """An ended-periods entry whose period is gone (never expected): passed over."""
+        log.warning("the ended-periods index holds an entry without its period")
+        return cursor.next()
+
+    def _stored_history(self, key: bytes) -> StoredHistory | None:
+        opened = self._get_opened(RELATIONSHIPS, key)
+        if opened is None:
+            return None
+        _, institution, role = codec.split_relationship_key(key)
+        customer, history, _ = codec.decode_relationship(opened)
+        return StoredHistory(customer, institution, role, history)
+
+    def _locate(self, customer: CustomerId, institution: str, role: Role) -> Record | None:
+        """Where the record is stored (under whichever pseudonym version), with its history."""
+        for version, pseudonymiser in self._crypto.newest_first:
+            pseudonym = pseudonymiser.pseudonym(customer.digits)
+            found = self._read_record(codec.relationship_key(version, pseudonym, institution, role))
+            if found is not None:
+                return found
+        return None
+
+    def _read_record(self, key: bytes) -> Record | None:
+        opened = self._get_opened(RELATIONSHIPS, key)
+        if opened is None:
+            return None
+        _, history, slot = codec.decode_relationship(opened)
+        return Record(key, history, slot)
+
+
+class RelationshipWrites(WriteTxnBase, RelationshipReads):
+    def _begin_relationship_writes(self) -> None:
+        self._located: dict[tuple[str, str, Role], Record | None] = {}
+        self._current_keys: dict[tuple[str, str, Role], bytes] = {}
+        self._next_slots: dict[str, int] = {}
+        self._active_delta = 0
+
+    def put_history(
+        self, customer: CustomerId, institution: str, role: Role, history: History
+    ) -> None:
+        """Stores ``history`` (an empty one deletes the record), keeping the indexes in step.
+
+        A record found under an older pseudonym version moves to the current one.
+        """
+        memo = (customer.digits, institution, role)
+        found = self._locate(customer, institution, role)
+        was_active = found is not None and is_active(found.history)
+        if not history:
+            if found is not None:
+                self._delete_record(found)
+            self._active_delta -= was_active
+            self._located[memo] = None
+            return
+        key = self._current_key(customer, institution, role)
+        moved = found is not None and found.key != key
+        if moved:
+            self._delete_record(found, keep_slot=True)
+        slot = found.slot if found is not None else self._next_slot(institution)
+        previous = found.history if found is not None and not moved else ()
+        self._put(RELATIONSHIPS, key, codec.encode_relationship(customer, history, slot))
+        self._active_delta += is_active(history) - was_active
+        if found is None or moved:
+            self._put_index(BY_INSTITUTION, codec.slot_key(key, slot), key)
+        self._update_ended_index(key, previous, history)
+        self._located[memo] = Record(key, history, slot)
+
+    def flush_active_count(self) -> None:
+        """Adds this transaction's change of the active count to ``meta`` (before commit)."""
+        if self._active_delta:
+            active = meta_number(self._txn, self._db, ACTIVE_KEY) + self._active_delta
+            self._txn.put(ACTIVE_KEY, str(active).encode(), db=self._db[META])
+            self._active_delta = 0
+
+    def _update_ended_index(self, key: bytes, previous: History, history: History) -> None:
+        if not (_any_ended(previous) or _any_ended(history)):
+            return  # the common case of a bulk load: nothing ended, nothing to index
+        old_ended, new_ended = codec.ended_keys(key, previous), codec.ended_keys(key, history)
+        for index_key in old_ended - new_ended:
+            self._delete(ENDED_BY_DATE, index_key)
+        for index_key in new_ended - old_ended:
+            self._put_index(ENDED_BY_DATE, index_key)
+
+    def _stale_index_entry(self, cursor) -> bool:
+        log.warning("removing an ended-periods index entry whose period is gone")
+        return cursor.delete()  # moves on to the next entry
+
+    def _locate(self, customer: CustomerId, institution: str, role: Role) -> Record | None:
+        """As in a view, remembered for the transaction; the current version is tried first."""
+        memo = (customer.digits, institution, role)
+        if memo in self._located:
+            return self._located[memo]
+        found = self._read_record(self._current_key(customer, institution, role))
+        for version, pseudonymiser in self._crypto.newest_first:
+            if found is not None:
+                break
+            if version != self.pseudonym_version:
+                pseudonym = pseudonymiser.pseudonym(customer.digits)
+                found = self._read_record(
+                    codec.relationship_key(version, pseudonym, institution, role)
+                )
+        self._located[memo] = found
+        return found
+
+    def _current_key(self, customer: CustomerId, institution: str, role: Role) -> bytes:
+        """The record's key under the pseudonym version writes use (computed once)."""
+        memo = (customer.digits, institution, role)
+        key = self._current_keys.get(memo)
+        if key is None:
+            pseudonymiser = self._crypto.pseudonymisers[self.pseudonym_version]
+            pseudonym = pseudonymiser.pseudonym(customer.digits)
+            key = codec.relationship_key(self.pseudonym_version, pseudonym, institution, role)
+            self._current_keys[memo] = key
+        return key
+
+    def _next_slot(self, institution: str) -> int:
+        """The next free by-institution slot: one past the institution's last."""
+        slot = self._next_slots.get(institution)
+        if slot is None:
+            slot = self._last_slot(institution) + 1
+        self._next_slots[institution] = slot + 1
+        return slot
+
+    def _last_slot(self, institution: str) -> int:
+        """The institution's highest slot in use, or -1."""
+        prefix = codec.org_key(institution)
+        cursor = self._txn.cursor(db=self._db[BY_INSTITUTION])
+        if cursor.set_range(codec.org_key(str(int(institution) + 1))):
+            positioned = cursor.prev()
+        else:
+            positioned = cursor.last()
+        if positioned and cursor.key().startswith(prefix):
+            return codec.slot_of(cursor.key())
+        return -1
+
+    def _delete_record(self, record: Record, *, keep_slot: bool = False) -> None:
+        self._delete(RELATIONSHIPS, record.key)
+        if not keep_slot:
+            self._delete(BY_INSTITUTION, codec.slot_key(record.key, record.slot))
+        for index_key in codec.ended_keys(record.key, record.history):
+            self._delete(ENDED_BY_DATE, index_key)
+
+
+def _any_ended(history: History) -> bool:
+    return any(period.end is not None for period in history)

@@ -1,0 +1,118 @@
+"""What every transaction of the store shares: the LMDB transaction, the database handles,
+and sealing (values are opened and sealed here, and nowhere else).
+
+The readers and writers of each concern (``relationships``, ``institutions``,
+``records``, ``rotation``) build on ``TxnBase``; ``lmdb_store`` puts them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import lmdb
+
+from kfr_grpc.errors import CorruptRecord
+from kfr_grpc.keyring import Keyring, MissingKeyVersion, Pseudonymiser, Sealer, SealError
+from kfr_grpc.store.layout import Databases, associated_data
+
+
+class Crypto:
+    """The sealer and pseudonymisers of one keyring version (rebuilt when it changes)."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self.sealer: Sealer = keyring.sealer()
+        self.pseudonymisers: dict[int, Pseudonymiser] = {
+            version: keyring.pseudonymiser(version) for version in keyring.pseudonym.keys
+        }
+        # Every pseudonym version that may hold data, newest first.
+        self.newest_first = sorted(self.pseudonymisers.items(), reverse=True)
+
+    def has(self, seal_version: int, pseudonym_version: int) -> bool:
+        return self.sealer.has_version(seal_version) and pseudonym_version in self.pseudonymisers
+
+
+class TxnBase:
+    """One LMDB transaction with the register's databases and the keys to open them.
+
+    ``refresh_crypto`` re-reads the keyring (a value sealed with a version this process
+    has not seen yet: another process rotated).
+    """
+
+    def __init__(
+        self,
+        txn: lmdb.Transaction,
+        databases: Databases,
+        crypto: Crypto,
+        refresh_crypto: Callable[[], Crypto],
+    ) -> None:
+        self._txn = txn
+        self._db = databases
+        self._crypto = crypto
+        self._refresh_crypto = refresh_crypto
+
+    def _range(self, database: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of ``database`` whose key starts with ``prefix``."""
+        cursor = self._txn.cursor(db=self._db[database])
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def _keys_from(self, database: bytes, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of ``database`` after the key ``after`` (from the first if None)."""
+        cursor = self._txn.cursor(db=self._db[database])
+        positioned = cursor.set_range(after) if after is not None else cursor.first()
+        if positioned and after is not None and cursor.key() == after:
+            positioned = cursor.next()
+        while positioned:
+            yield cursor.key(), cursor.value()
+            positioned = cursor.next()
+
+    def _open(self, database: bytes, key: bytes, sealed: bytes) -> bytes:
+        try:
+            return self._crypto.sealer.open(sealed, associated_data(database, key))
+        except MissingKeyVersion:
+            self._crypto = self._refresh_crypto()  # a newer keyring may have it
+        except SealError as error:
+            raise CorruptRecord(f"a {database.decode()} record failed to open: {error}") from None
+        try:
+            return self._crypto.sealer.open(sealed, associated_data(database, key))
+        except SealError as error:
+            raise CorruptRecord(f"a {database.decode()} record failed to open: {error}") from None
+
+    def _get_opened(self, database: bytes, key: bytes) -> bytes | None:
+        sealed = self._txn.get(key, db=self._db[database])
+        return None if sealed is None else self._open(database, key, sealed)
+
+
+class WriteTxnBase(TxnBase):
+    """A write transaction: values are sealed under the key version all writers use."""
+
+    def __init__(
+        self,
+        txn: lmdb.Transaction,
+        databases: Databases,
+        crypto: Crypto,
+        refresh_crypto: Callable[[], Crypto],
+        *,
+        seal_version: int,
+        pseudonym_version: int,
+    ) -> None:
+        super().__init__(txn, databases, crypto, refresh_crypto)
+        self.seal_version = seal_version
+        self.pseudonym_version = pseudonym_version
+
+    def _put(self, database: bytes, key: bytes, plaintext: bytes) -> None:
+        sealed = self._crypto.sealer.seal(
+            plaintext, associated_data(database, key), self.seal_version
+        )
+        self._txn.put(key, sealed, db=self._db[database])
+
+    def _put_index(self, database: bytes, key: bytes, value: bytes = b"") -> None:
+        self._txn.put(key, value, db=self._db[database])
+
+    def _delete(self, database: bytes, key: bytes) -> None:
+        self._txn.delete(key, db=self._db[database])
