@@ -121,7 +121,7 @@ def _report_file(server: BenchServer, ids, entries: int) -> tuple[float, str]:
 
 
 async def _measure(server: BenchServer, known: list[str], args, rates: list[int]) -> list[Run]:
-    async with server.agency_channel() as channel:
+    async with server.clients.aio_channel(server.setup.identity("agency")) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check
         lookup = kfr_pb2_grpc.LookupServiceStub(channel).Lookup
         cycle = itertools.cycle(known)

@@ -1,9 +1,17 @@
-"""What the bench commands share: a server started from a fresh dev setup, and clients."""
+"""What the bench commands and the tests that run ``kfr serve`` share: a server in its own
+process, started from a configuration and waited for through its ready file (never by
+probing a port, so nothing races its bind), and clients of it.
+
+When ``KFR_TEST_LOG_DIR`` is set (the test suite sets it for every test) the server logs
+at DEBUG into a file there, where the suite's leak check reads it; otherwise into a file
+beside its configuration.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -11,21 +19,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
+from typing import Any
 
 from kfr_grpc._proto import kfr_pb2 as pb
-from kfr_grpc.client import KfrClient, secure_channel
-from kfr_grpc.clock import SystemClock
-from kfr_grpc.config import load_config
-from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
+from kfr_grpc.dev.clients import Clients
+from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
+from kfr_grpc.readiness import read_ready
 
 KFR = str(Path(sys.executable).with_name("kfr"))
+LOG_DIR_VARIABLE = "KFR_TEST_LOG_DIR"
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
-WRITE_SCOPE, READ_SCOPE = "bits:kundeforhold.write", "bits:kundeforhold.read"
 
 
 def duration(text: str) -> float:
@@ -36,11 +43,21 @@ def duration(text: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+# --- a server in its own process -----------------------------------------------------------
+
+
 @dataclass
-class BenchServer:
-    setup: DevSetup
-    port: int
+class ServerProcess:
+    """``kfr serve`` in its own process, serving (its ready file was written)."""
+
     process: subprocess.Popen
+    ready_file: Path
+    log_path: Path
+    ready: dict[str, Any]
+
+    @property
+    def port(self) -> int:
+        return self.ready["port"]
 
     @property
     def target(self) -> str:
@@ -48,43 +65,96 @@ class BenchServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{load_config(self.setup.config).metrics.listen}/metrics"
+        return f"http://127.0.0.1:{self.ready['metrics_port']}/metrics"
 
-    def agency_channel(self) -> grpc.aio.Channel:
-        """An asyncio channel as the test agency, with a certificate-bound token."""
-        return self.aio_channel("agency")
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
 
-    def aio_channel(self, who: str) -> grpc.aio.Channel:
-        """An asyncio channel as the test institution or agency (see ``client``)."""
-        cert, key, token = self._identity(who)
-        credentials = grpc.composite_channel_credentials(
-            grpc.ssl_channel_credentials(
-                self.setup.file("ca.crt").read_bytes(), key.read_bytes(), cert.read_bytes()
-            ),
-            grpc.access_token_call_credentials(token),
-        )
-        return grpc.aio.secure_channel(self.target, credentials)
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then waits for the process to end; returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
 
-    def client(self, who: str) -> KfrClient:
-        """The test institution ("institution") or agency ("agency"), with a bound token."""
-        cert, key, token = self._identity(who)
-        channel = secure_channel(
-            self.target, ca=self.setup.file("ca.crt"), cert=cert, key=key, token=token
-        )
-        return KfrClient(channel)
+    def kill(self) -> None:
+        """``kill -9``, and the wait for it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
-    def _identity(self, who: str) -> tuple[Path, Path, str]:
-        """Certificate, key and a certificate-bound two-hour token of ``who``."""
-        org, scope = (
-            (TEST_INSTITUTION_ORG, WRITE_SCOPE)
-            if who == "institution"
-            else (TEST_AGENCY_ORG, READ_SCOPE)
-        )
-        cert = self.setup.file(f"{who}.crt")
-        token = self.setup.token_issuer().mint(
-            org, scope, now=SystemClock().now(), ttl=7200, cnf_certificate=cert.read_bytes()
-        )
-        return cert, self.setup.file(f"{who}.key"), token
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_until(self, predicate, timeout: float = 30) -> dict[str, Any]:
+        """Until the ready file says what ``predicate`` wants (a restarted worker)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            document = read_ready(self.ready_file)
+            if document is not None and predicate(document):
+                self.ready = document
+                return document
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the server's ready file never said so:\n{self.log()[-3000:]}")
+
+
+def start_server(config: Path, *, workers: int = 1, timeout: float = 60) -> ServerProcess:
+    """Starts ``kfr serve`` on ``config`` and waits until it serves."""
+    name = f"kfr-serve-{uuid.uuid4().hex[:8]}"
+    log_dir = os.environ.get(LOG_DIR_VARIABLE)
+    if log_dir:
+        set_log_level(config, "DEBUG")
+    log_path = Path(log_dir or config.parent) / f"{name}.log"
+    ready_file = config.parent / f"{name}.ready"
+    command = [KFR, "serve", "--config", str(config), "--ready-file", str(ready_file)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    server = ServerProcess(process, ready_file, log_path, {})
+    try:
+        server.wait_until(lambda _: True, timeout)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+def set_log_level(config: Path, level: str) -> None:
+    """Sets ``log_level`` in the configuration file (top-level keys come first)."""
+    lines = config.read_text(encoding="utf-8").splitlines()
+    lines = [line for line in lines if not line.startswith("log_level")]
+    config.write_text(f'log_level = "{level}"\n' + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def reserved_port() -> Iterator[int]:
+    """A loopback port held (bound, not listening, with SO_REUSEPORT) until the block
+    ends: ``kfr serve --workers N`` needs a fixed port, and holding it this way means no
+    other program can take it in the meantime, while the workers can bind it too."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
+# --- a benchmark's own server ------------------------------------------------------------------
+
+
+@dataclass
+class BenchServer:
+    setup: DevSetup
+    server: ServerProcess
+    clients: Clients
+
+    @property
+    def target(self) -> str:
+        return self.server.target
+
+    @property
+    def metrics_url(self) -> str:
+        return self.server.metrics_url
 
     def report_stream(self, batches: Iterable[list[str]]) -> float:
         """Streams each batch of customer IDs as one ``ReportStream`` chunk (owner since
@@ -104,7 +174,7 @@ class BenchServer:
                     ],
                 )
 
-        client = self.client("institution")
+        client = self.clients.client(self.setup.identity("institution"))
         try:
             started = time.perf_counter()
             response = client.institutions.ReportStream(chunks())
@@ -116,49 +186,31 @@ class BenchServer:
 
     def rss_anon_kib(self) -> int:
         """The server process's anonymous resident memory (heap, stacks; not the LMDB map)."""
-        return rss_anon_kib(self.process.pid)
+        return rss_anon_kib(self.server.process.pid)
 
 
 @contextlib.contextmanager
 def bench_server(*, workers: int = 1, config_extra: str = "") -> Iterator[BenchServer]:
     """``kfr serve`` in its own process on a fresh dev setup in a temp directory."""
-    with tempfile.TemporaryDirectory(prefix="kfr-bench-") as workdir:
-        port = free_port()
-        setup = create_dev_setup(Path(workdir) / "dev", listen=f"127.0.0.1:{port}")
+    with tempfile.TemporaryDirectory(prefix="kfr-bench-") as workdir, _listen(workers) as listen:
+        setup = create_dev_setup(Path(workdir) / "dev", listen=listen, metrics_listen="127.0.0.1:0")
         if config_extra:
             with setup.config.open("a", encoding="utf-8") as config:
                 config.write("\n" + config_extra + "\n")
-        command = [KFR, "serve", "--config", str(setup.config), "--workers", str(workers)]
-        process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        server = start_server(setup.config, workers=workers)
         try:
-            wait_for_port(port, process)
-            time.sleep(0.5 * workers)  # let every worker bind before measuring
-            yield BenchServer(setup, port, process)
+            yield BenchServer(setup, server, setup.clients(server.target))
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+            server.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the server ``process`` accepts connections on ``port``; RuntimeError if it
-    exits first (with what it wrote to a piped stderr) or takes longer than ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            said = process.stderr.read() if process.stderr else ""
-            raise RuntimeError(f"the server exited early ({process.returncode}): {said}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the server did not listen on port {port} within {timeout:.0f} s")
+@contextlib.contextmanager
+def _listen(workers: int) -> Iterator[str]:
+    if workers == 1:
+        yield "127.0.0.1:0"
+        return
+    with reserved_port() as port:
+        yield f"127.0.0.1:{port}"
 
 
 def rss_anon_kib(pid: int) -> int:

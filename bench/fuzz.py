@@ -72,8 +72,8 @@ def main() -> None:
 class Fuzzer:
     def __init__(self, server: BenchServer, rng: random.Random) -> None:
         self.server, self.rng = server, rng
-        self.institution = server.client("institution").channel
-        self.agency = server.client("agency").channel
+        self.institution = server.clients.client(server.setup.identity("institution")).channel
+        self.agency = server.clients.client(server.setup.identity("agency")).channel
         self.tried: collections.Counter[str] = collections.Counter()
         self.codes: collections.Counter[str] = collections.Counter()
         self.metrics_url = server.metrics_url

@@ -72,7 +72,7 @@ def _load(server: BenchServer, size: int) -> tuple[float, list[str]]:
 
 async def _lookups(server: BenchServer, sample: list[str], rate: int, seconds: float):
     rng = random.Random(1)
-    async with server.agency_channel() as channel:
+    async with server.clients.aio_channel(server.setup.identity("agency")) as channel:
         lookup = kfr_pb2_grpc.LookupServiceStub(channel).Lookup
 
         def find():

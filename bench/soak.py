@@ -83,8 +83,8 @@ class Soak:
         active: collections.deque[str] = collections.deque()  # reported, not yet ended
         known: collections.deque[str] = collections.deque(maxlen=_KNOWN)
         async with (
-            self.server.aio_channel("institution") as writer,
-            self.server.aio_channel("agency") as reader,
+            self.server.clients.aio_channel(self.server.setup.identity("institution")) as writer,
+            self.server.clients.aio_channel(self.server.setup.identity("agency")) as reader,
         ):
             institutions = kfr_pb2_grpc.InstitutionServiceStub(writer)
             lookups = kfr_pb2_grpc.LookupServiceStub(reader)

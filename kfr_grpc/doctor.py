@@ -56,9 +56,14 @@ class ClientIdentity:
 
 
 def examine(
-    config_path: Path, client: ClientIdentity | None, clock: Clock | None = None
+    config_path: Path,
+    client: ClientIdentity | None,
+    clock: Clock | None = None,
+    *,
+    target: str | None = None,
 ) -> list[Finding]:
-    """Every check's findings; certificate validity is judged at ``clock``'s now."""
+    """Every check's findings; certificate validity is judged at ``clock``'s now. The
+    server asked is at ``target`` (default: the configuration's listen address)."""
     now = (clock or SystemClock()).now()
     try:
         config = load_config(config_path)
@@ -68,7 +73,7 @@ def examine(
     keyring = _keyring(config, findings)
     for check in (_data_dir, _server_certificate, _client_trust, _jwks):
         findings.extend(_guarded(check, config, keyring, now))
-    findings.extend(_guarded(_health, config, client))
+    findings.extend(_guarded(_health, config, client, target))
     return findings
 
 
@@ -139,14 +144,15 @@ def _jwks(config: Config, *_: object) -> Iterator[Finding]:
     yield Finding(status, "token keys", f"{len(keys)} RS256 key(s) at {config.tokens.jwks}")
 
 
-def _health(config: Config, client: ClientIdentity | None) -> Iterator[Finding]:
+def _health(config: Config, client: ClientIdentity | None, target: str | None) -> Iterator[Finding]:
     if client is None:
         yield Finding(
             Status.WARN, "server", "not asked: give --cert, --key and --token (a dev setup: none)"
         )
         return
-    host, port = host_port(config.listen)
-    target = f"{'localhost' if host in ('0.0.0.0', '[::]', '127.0.0.1', '') else host}:{port}"
+    if target is None:
+        host, port = host_port(config.listen)
+        target = f"{'localhost' if host in ('0.0.0.0', '[::]', '127.0.0.1', '') else host}:{port}"
     channel = secure_channel(
         target, ca=client.ca, cert=client.cert, key=client.key, token=client.token
     )

@@ -199,8 +199,16 @@ class KfrServer:
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
         self._health.enter_graceful_shutdown()  # NOT_SERVING from now on
-        time.sleep(self._config.server.drain_notice_seconds)  # for load balancers to notice
-        self._server.stop(self._config.server.grace_seconds if grace is None else grace).wait()
+        notice = self._config.server.drain_notice_seconds
+        grace = self._config.server.grace_seconds if grace is None else grace
+        log.info(
+            "stopping: NOT_SERVING; new calls refused in %.1f s, calls in flight then have "
+            "%.1f s to finish",
+            notice,
+            grace,
+        )
+        time.sleep(notice)  # for load balancers to notice
+        self._server.stop(grace).wait()
         self._maintenance.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

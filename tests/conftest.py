@@ -1,8 +1,10 @@
 """Shared fixtures: a test PKI, synthetic IDs, configs, and a real server on a free port.
 
-Every customer ID a test uses comes from the ``ids`` fixture, which remembers them; the
-autouse ``no_ids_in_logs`` fixture captures all logging at DEBUG and fails the test if
-any of those IDs (or their digits without spaces) appears in a log line.
+Every test runs under the leak check (``tests/leaks.py``): the autouse
+``no_customer_ids_in_logs`` fixture captures all logging at DEBUG, gives the test a
+directory where every ``kfr serve`` process it starts logs at DEBUG (``KFR_TEST_LOG_DIR``),
+and fails the test if a customer ID shows up in any of it: one the ``ids`` fixture handed
+out, or any number that could be a fødselsnummer or D-number.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import LOG_DIR_VARIABLE
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.config import load_config
 from kfr_grpc.dev import pki, tokens
 from kfr_grpc.keyring import Keyring
+from tests.leaks import find_leaks
 from tests.support import (
     AGENCY_ORG,
     INSTITUTION_NAME,
@@ -35,7 +39,6 @@ from tests.support import (
     Ids,
     Pki,
     RunningServer,
-    find_leaks,
     write_config,
 )
 
@@ -51,16 +54,21 @@ def ids(request: pytest.FixtureRequest) -> Ids:
 
 
 @pytest.fixture(autouse=True)
-def no_ids_in_logs(
-    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+def no_customer_ids_in_logs(
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[None]:
     caplog.set_level(logging.DEBUG)
+    log_dir = tmp_path_factory.mktemp("server-logs")
+    monkeypatch.setenv(LOG_DIR_VARIABLE, str(log_dir))
     yield
     issued = request.node.stash.get(_ISSUED, None)
-    if issued is None:
-        return
-    leaked = find_leaks(issued.issued, caplog)
-    assert not leaked, "a customer ID appeared in a log line"
+    # caplog.records holds only the current phase's (teardown's): take every phase's.
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    leaked = find_leaks(issued.issued if issued else [], records, log_dir)
+    assert not leaked, f"customer IDs in log output: {', '.join(map(str, leaked[:5]))}"
 
 
 def _write(issued: pki.Issued, directory: Path, name: str, org: str, scope: str) -> Identity:

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from kfr_grpc.client import KfrClient, secure_channel
+from kfr_grpc.client import KfrClient
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.config import load_config
 from kfr_grpc.dev import pki
+from kfr_grpc.dev.clients import DEFAULT, Clients, Identity
 from kfr_grpc.dev.synthetic import regular_person_id, synthetic_org_number, synthetic_person_id
 from kfr_grpc.dev.tokens import TokenIssuer
 from kfr_grpc.register.model import CallInfo
@@ -59,22 +60,6 @@ class Ids:
         return self._remember(synthetic_org_number(self._rng))
 
 
-def find_leaks(values: list[str], caplog) -> list[str]:
-    """The values that appear in any captured log record (message or formatted line)."""
-    text = "\n".join(record.getMessage() for record in caplog.records) + caplog.text
-    return [value for value in values if value in text]
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A client certificate and key, the organisation it names, and the scope it gets."""
-
-    cert: Path
-    key: Path
-    org: str
-    scope: str
-
-
 @dataclass(frozen=True)
 class Pki:
     authority: pki.Issued
@@ -92,9 +77,6 @@ class Pki:
     expired_institution: Identity
     future_institution: Identity
     vendor: Identity
-
-
-DEFAULT = object()  # "mint the usual token for this identity"
 
 
 class RunningServer:
@@ -115,6 +97,10 @@ class RunningServer:
     def start(self) -> None:
         self.server = build_server(load_config(self.config_path), clock=self.clock)
         self.port = self.server.start()
+        self.clients = Clients(
+            f"localhost:{self.port}", self.pki.ca, self.issuer, clock=self.clock,
+            ttl=120, bind_tokens=False,
+        )  # fmt: skip
 
     def stop(self) -> None:
         for client in self._clients:
@@ -128,26 +114,15 @@ class RunningServer:
         self.stop()
         self.start()
 
-    def token(self, identity: Identity, **kwargs) -> str:
-        """A token for ``identity``'s organisation and scope; ``kwargs`` as for ``mint``."""
-        consumer = kwargs.pop("consumer", identity.org)
-        scope = kwargs.pop("scope", identity.scope)
-        return self.issuer.mint(consumer, scope, now=self.clock.now(), **kwargs)
+    def token(self, identity: Identity, **claims) -> str:
+        """A token for ``identity``'s organisation and scope; ``claims`` as for ``mint``."""
+        return self.clients.token(identity, **claims)
 
     def client(
-        self, identity: Identity, *, token: object = DEFAULT, ca: Path | None = None
+        self, identity: Identity, *, token: str | None = DEFAULT, ca: Path | None = None
     ) -> KfrClient:
         """A client over mutual TLS as ``identity``; ``token=None`` sends no token."""
-        if token is DEFAULT:
-            token = self.token(identity)
-        channel = secure_channel(
-            f"localhost:{self.port}",
-            ca=ca or self.pki.ca,
-            cert=identity.cert,
-            key=identity.key,
-            token=token,
-        )
-        client = KfrClient(channel)
+        client = self.clients.client(identity, token=token, ca=ca)
         self._clients.append(client)
         return client
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.common import free_port, wait_for_port
+from bench.common import start_server
 from kfr_grpc.cli import main
 from kfr_grpc.clock import FixedClock, SystemClock
 from kfr_grpc.dev import pki
@@ -105,22 +104,17 @@ def test_admin_commands_explain_a_bad_config(tmp_path: Path):
 # --- the demo against a real server process ---------------------------------------------------
 
 
-class ServerProcess:
-    def __init__(self, directory: Path, port: int) -> None:
+class Served:
+    """``kfr serve`` on a fresh dev setup, and the ``kfr`` client commands against it."""
+
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = port
+        self.server = start_server(directory / "kfr.toml")
         self.stderr = ""
-        self.process = subprocess.Popen(
-            [KFR, "serve", "--config", str(directory / "kfr.toml")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        wait_for_port(port, self.process)
 
     def client(self, who: str, *args: str, input: str | None = None):
         options = [
-            "--target", f"localhost:{self.port}",
+            "--target", self.server.target,
             "--ca", str(self.directory / "ca.crt"),
             "--cert", str(self.directory / f"{who}.crt"),
             "--key", str(self.directory / f"{who}.key"),
@@ -130,21 +124,19 @@ class ServerProcess:
         return run(command, *options, *rest, input=input)
 
     def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        _, self.stderr = self.process.communicate(timeout=20)
-        return self.process.returncode
+        status = self.server.stop(timeout=20)
+        self.stderr = self.server.log()
+        return status
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[ServerProcess]:
-    port = free_port()
+def served(tmp_path: Path) -> Iterator[Served]:
     directory = tmp_path / "dev"
-    assert run("dev", "init", str(directory), "--listen", f"127.0.0.1:{port}").exit_code == 0
-    server = ServerProcess(directory, port)
-    yield server
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait()
+    init = run("dev", "init", str(directory), "--listen", "127.0.0.1:0")
+    assert init.exit_code == 0, init.output
+    served = Served(directory)
+    yield served
+    served.server.kill()
 
 
 def _json(result) -> dict:
@@ -152,7 +144,7 @@ def _json(result) -> dict:
     return json.loads(result.stdout)
 
 
-def test_readme_demo_report_then_lookup(served: ServerProcess, ids):
+def test_readme_demo_report_then_lookup(served: Served, ids):
     customer = ids.person()
     reported = served.client(
         "institution", "report", "--institution", TEST_INSTITUTION_ORG,
@@ -196,14 +188,14 @@ def test_readme_demo_report_then_lookup(served: ServerProcess, ids):
         assert "malloc: MALLOC_ARENA_MAX=2" in served.stderr  # kfr_grpc.allocator at work
 
 
-def test_client_errors_exit_non_zero_with_status_and_correlation_id(served: ServerProcess, ids):
+def test_client_errors_exit_non_zero_with_status_and_correlation_id(served: Served, ids):
     denied = served.client("agency", "report", "--institution", TEST_AGENCY_ORG, ids.person())
     assert denied.exit_code == 1
     assert "PERMISSION_DENIED" in denied.output
     assert "correlation-id:" in denied.stderr
 
 
-def test_an_institution_added_while_the_server_runs_can_report_at_once(served: ServerProcess, ids):
+def test_an_institution_added_while_the_server_runs_can_report_at_once(served: Served, ids):
     directory = served.directory
     added = run(
         "institutions", "add", "313000001", "Andre bank", "--config", str(directory / "kfr.toml")
@@ -245,7 +237,7 @@ def test_serve_refuses_a_data_directory_of_another_keyring(tmp_path: Path):
     assert data_file.read_bytes() == before
 
 
-def test_dev_token_revocation_and_explicit_tokens(served: ServerProcess, ids):
+def test_dev_token_revocation_and_explicit_tokens(served: Served, ids):
     directory = served.directory
     token = run(
         "dev", "token", "--org", TEST_INSTITUTION_ORG, "--scope", "bits:kundeforhold.write",
@@ -293,7 +285,7 @@ def test_client_commands_without_token_or_dev_setup_say_what_to_do(tmp_path: Pat
     assert "pass --token" in result.output
 
 
-def test_operator_commands_against_a_running_server(served: ServerProcess, ids, tmp_path: Path):
+def test_operator_commands_against_a_running_server(served: Served, ids, tmp_path: Path):
     config = str(served.directory / "kfr.toml")
     customer = ids.person()
     reported = served.client("institution", "report", "--institution", TEST_INSTITUTION_ORG,
@@ -358,7 +350,7 @@ def test_operator_commands_against_a_running_server(served: ServerProcess, ids, 
 
 
 def test_report_file_loads_a_batch_file_and_names_the_lines_it_rejected(
-    served: ServerProcess, ids, tmp_path: Path
+    served: Served, ids, tmp_path: Path
 ):
     good = [ids.person() for _ in range(5)]
     broken = good[0][:-1] + str((int(good[0][-1]) + 1) % 10)
@@ -388,9 +380,9 @@ def test_report_file_loads_a_batch_file_and_names_the_lines_it_rejected(
     assert "registered 1, already registered 1" in result.stdout
 
 
-def test_doctor_checks_a_deployment(served: ServerProcess):
+def test_doctor_checks_a_deployment(served: Served):
     config = str(served.directory / "kfr.toml")
-    healthy = run("doctor", "--config", config)
+    healthy = run("doctor", "--config", config, "--target", served.server.target)
     assert healthy.exit_code == 0, healthy.output
     for subject in ("config", "keyring", "data directory", "server certificate",
                     "client CA bundle", "token keys", "server"):  # fmt: skip
@@ -398,7 +390,7 @@ def test_doctor_checks_a_deployment(served: ServerProcess):
     assert "says SERVING" in healthy.output
     served.terminate()
     (served.directory / "keyring.json").chmod(0o644)
-    sick = run("doctor", "--config", config)
+    sick = run("doctor", "--config", config, "--target", served.server.target)
     assert sick.exit_code == 1
     assert "FAIL keyring:" in sick.output and "chmod 600" in sick.output
     assert "FAIL server:" in sick.output and "UNAVAILABLE" in sick.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -14,66 +13,46 @@ import pytest
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import free_port, wait_for_port
+from bench.common import ServerProcess, start_server
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.cli import main
-from kfr_grpc.client import KfrClient, secure_channel
+from kfr_grpc.client import KfrClient
 from kfr_grpc.clock import SystemClock
 from kfr_grpc.dev import pki, tokens
-from kfr_grpc.dev.setup import (
-    TEST_AGENCY_ORG,
-    TEST_INSTITUTION_ORG,
-    TEST_MANDATE,
-    DevSetup,
-)
+from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, TEST_MANDATE, DevSetup
 from kfr_grpc.server import open_store
-from tests.test_cli import KFR
 
 WRITE, READ = "bits:kundeforhold.write", "bits:kundeforhold.read"
 
 
 class Served:
+    """``kfr serve`` on a fresh dev setup with ``extra_config`` appended."""
+
     def __init__(self, directory: Path, extra_config: str) -> None:
-        self.port = free_port()
         result = CliRunner().invoke(
-            main, ["dev", "init", str(directory), "--listen", f"127.0.0.1:{self.port}"]
+            main, ["dev", "init", str(directory), "--listen", "127.0.0.1:0"]
         )
         assert result.exit_code == 0, result.output
         self.setup = DevSetup(directory)
         with self.setup.config.open("a") as config:
             config.write("\n" + extra_config + "\n")
-        self.process = subprocess.Popen(
-            [KFR, "serve", "--config", str(self.setup.config)],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        wait_for_port(self.port, self.process)
-        self.log = ""
-
-    def client(
-        self, who: str, org: str, scope: str, *, ca: Path | None = None, **mint
-    ) -> KfrClient:
-        token = self.setup.token_issuer().mint(org, scope, now=SystemClock().now(), **mint)
-        channel = secure_channel(
-            f"localhost:{self.port}", ca=ca or self.setup.file("ca.crt"),
-            cert=self.setup.file(f"{who}.crt"), key=self.setup.file(f"{who}.key"),
-            token=token, own_connection=True,
-        )  # fmt: skip
-        return KfrClient(channel)
+        self.server: ServerProcess = start_server(self.setup.config)
+        self.clients = self.setup.clients(self.server.target)
 
     def institution(self, **kwargs) -> KfrClient:
-        return self.client("institution", TEST_INSTITUTION_ORG, WRITE, **kwargs)
+        return self.clients.client(
+            self.setup.identity("institution"), own_connection=True, **kwargs
+        )
 
     def agency(self, **kwargs) -> KfrClient:
-        return self.client("agency", TEST_AGENCY_ORG, READ, **kwargs)
+        return self.clients.client(self.setup.identity("agency"), own_connection=True, **kwargs)
 
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def finish(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        _, self.log = self.process.communicate(timeout=60)
-        return self.process.returncode
+    def wait_for_log(self, text: str, timeout: float = 10) -> None:
+        """Until the server's log says ``text`` (it acts on a signal in its own time)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.server.log():
+            assert time.monotonic() < deadline, f"the server never logged {text!r}"
+            time.sleep(0.02)
 
 
 @pytest.fixture
@@ -87,9 +66,7 @@ def served_factory(tmp_path: Path):
 
     yield make
     for served in started:
-        if served.process.poll() is None:
-            served.process.kill()
-            served.process.wait()
+        served.server.kill()
 
 
 def _lookup(client: KfrClient, customer: str, mandate: str = TEST_MANDATE) -> int:
@@ -100,37 +77,41 @@ def _lookup(client: KfrClient, customer: str, mandate: str = TEST_MANDATE) -> in
 
 
 def test_sigterm_lets_calls_in_flight_finish_then_exits_cleanly(served_factory, ids):
-    served = served_factory("[server]\ngrace_seconds = 20\ndrain_notice_seconds = 1.5")
+    served = served_factory("[server]\ngrace_seconds = 20\ndrain_notice_seconds = 3")
     institution = served.institution()
     health = health_pb2_grpc.HealthStub(served.agency().channel)
     customers = [[ids.person() for _ in range(100)] for _ in range(3)]
-    first_sent = threading.Event()
+    first_sent, go_on = threading.Event(), threading.Event()
 
-    def slow_chunks():
+    def chunks_held_back_after_the_first():
         for index, batch in enumerate(customers):
             yield pb.ReportRequest(
                 institution_org_number=TEST_INSTITUTION_ORG if index == 0 else "",
                 relationships=[pb.Relationship(customer_id=c, role=pb.ROLE_OWNER) for c in batch],
             )
             first_sent.set()
-            time.sleep(1.0)
+            assert go_on.wait(30)
 
     results: dict[str, object] = {}
     stream = threading.Thread(
         target=lambda: results.update(
-            response=institution.institutions.ReportStream(slow_chunks(), timeout=30)
+            response=institution.institutions.ReportStream(
+                chunks_held_back_after_the_first(), timeout=60
+            )
         )
     )
     stream.start()
     assert first_sent.wait(10)
-    served.signal(signal.SIGTERM)
-    time.sleep(0.5)  # inside the drain notice: still answering, but NOT_SERVING
+    served.server.signal(signal.SIGTERM)
+    served.wait_for_log("stopping: NOT_SERVING")
+    # Inside the drain notice: still answering, but NOT_SERVING.
     status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-    stream.join(timeout=30)
-    assert results["response"].registered_count == 300  # the call in flight completed
-    assert served.finish() == 0
-    assert "stopped" in served.log
+    go_on.set()  # the call in flight goes on and completes
+    stream.join(timeout=60)
+    assert results["response"].registered_count == 300
+    assert served.server.stop() == 0
+    assert "stopped" in served.server.log()
     with pytest.raises(grpc.RpcError) as refused:
         served.agency().lookups.Lookup(pb.LookupRequest(), timeout=3)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -175,29 +156,24 @@ def test_sighup_reloads_certificates_crl_jwks_and_agencies(served_factory, ids):
         f'mandates = ["{TEST_MANDATE}"]', f'mandates = ["{TEST_MANDATE}", "{new_mandate}"]'
     )
     setup.config.write_text(config)
-    served.signal(signal.SIGHUP)
-    time.sleep(1.5)
+    served.server.signal(signal.SIGHUP)
+    served.wait_for_log("reloaded: server certificate")
 
     rotated = tokens.TokenIssuer(new_key, "rotated-2", setup.token_issuer().issuer)
     token = rotated.mint(TEST_AGENCY_ORG, READ, now=SystemClock().now())
-    agency = KfrClient(
-        secure_channel(
-            f"localhost:{served.port}", ca=setup.file("server-ca.crt"),
-            cert=setup.file("agency.crt"), key=setup.file("agency.key"), token=token,
-            own_connection=True,
-        )
-    )  # fmt: skip
+    agency_identity = setup.identity("agency")
+    agency = served.clients.client(
+        agency_identity, token=token, ca=setup.file("server-ca.crt"), own_connection=True
+    )
     assert _lookup(agency, customer, new_mandate) == 1  # new cert, new JWKS, new mandate
     assert _lookup(old_agency, customer) == 1  # the open connection was not dropped
     with pytest.raises(grpc.RpcError) as revoked:  # the CRL was re-read
-        institution = KfrClient(
-            secure_channel(
-                f"localhost:{served.port}", ca=setup.file("server-ca.crt"),
-                cert=setup.file("institution.crt"), key=setup.file("institution.key"),
-                token=rotated.mint(TEST_INSTITUTION_ORG, WRITE, now=SystemClock().now()),
-                own_connection=True,
-            )
-        )  # fmt: skip
+        institution = served.clients.client(
+            setup.identity("institution"),
+            token=rotated.mint(TEST_INSTITUTION_ORG, WRITE, now=SystemClock().now()),
+            ca=setup.file("server-ca.crt"),
+            own_connection=True,
+        )
         institution.institutions.ListOwn(
             pb.ListOwnRequest(institution_org_number=TEST_INSTITUTION_ORG, customer_id=customer)
         )
@@ -206,5 +182,5 @@ def test_sighup_reloads_certificates_crl_jwks_and_agencies(served_factory, ids):
         _lookup(served.agency(), customer)
     assert old_ca.value.code() is grpc.StatusCode.UNAVAILABLE
     assert dev_ca.certificate.subject != new_ca.certificate.subject
-    assert served.finish() == 0
-    assert "reloaded" in served.log
+    assert served.server.stop() == 0
+    assert "reloaded" in served.server.log()

@@ -23,10 +23,11 @@ from kfr_grpc.cli.common import (
     operations,
 )
 from kfr_grpc.clock import SystemClock
-from kfr_grpc.config import host_port
+from kfr_grpc.config import Config, host_port
 from kfr_grpc.dev.setup import SIGNING_KEY_NAME, TEST_AGENCY_ORG, DevSetup
 from kfr_grpc.doctor import ClientIdentity, Status, examine
 from kfr_grpc.keyring import Keyring
+from kfr_grpc.readiness import remove_ready, write_ready
 from kfr_grpc.server import build_server
 from kfr_grpc.store.lmdb_store import restore as restore_store
 from kfr_grpc.supervisor import Supervisor
@@ -40,8 +41,14 @@ from kfr_grpc.supervisor import Supervisor
     "--workers", default=1, show_default=True, type=click.IntRange(1, 64),
     help="Server processes sharing the store and the port (SO_REUSEPORT).",
 )  # fmt: skip
+@click.option(
+    "--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write {pid, port, metrics_port} here as JSON once serving (removed at stop).",
+)  # fmt: skip
 @click.option("--worker-index", type=int, default=None, hidden=True)
-def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
+def serve(
+    config_path: Path, workers: int, ready_file: Path | None, worker_index: int | None
+) -> None:
     """Run the server until SIGTERM or SIGINT."""
     tuned = tune_malloc(os.environ)  # before any thread starts: see kfr_grpc.allocator
     config = load(config_path)
@@ -56,9 +63,17 @@ def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
         metrics = config.metrics.model_copy(update={"listen": f"{host}:{shifted}"})
         config = config.model_copy(update={"metrics": metrics})
     if workers > 1:
-        if config.listen.rsplit(":", 1)[-1] == "0":
+        port = host_port(config.listen)[1]
+        if port == 0:
             fail("--workers needs a fixed port in listen, not port 0")
-        sys.exit(Supervisor(config.path, workers, config.server.grace_seconds).run())
+        supervisor = Supervisor(
+            config.path, workers, config.server.grace_seconds, ready_file=ready_file, port=port
+        )
+        sys.exit(supervisor.run())
+    _serve(config, ready_file, worker_index)
+
+
+def _serve(config: Config, ready_file: Path | None, worker_index: int | None) -> None:
     with kfr_errors():
         server = build_server(
             config, shared_port=worker_index is not None, run_retention=not worker_index
@@ -68,11 +83,17 @@ def serve(config_path: Path, workers: int, worker_index: int | None) -> None:
         signal.signal(signum, lambda *_: stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: reloading.set())
     with kfr_errors():
-        server.start()
+        port = server.start()
+    if ready_file is not None:
+        write_ready(
+            ready_file, {"pid": os.getpid(), "port": port, "metrics_port": server.metrics_port}
+        )
     while not stopping.wait(0.2):
         if reloading.is_set():
             reloading.clear()
             server.reload()
+    if ready_file is not None:
+        remove_ready(ready_file)
     server.stop()
 
 
@@ -241,13 +262,17 @@ def institutions_collection_accounts(
     help="Its private key.",
 )
 @click.option("--token", envvar="KFR_TOKEN", default=None, help="An access token for it.")
+@click.option(
+    "--target", envvar="KFR_TARGET", default=None,
+    help="host:port of the server to ask; default the config's listen address.",
+)  # fmt: skip
 def doctor(config_path: Path, ca: Path | None, cert: Path | None, key: Path | None,
-           token: str | None) -> None:  # fmt: skip
+           token: str | None, target: str | None) -> None:  # fmt: skip
     """Check a deployment: config, keyring, data directory, certificates, token keys, and
     (given a client identity, or in a dev setup) that the server answers health checks.
     Exit status 1 if anything failed."""
     identity = _doctor_identity(config_path, ca, cert, key, token)
-    findings = examine(config_path, identity)
+    findings = examine(config_path, identity, target=target)
     for finding in findings:
         click.echo(str(finding))
     if any(finding.status is Status.FAIL for finding in findings):

@@ -23,10 +23,14 @@ def dev() -> None:
 @click.option(
     "--listen", default="127.0.0.1:50051", show_default=True, help="host:port to serve on."
 )
-def dev_init(directory: Path, listen: str) -> None:
+@click.option(
+    "--metrics-listen", default=None,
+    help="host:port of the metrics endpoint; default loopback at the --listen port + 1.",
+)  # fmt: skip
+def dev_init(directory: Path, listen: str, metrics_listen: str | None) -> None:
     """Create a complete local setup in DIRECTORY (certificates, keyring, config, store)."""
     with kfr_errors():
-        setup = create_dev_setup(directory, listen=listen)
+        setup = create_dev_setup(directory, listen=listen, metrics_listen=metrics_listen)
     click.echo(f"dev setup written to {setup.directory}")
     click.echo(f"  config:      {setup.config}")
     click.echo(f"  institution: {TEST_INSTITUTION_ORG} (institution.crt/.key), registered")

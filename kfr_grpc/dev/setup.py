@@ -10,6 +10,7 @@ from cryptography import x509
 from kfr_grpc.clock import SystemClock
 from kfr_grpc.config import DEFAULT_LISTEN, host_port, load_config
 from kfr_grpc.dev import pki, tokens
+from kfr_grpc.dev.clients import Clients, Identity
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.register.operations import Operations
@@ -47,6 +48,21 @@ class DevSetup:
         settings = load_config(self.config).tokens
         return tokens.TokenIssuer(key, kid, settings.issuer, settings.audience)
 
+    def identity(self, who: str) -> Identity:
+        """The test ``"institution"`` or ``"agency"``, with the scope its service needs."""
+        settings = load_config(self.config).tokens
+        if who == "institution":
+            org, scope = TEST_INSTITUTION_ORG, settings.institution_scope
+        elif who == "agency":
+            org, scope = TEST_AGENCY_ORG, settings.agency_scope
+        else:
+            raise ValueError(f"no test identity {who!r}: institution or agency")
+        return Identity(self.file(f"{who}.crt"), self.file(f"{who}.key"), org, scope)
+
+    def clients(self, target: str) -> Clients:
+        """Channels to the server at ``target`` as this setup's identities."""
+        return Clients(target, self.file("ca.crt"), self.token_issuer())
+
     def revoke(self, certificate: Path) -> int:
         """Adds ``certificate`` to the dev CA's CRL; returns its serial."""
         serial = x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number
@@ -57,13 +73,23 @@ class DevSetup:
         return serial
 
 
-def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSetup:
+def create_dev_setup(
+    directory: Path, *, listen: str = DEFAULT_LISTEN, metrics_listen: str | None = None
+) -> DevSetup:
     """Writes CA, server and client certificates, a keyring, a config and a store
-    with the test institution registered. Refuses a directory that already has a config."""
-    try:
-        host_port(listen)
-    except ValueError:
-        raise ConfigError(f"--listen {listen} is not host:port") from None
+    with the test institution registered. Refuses a directory that already has a config.
+
+    The metrics endpoint listens on ``metrics_listen``; by default on loopback at the
+    gRPC port + 1 (port 0, the kernel's choice, when the gRPC port is 0).
+    """
+    for option, address in (("--listen", listen), ("--metrics-listen", metrics_listen)):
+        try:
+            host_port(address or "x:0")
+        except ValueError:
+            raise ConfigError(f"{option} {address} is not host:port") from None
+    if metrics_listen is None:
+        port = host_port(listen)[1]
+        metrics_listen = f"127.0.0.1:{port + 1 if port else 0}"
     setup = DevSetup(directory.resolve())
     if setup.config.exists():
         raise ConfigError(f"{setup.config} already exists; remove {directory} to start afresh")
@@ -83,7 +109,7 @@ def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSet
     tokens.write_signing_key(setup.file(SIGNING_KEY_NAME), signing_key, TEST_SIGNING_KID)
     tokens.write_jwks(setup.file("jwks.json"), {TEST_SIGNING_KID: signing_key})
     Keyring.generate().save(setup.file("keyring.json"))
-    setup.config.write_text(_config_text(listen), encoding="utf-8")
+    setup.config.write_text(_config_text(listen, metrics_listen), encoding="utf-8")
 
     store = open_store(load_config(setup.config))
     try:
@@ -95,9 +121,7 @@ def create_dev_setup(directory: Path, *, listen: str = DEFAULT_LISTEN) -> DevSet
     return setup
 
 
-def _config_text(listen: str) -> str:
-    port = host_port(listen)[1]
-    metrics = f"127.0.0.1:{port + 1 if port else 0}"
+def _config_text(listen: str, metrics: str) -> str:
     return f'''# Local development setup made by `kfr dev init`; see README.md, "Configuration".
 listen = "{listen}"
 data_dir = "data"
