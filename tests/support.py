@@ -34,6 +34,24 @@ WRITE_SCOPE = "bits:kundeforhold.write"
 READ_SCOPE = "bits:kundeforhold.read"
 
 
+def refused_in_the_handshake(server: RunningServer, error, customer: str) -> None:
+    """``error`` is a TLS handshake the server refused, not a dead or absent server: the
+    server took the TCP connection and closed it (a dead server's is refused), and a
+    valid client is served by the same server right after (the positive control)."""
+    from kfr_grpc._proto import kfr_pb2 as pb
+
+    assert error.code().name == "UNAVAILABLE"
+    details = error.details()
+    assert "Connection refused" not in details, details
+    assert "Socket closed" in details or "andshake" in details, details
+    control = server.client(server.pki.institution)
+    request = pb.ReportRequest(
+        institution_org_number=INSTITUTION_ORG,
+        relationships=[pb.Relationship(customer_id=customer, role=pb.ROLE_OWNER)],
+    )
+    assert control.institutions.Report(request, timeout=10).registered_count == 1
+
+
 def by(institution: str) -> CallInfo:
     """A call made for ``institution`` under a fresh correlation-id (register tests)."""
     return CallInfo.new(institution, "/tests")

@@ -22,6 +22,7 @@ from tests.support import (
     VENDOR_ORG,
     WRITE_SCOPE,
     RunningServer,
+    refused_in_the_handshake,
 )
 from tests.test_server import list_own, lookup, report, rpc_error
 
@@ -266,25 +267,40 @@ def test_revoked_certificate_then_accepted_after_the_crl_is_replaced(server, ids
     accepted_report(server, ids, token=server.token(institution))
 
 
-def test_a_crl_not_signed_by_the_client_ca_is_not_loaded(server, ids, caplog):
-    stranger = pki.make_ca("Stranger")
+def test_a_crl_not_signed_by_the_client_ca_is_refused_and_the_previous_one_stays(
+    server, ids, caplog
+):
     institution = server.pki.institution
-    server.crl_path.write_bytes(pki.make_crl(stranger, [_serial(institution)]))
-    accepted_report(server, ids, token=server.token(institution))
+    server.crl_path.write_bytes(pki.make_crl(server.pki.authority, [_serial(institution)]))
+    assert refused_report(server, ids, token=server.token(institution)).code() is (
+        StatusCode.UNAUTHENTICATED
+    )
+    # A CRL from a stranger revoking nobody: were it loaded, the institution would pass.
+    stranger = pki.make_ca("Stranger")
+    server.crl_path.write_bytes(pki.make_crl(stranger, []))
+    error = refused_report(server, ids, token=server.token(institution))
+    assert error.code() is StatusCode.UNAUTHENTICATED and "revoked" in error.details()
     assert any("not signed by any CA" in r.getMessage() for r in caplog.records)
+    other = server.pki.other_institution  # the control: the previous CRL revokes only one
+    client = server.client(other)
+    assert report(client, OTHER_INSTITUTION_ORG, (ids.person(), OWNER, "")).registered_count == 1
 
 
-def test_certificate_from_another_ca(server, ids):
-    identity = server.pki.foreign_ca_institution
-    error = refused_report(server, ids, token=server.token(identity), identity=identity)
-    assert error.code() is StatusCode.UNAVAILABLE
+def test_a_crl_past_its_next_update_is_still_enforced(server, ids, caplog):
+    institution = server.pki.institution
+    stale = pki.make_crl(server.pki.authority, [_serial(institution)], days=-1)
+    server.crl_path.write_bytes(stale)
+    error = refused_report(server, ids, token=server.token(institution))
+    assert error.code() is StatusCode.UNAUTHENTICATED and "revoked" in error.details()
+    assert any("past its next update" in r.getMessage() for r in caplog.records)
+    server.crl_path.write_bytes(pki.make_crl(server.pki.authority, []))  # the control
+    accepted_report(server, ids, token=server.token(institution))
 
 
 def test_client_ca_bundle_is_re_read_when_it_changes(server, ids):
     foreign = server.pki.foreign_ca_institution
-    assert (
-        refused_report(server, ids, token=None, identity=foreign).code() is StatusCode.UNAVAILABLE
-    )
+    error = refused_report(server, ids, token=server.token(foreign), identity=foreign)
+    refused_in_the_handshake(server, error, ids.person())
     # The operator adds the other CA to the bundle; new connections see it, no restart.
     bundle = server.directory / "client-ca.pem"
     bundle.write_bytes(bundle.read_bytes() + _foreign_ca_pem(server))
@@ -294,14 +310,3 @@ def test_client_ca_bundle_is_re_read_when_it_changes(server, ids):
 def _foreign_ca_pem(server: RunningServer) -> bytes:
     return server.pki.foreign_authority.certificate.public_bytes(serialization.Encoding.PEM)
 
-
-def test_expired_certificate(server, ids):
-    identity = server.pki.expired_institution
-    error = refused_report(server, ids, token=server.token(identity), identity=identity)
-    assert error.code() is StatusCode.UNAVAILABLE
-
-
-def test_not_yet_valid_certificate(server, ids):
-    identity = server.pki.future_institution
-    error = refused_report(server, ids, token=server.token(identity), identity=identity)
-    assert error.code() is StatusCode.UNAVAILABLE

@@ -132,13 +132,15 @@ def issue_client(ca: Issued, subject: list[x509.NameAttribute]) -> Issued:
 
 
 def make_crl(ca: Issued, revoked_serials: list[int] = (), *, days: int = 30) -> bytes:
-    """A PEM CRL signed by ``ca`` revoking ``revoked_serials``, valid for ``days``."""
+    """A PEM CRL signed by ``ca`` revoking ``revoked_serials``, valid for ``days`` (a
+    negative number: one past its next update, issued a day before that)."""
     now = datetime.now(UTC)
+    next_update = now + timedelta(days=days)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
-        .last_update(now - timedelta(minutes=5))
-        .next_update(now + timedelta(days=days))
+        .last_update(min(now - timedelta(minutes=5), next_update - timedelta(days=1)))
+        .next_update(next_update)
     )
     for serial in revoked_serials:
         builder = builder.add_revoked_certificate(
