@@ -309,4 +309,3 @@ def test_client_ca_bundle_is_re_read_when_it_changes(server, ids):
 
 def _foreign_ca_pem(server: RunningServer) -> bytes:
     return server.pki.foreign_authority.certificate.public_bytes(serialization.Encoding.PEM)
-
