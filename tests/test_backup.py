@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -26,13 +25,19 @@ def kfr_process(*args: str) -> subprocess.CompletedProcess:
 
 
 class WriteLoad:
-    """Threads reporting new relationships one by one; remembers what was acknowledged."""
+    """Threads reporting new relationships one by one; remembers what was acknowledged.
+
+    A thread that fails stops the load and its error is raised in the test's thread
+    (by ``wait_for`` and on leaving the block), so a dead writer can never leave the test
+    waiting for writes that will not come."""
 
     def __init__(self, server, ids, threads: int = 3) -> None:
         self._server, self._ids = server, ids
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self.acknowledged: list[str] = []
+        self.errors: list[BaseException] = []
         self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def __enter__(self) -> WriteLoad:
@@ -43,20 +48,37 @@ class WriteLoad:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join()
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in self._threads), "a writer hangs"
+        self._raise_errors()
 
     def _run(self) -> None:
-        client = self._server.client(self._server.pki.institution)
-        while not self._stop.is_set():
-            with self._lock:
-                customer = self._ids.person()
-            report(client, INSTITUTION_ORG, (customer, OWNER, "2020-01-01"))
-            with self._lock:
-                self.acknowledged.append(customer)
+        try:
+            client = self._server.client(self._server.pki.institution)
+            while not self._stop.is_set():
+                with self._lock:
+                    customer = self._ids.person()
+                report(client, INSTITUTION_ORG, (customer, OWNER, "2020-01-01"), timeout=10)
+                with self._changed:
+                    self.acknowledged.append(customer)
+                    self._changed.notify_all()
+        except BaseException as error:
+            with self._changed:
+                self.errors.append(error)
+                self._changed.notify_all()
+            self._stop.set()
 
-    def wait_for(self, count: int) -> None:
-        while len(self.snapshot()) < count:
-            time.sleep(0.01)
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        with self._changed:
+            done = self._changed.wait_for(
+                lambda: len(self.acknowledged) >= count or self.errors, timeout
+            )
+        self._raise_errors()
+        assert done, f"only {len(self.acknowledged)} of {count} writes within {timeout} s"
+
+    def _raise_errors(self) -> None:
+        if self.errors:
+            raise AssertionError(f"a writer failed: {self.errors[0]!r}") from self.errors[0]
 
     def snapshot(self) -> list[str]:
         with self._lock:

@@ -309,3 +309,41 @@ def test_client_ca_bundle_is_re_read_when_it_changes(server, ids):
 
 def _foreign_ca_pem(server: RunningServer) -> bytes:
     return server.pki.foreign_authority.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+# --- what the token cache does not skip -----------------------------------------------------
+
+
+def test_a_cached_token_still_meets_revocation_and_its_binding(server, ids):
+    institution = server.pki.institution
+    bound = server.token(institution, cnf_certificate=institution.cert.read_bytes())
+    accepted_report(server, ids, token=bound)  # verified once: now in the token cache
+    accepted_report(server, ids, token=bound)
+    # The same token from a connection with another certificate of the same organisation.
+    other_certificate = server.pki.institution_org_identifier
+    error = refused_report(server, ids, token=bound, identity=other_certificate)
+    assert error.code() is StatusCode.UNAUTHENTICATED and "cnf" in error.details()
+    # And once the certificate it is bound to is revoked.
+    server.crl_path.write_bytes(pki.make_crl(server.pki.authority, [_serial(institution)]))
+    error = refused_report(server, ids, token=bound)
+    assert error.code() is StatusCode.UNAUTHENTICATED and "revoked" in error.details()
+
+
+def test_a_cached_token_still_meets_the_consumer_check(server, ids):
+    token = server.token(server.pki.institution)
+    accepted_report(server, ids, token=token)  # cached
+    error = refused_report(server, ids, token=token, identity=server.pki.other_institution)
+    assert error.code() is StatusCode.UNAUTHENTICATED and "consumer" in error.details()
+
+
+def test_a_message_over_4_mb_is_resource_exhausted(server, ids):
+    client = server.client(server.pki.institution)
+    huge = pb.ReportRequest(
+        institution_org_number=INSTITUTION_ORG,
+        relationships=[pb.Relationship(customer_id="1" * 4000) for _ in range(1100)],
+    )
+    assert huge.ByteSize() > 4 * 1024 * 1024
+    error = rpc_error(client.institutions.Report, huge, timeout=10)
+    assert error.code() is StatusCode.RESOURCE_EXHAUSTED
+    assert server.relationship_count() == 0
+    assert report(client, INSTITUTION_ORG, (ids.person(), OWNER, "")).registered_count == 1

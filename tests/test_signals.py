@@ -184,3 +184,61 @@ def test_sighup_reloads_certificates_crl_jwks_and_agencies(served_factory, ids):
     assert dev_ca.certificate.subject != new_ca.certificate.subject
     assert served.server.stop() == 0
     assert "reloaded" in served.server.log()
+
+
+def test_sighup_with_a_broken_configuration_changes_nothing(served_factory, ids):
+    served = served_factory("[server]\nfile_check_seconds = 3600")
+    setup, customer = served.setup, ids.person()
+    served.institution().institutions.Report(
+        pb.ReportRequest(
+            institution_org_number=TEST_INSTITUTION_ORG,
+            relationships=[pb.Relationship(customer_id=customer, role=pb.ROLE_OWNER)],
+        )
+    )
+    agency = served.agency()  # (the test's own client reads the config too)
+    good = setup.config.read_text()
+    # A half-edited file: the agency's mandates gone, and a table that does not parse.
+    setup.config.write_text(good.replace(f'mandates = ["{TEST_MANDATE}"]', "mandates = [") + "\n")
+    served.server.signal(signal.SIGHUP)
+    served.wait_for_log("reload failed, nothing changed")
+    assert _lookup(agency, customer) == 1  # the agency and its mandate still stand
+    assert served.server.process.poll() is None
+    setup.config.write_text(good)
+    assert served.server.stop() == 0
+
+
+def test_calls_still_running_when_the_grace_period_ends_are_cancelled(served_factory, ids):
+    served = served_factory("[server]\ngrace_seconds = 1")
+    institution = served.institution()
+    first_sent, never = threading.Event(), threading.Event()
+
+    def one_chunk_then_nothing():
+        yield pb.ReportRequest(
+            institution_org_number=TEST_INSTITUTION_ORG,
+            relationships=[pb.Relationship(customer_id=ids.person(), role=pb.ROLE_OWNER)],
+        )
+        first_sent.set()
+        never.wait(60)  # a client that never finishes its stream
+
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            institution.institutions.ReportStream(one_chunk_then_nothing(), timeout=60)
+        except grpc.RpcError as error:
+            outcome["code"] = error.code()
+
+    stream = threading.Thread(target=call)
+    stream.start()
+    assert first_sent.wait(10)
+    started = time.monotonic()
+    assert served.server.stop(timeout=30) == 0  # SIGTERM: grace 1 s, then the call is cut
+    assert time.monotonic() - started < 15
+    never.set()
+    stream.join(timeout=30)
+    assert outcome["code"] in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    log = served.server.log()
+    assert "stopped" in log
+    assert '"method": "/kfr.v1.InstitutionService/ReportStream"' in log
+    line = next(row for row in log.splitlines() if "ReportStream" in row and '"status"' in row)
+    assert '"status": "CANCELLED"' in line, line
