@@ -27,12 +27,13 @@ from pydantic import (
     model_validator,
 )
 
+from kfr_grpc.auth.tokens import MAX_LEEWAY_SECONDS
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.register.customer_ids import parse_org_number
+from kfr_grpc.register.operations import DEFAULT_REQUEST_LOG_DAYS
 from kfr_grpc.register.values import InvalidValue
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-MAX_LEEWAY_SECONDS = 30
 
 
 def host_port(address: str) -> tuple[str, int]:
@@ -161,7 +162,7 @@ class ServerConfig(_Table):
 class MaintenanceConfig(_Table):
     """The server's own periodic work."""
 
-    request_log_days: Positive = 90  # how long institutions' request records are kept
+    request_log_days: Positive = DEFAULT_REQUEST_LOG_DAYS  # institutions' request records
     purge_interval_seconds: Seconds = 86400.0  # retention runs this often (daily)
     lookup_counts_flush_seconds: Seconds = 60.0  # lookup counters are stored this often
 

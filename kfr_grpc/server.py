@@ -13,6 +13,8 @@ import multiprocessing
 import time
 from concurrent import futures
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -110,51 +112,29 @@ def _service_name(service: str) -> str:
 HEALTH_SERVICES = ("", _service_name("InstitutionService"), _service_name("LookupService"))
 
 
+@dataclass
 class KfrServer:
     """The register served over mutual TLS, as ``build_server`` assembled it."""
 
-    def __init__(
-        self,
-        *,
-        config: Config,
-        grpc_server: grpc.Server,
-        port: int,
-        store: LmdbStore,
-        tls: ServerTls,
-        jwks: JwksSource,
-        policy: AccessPolicy,
-        health_servicer: health.HealthServicer,
-        maintenance: Maintenance,
-        metrics: Metrics,
-        validation: ProcessPoolExecutor | None,
-    ) -> None:
-        self._config = config
-        self._server = grpc_server
-        self._port = port
-        self._store = store
-        self._tls = tls
-        self._jwks = jwks
-        self._policy = policy
-        self._health = health_servicer
-        self._maintenance = maintenance
-        self.metrics = metrics
-        self._validation = validation
-        self._metrics_http = None
-        self.metrics_port = 0
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def store(self) -> LmdbStore:
-        return self._store
+    config: Config
+    grpc_server: grpc.Server
+    port: int
+    store: LmdbStore
+    tls: ServerTls
+    jwks: JwksSource
+    policy: AccessPolicy
+    health: health.HealthServicer
+    maintenance: Maintenance
+    metrics: Metrics
+    validation: ProcessPoolExecutor | None
+    metrics_port: int = 0
+    _metrics_http: Any = None
 
     def start(self) -> int:
         """Starts serving; returns the bound port."""
-        self._server.start()
-        self._maintenance.start()
-        listen = self._config.metrics.listen
+        self.grpc_server.start()
+        self.maintenance.start()
+        listen = self.config.metrics.listen
         if listen:
             try:
                 self._metrics_http, self.metrics_port = self.metrics.serve(listen)
@@ -163,44 +143,44 @@ class KfrServer:
                 raise ConfigError(f"cannot serve metrics on {listen}: {error.strerror}") from None
             log.info("metrics on http://%s/metrics", listen)
         for service in HEALTH_SERVICES:
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving on %s (port %d), data in %s, test mode %s",
-            self._config.listen,
-            self._port,
-            self._config.data_dir,
-            "on" if self._config.test_mode else "off",
+            self.config.listen,
+            self.port,
+            self.config.data_dir,
+            "on" if self.config.test_mode else "off",
         )
-        return self._port
+        return self.port
 
     def reload(self) -> None:
         """SIGHUP: re-reads the server certificate, the client CA bundle and CRLs, the JWKS
         and the agencies from the configuration, without dropping calls. Other settings
         need a restart."""
         try:
-            config = load_config(self._config.path)
+            config = load_config(self.config.path)
         except ConfigError as error:
             log.error("reload failed, nothing changed: %s", error)
             return
-        self._tls.reload(config.tls)
-        self.metrics.observe_certificate(self._tls.certificate_pem)
-        self._jwks.refresh_now()
-        self._policy.replace_agencies(config.agencies)
+        self.tls.reload(config.tls)
+        self.metrics.observe_certificate(self.tls.certificate_pem)
+        self.jwks.refresh_now()
+        self.policy.replace_agencies(config.agencies)
         unchanged = config.model_copy(
-            update={"tls": self._config.tls, "agencies": self._config.agencies}
+            update={"tls": self.config.tls, "agencies": self.config.agencies}
         )
-        if unchanged != self._config:
+        if unchanged != self.config:
             log.warning("reload applies tls and agencies only; other changes need a restart")
         log.info("reloaded: server certificate, client CA bundle and CRLs, JWKS, agencies")
 
     def wait(self) -> None:
-        self._server.wait_for_termination()
+        self.grpc_server.wait_for_termination()
 
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
-        self._health.enter_graceful_shutdown()  # NOT_SERVING from now on
-        notice = self._config.server.drain_notice_seconds
-        grace = self._config.server.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()  # NOT_SERVING from now on
+        notice = self.config.server.drain_notice_seconds
+        grace = self.config.server.grace_seconds if grace is None else grace
         log.info(
             "stopping: NOT_SERVING; new calls refused in %.1f s, calls in flight then have "
             "%.1f s to finish",
@@ -208,13 +188,13 @@ class KfrServer:
             grace,
         )
         time.sleep(notice)  # for load balancers to notice
-        self._server.stop(grace).wait()
-        self._maintenance.stop()
+        self.grpc_server.stop(grace).wait()
+        self.maintenance.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
-        if self._validation is not None:
-            self._validation.shutdown(cancel_futures=True)
-        self._store.close()
+        if self.validation is not None:
+            self.validation.shutdown(cancel_futures=True)
+        self.store.close()
         log.info("stopped")
 
 
@@ -276,7 +256,7 @@ def build_server(
         tls=tls,
         jwks=jwks,
         policy=policy,
-        health_servicer=health_servicer,
+        health=health_servicer,
         maintenance=maintenance,
         metrics=metrics,
         validation=validation,

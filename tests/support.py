@@ -57,6 +57,22 @@ def by(institution: str) -> CallInfo:
     return CallInfo.new(institution, "/tests")
 
 
+def register_lookup(register, customer: str, first: str = "2000-01-01", last: str = "", *,
+                    owner_only: bool = False) -> list:  # fmt: skip
+    """The register's Lookup answer (register tests: no server, any mandate)."""
+    import uuid
+
+    query = register.parse_lookup(
+        customer_id=customer,
+        from_date=first,
+        to_date=last,
+        owner_only=owner_only,
+        legal_mandate="m",
+        account_info_request_id=str(uuid.uuid4()),
+    )
+    return register.lookup(query)
+
+
 class Ids:
     """Makes synthetic customer IDs and remembers every one, for the log checks."""
 

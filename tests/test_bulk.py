@@ -9,15 +9,9 @@ import uuid
 import grpc
 import pytest
 
+from kfr_grpc import loadfile
 from kfr_grpc._proto import kfr_pb2 as pb
-from kfr_grpc.loadfile import (
-    Entry,
-    Malformed,
-    chunks,
-    detect_format,
-    lines_of_positions,
-    read_entries,
-)
+from kfr_grpc.loadfile import Entry, Malformed
 from tests.support import INSTITUTION_ORG, UNREGISTERED_ORG
 from tests.test_server import end, list_own, lookup, report, rpc_error
 
@@ -164,7 +158,7 @@ def test_a_chunk_that_fails_to_commit_leaves_nothing_and_says_what_was_kept(serv
 def test_batch_format_takes_line_breaks_anywhere_and_optional_dates():
     # The reader does not validate: placeholders stand in for IDs.
     text = " id-a#2020-01-01, id-b ,\nid-c#2021-02-03,,\n\nid-d"
-    entries = list(read_entries(io.StringIO(text), "batch", OWNER))
+    entries = list(loadfile.read_entries(io.StringIO(text), "batch", OWNER))
     assert [(e.line, e.customer_id, e.start_date) for e in entries] == [
         (1, "id-a", "2020-01-01"),
         (1, "id-b", ""),
@@ -176,7 +170,7 @@ def test_batch_format_takes_line_breaks_anywhere_and_optional_dates():
 
 def test_csv_format_with_header_roles_and_unreadable_lines():
     text = "customer_id,role,start_date\n1,owner,2020-01-01\n2,Disponent\n3,boss,\n4\n5,ROLE_OWNER,"
-    items = list(read_entries(io.StringIO(text), "csv", OWNER))
+    items = list(loadfile.read_entries(io.StringIO(text), "csv", OWNER))
     assert items == [
         Entry(2, "1", OWNER, "2020-01-01"),
         Entry(3, "2", DISPONENT, ""),
@@ -190,12 +184,15 @@ def test_format_detection(tmp_path):
     csv_file, batch_file = tmp_path / "a.csv", tmp_path / "b.txt"
     csv_file.write_text("\n1,owner,2020-01-01\n")
     batch_file.write_text("1#2020-01-01,2,3\n")
-    assert (detect_format(csv_file), detect_format(batch_file)) == ("csv", "batch")
+    assert (loadfile.detect_format(csv_file), loadfile.detect_format(batch_file)) == (
+        "csv",
+        "batch",
+    )
 
 
 def test_chunks_name_the_institution_once_and_keep_order():
     entries = [Entry(n, str(n), OWNER, "") for n in range(5)]
-    messages = list(chunks(entries, INSTITUTION_ORG, 2))
+    messages = list(loadfile.chunks(entries, INSTITUTION_ORG, 2))
     assert [len(m.relationships) for m in messages] == [2, 2, 1]
     assert [m.institution_org_number for m in messages] == [INSTITUTION_ORG, "", ""]
     assert [r.customer_id for m in messages for r in m.relationships] == ["0", "1", "2", "3", "4"]
@@ -203,8 +200,12 @@ def test_chunks_name_the_institution_once_and_keep_order():
 
 def test_positions_map_back_to_lines():
     text = "a#,b\nc\n\nd,e,f\n"
-    assert lines_of_positions(io.StringIO(text), "batch", OWNER, {1, 3, 5}) == {1: 1, 3: 4, 5: 4}
-    assert lines_of_positions(io.StringIO(text), "batch", OWNER, set()) == {}
+    assert loadfile.lines_of_positions(io.StringIO(text), "batch", OWNER, {1, 3, 5}) == {
+        1: 1,
+        3: 4,
+        5: 4,
+    }
+    assert loadfile.lines_of_positions(io.StringIO(text), "batch", OWNER, set()) == {}
 
 
 def test_a_load_far_past_a_tiny_initial_map_succeeds(server_factory):

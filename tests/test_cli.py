@@ -213,12 +213,7 @@ def test_serve_refuses_to_start_without_its_keyring(tmp_path: Path):
     directory = tmp_path / "dev"
     run("dev", "init", str(directory))
     os.remove(directory / "keyring.json")
-    result = subprocess.run(
-        [KFR, "serve", "--config", str(directory / "kfr.toml")],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert "kfr keys init" in result.stderr
+    assert "kfr keys init" in _serve_fails(directory)
 
 
 def test_serve_refuses_a_data_directory_of_another_keyring(tmp_path: Path):
@@ -228,13 +223,19 @@ def test_serve_refuses_a_data_directory_of_another_keyring(tmp_path: Path):
     Keyring.generate().save(directory / "keyring.json")
     data_file = directory / "data" / "data.mdb"
     before = data_file.read_bytes()
+    assert "refusing to open it" in _serve_fails(directory)
+    assert data_file.read_bytes() == before
+
+
+def _serve_fails(directory: Path) -> str:
+    """Runs ``kfr serve`` on the dev setup in ``directory``; returns what it said when it
+    refused to start."""
     result = subprocess.run(
         [KFR, "serve", "--config", str(directory / "kfr.toml")],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode != 0
-    assert "refusing to open it" in result.stderr
-    assert data_file.read_bytes() == before
+    return result.stderr
 
 
 def test_dev_token_revocation_and_explicit_tokens(served: Served, ids):

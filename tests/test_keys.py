@@ -4,7 +4,6 @@ with every Lookup and ListOwn answer compared with the answers before rotation."
 from __future__ import annotations
 
 import random
-import uuid
 from datetime import date
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.store import LmdbStore, rotation
 from kfr_grpc.store.layout import BY_INSTITUTION, ENDED_BY_DATE, RELATIONSHIPS
-from tests.support import INSTITUTION_ORG, OTHER_INSTITUTION_ORG, by, dump_store
+from tests.support import INSTITUTION_ORG, OTHER_INSTITUTION_ORG, by, dump_store, register_lookup
 from tests.test_server import list_own, lookup, report
 
 TODAY = date(2026, 6, 15)
@@ -77,15 +76,7 @@ def answers(register: Register, customers: list[str]) -> list:
     """Every Lookup and ListOwn answer for ``customers``."""
     result = []
     for customer in customers:
-        query = register.parse_lookup(
-            customer_id=customer,
-            from_date="2010-01-01",
-            to_date="",
-            owner_only=False,
-            legal_mandate="m",
-            account_info_request_id=str(uuid.uuid4()),
-        )
-        result.append(register.lookup(query))
+        result.append(register_lookup(register, customer, "2010-01-01"))
         result.append([register.list_own(by(bank), customer) for bank in BANKS])
     return result
 

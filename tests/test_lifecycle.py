@@ -27,7 +27,7 @@ from kfr_grpc.register.statistics import LookupStatistics
 from kfr_grpc.store import LmdbStore
 from kfr_grpc.store.layout import RELATIONSHIPS
 from kfr_grpc.store.txn import TxnBase
-from tests.support import by
+from tests.support import by, register_lookup
 
 TODAY = date(2026, 6, 15)
 BANK, OTHER_BANK = "311000004", "313000001"
@@ -65,15 +65,7 @@ def periods(register: Register, customer: str, bank: str = BANK) -> list[Period]
 
 
 def lookup(register: Register, customer: str) -> list[str]:
-    query = register.parse_lookup(
-        customer_id=customer,
-        from_date="2000-01-01",
-        to_date="",
-        owner_only=False,
-        legal_mandate="m",
-        account_info_request_id=str(uuid.uuid4()),
-    )
-    return [relation.org_number for relation in register.lookup(query)]
+    return [relation.org_number for relation in register_lookup(register, customer)]
 
 
 def report_and_end(register: Register, customer: str, start: str, end: str, bank=BANK) -> None:

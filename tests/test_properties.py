@@ -4,7 +4,6 @@ simple in-memory model over random histories of Report, End, closure and purge."
 from __future__ import annotations
 
 import tempfile
-import uuid
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ from kfr_grpc.register.retention import retention_cutoff
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.register.values import InvalidValue
 from kfr_grpc.store import LmdbStore
-from tests.support import by
+from tests.support import by, register_lookup
 
 TODAY = date(2026, 6, 15)
 
@@ -232,11 +231,10 @@ class RegisterModel(RuleBasedStateMachine):
     def lookup_matches(self):
         first, last = self.today - timedelta(days=3650), self.today
         for customer in self.customers:
-            query = self.register.parse_lookup(
-                customer_id=customer, from_date=first.isoformat(), to_date=last.isoformat(),
-                owner_only=False, legal_mandate="m", account_info_request_id=str(uuid.uuid4()),
-            )  # fmt: skip
-            answer = {r.org_number: (set(r.roles), r.active) for r in self.register.lookup(query)}
+            relations = register_lookup(
+                self.register, customer, first.isoformat(), last.isoformat()
+            )
+            answer = {r.org_number: (set(r.roles), r.active) for r in relations}
             expected: dict[str, tuple[set, bool]] = {}
             for (who, bank, role), history in self.periods.items():
                 seen = [p for p in history if p[0] <= last and (p[1] is None or p[1] >= first)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.reports import MAX_ITEMS_PER_CALL
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.store import LmdbStore
-from tests.support import by
+from tests.support import by, register_lookup
 
 TODAY = date(2026, 6, 15)
 BANK, OTHER_BANK, UNKNOWN_BANK = "311000004", "313000001", "314000005"
@@ -44,16 +43,7 @@ def count(register: Register) -> int:
         return view.relationship_count()
 
 
-def lookup(register: Register, customer: str, first: str, last: str, *, owner_only=False):
-    query = register.parse_lookup(
-        customer_id=customer,
-        from_date=first,
-        to_date=last,
-        owner_only=owner_only,
-        legal_mandate="mandate",
-        account_info_request_id=str(uuid.uuid4()),
-    )
-    return register.lookup(query)
+lookup = register_lookup
 
 
 def periods(register: Register, institution: str, customer: str) -> dict[Role, tuple[Period, ...]]:

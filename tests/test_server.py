@@ -182,39 +182,28 @@ def test_bad_ids_dates_and_roles_are_named_by_path_and_never_echoed(server, ids)
     client = server.client(server.pki.institution)
     good = ids.person()
     bad_check = good[:-1] + str((int(good[-1]) + 1) % 10)
-    error = rpc_error(
-        report,
-        client,
-        INSTITUTION_ORG,
-        (good, OWNER, "2020-01-01"),
-        (bad_check, OWNER, ""),
-        (good, DISPONENT, "2020-02-30"),
-        (good, 7, ""),
-        (good, OWNER, "2026-06-16"),
-    )
-    assert error.code() is StatusCode.INVALID_ARGUMENT
-    assert "relationships[3].role" in error.details()  # unknown enum, caught in translation
-    error = rpc_error(
-        report,
-        client,
-        INSTITUTION_ORG,
-        (good, OWNER, "2020-01-01"),
-        (bad_check, OWNER, ""),
-        (good, DISPONENT, "2020-02-30"),
-        (good, pb.ROLE_UNSPECIFIED, ""),
-        (good, OWNER, "2026-06-16"),
-    )
-    details = error.details()
-    assert error.code() is StatusCode.INVALID_ARGUMENT
-    for path in (
-        "relationships[1].customer_id",
-        "relationships[2].start_date",
-        "relationships[3].role",
-        "relationships[4].start_date",
-    ):
-        assert path in details
-    assert "relationships[0]" not in details
-    assert good not in details and bad_check not in details
+    for odd_role in (7, pb.ROLE_UNSPECIFIED):  # an unknown number, and none
+        error = rpc_error(
+            report,
+            client,
+            INSTITUTION_ORG,
+            (good, OWNER, "2020-01-01"),
+            (bad_check, OWNER, ""),
+            (good, DISPONENT, "2020-02-30"),
+            (good, odd_role, ""),
+            (good, OWNER, "2026-06-16"),
+        )
+        details = error.details()
+        assert error.code() is StatusCode.INVALID_ARGUMENT
+        for path in (  # every bad field, the role among them
+            "relationships[1].customer_id",
+            "relationships[2].start_date",
+            "relationships[3].role",
+            "relationships[4].start_date",
+        ):
+            assert path in details
+        assert "relationships[0]" not in details
+        assert good not in details and bad_check not in details
     assert server.relationship_count() == 0
 
 
@@ -528,3 +517,25 @@ def test_a_malformed_chunk_ends_a_stream_after_the_chunks_before_it(server, ids)
     assert error.code() is StatusCode.INVALID_ARGUMENT
     assert _violation_reasons(error) == ["MALFORMED", "PARTIAL"]
     assert server.relationship_count() == 1
+
+
+def test_a_server_that_cannot_bind_leaves_no_helper_process(server_factory, tmp_path):
+    import multiprocessing
+
+    from kfr_grpc.config import load_config
+    from kfr_grpc.errors import ConfigError
+    from kfr_grpc.server import build_server
+
+    running = server_factory()
+    config = load_config(running.config_path)
+    taken = config.model_copy(
+        update={
+            "listen": f"127.0.0.1:{running.port}",  # in use by the running server
+            "data_dir": tmp_path / "other-data",
+            "server": config.server.model_copy(update={"validation_processes": 1}),
+        }
+    )
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ConfigError, match="cannot listen"):
+        build_server(taken)
+    assert set(multiprocessing.active_children()) == before

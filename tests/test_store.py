@@ -294,3 +294,25 @@ def test_close_leaves_a_stuck_transaction_to_the_process_exit(tmp_path, keyring,
     with store.read():
         store.close(wait_seconds=0.1)  # this thread's own transaction: it cannot end first
     assert "still running at close" in caplog.text
+
+
+def test_a_write_that_finds_the_map_full_below_its_maximum_grows_it_and_runs_again(
+    tmp_path: Path, keyring, ids, monkeypatch
+):
+    """As when another process filled the map between this one's look at it and its write."""
+    store = LmdbStore.open(tmp_path / "data", keyring, map_size=256 * 1024)
+    try:
+        monkeypatch.setattr(store._map, "ensure_headroom", lambda: None)  # no look ahead
+        runs = []
+
+        def work(txn) -> None:
+            runs.append(1)
+            for _ in range(3000):
+                txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+
+        store.write(work)
+        assert len(runs) >= 2  # the first run found the map full; it grew; the next fitted
+        with store.read() as view:
+            assert view.relationship_count() == 3000
+    finally:
+        store.close()

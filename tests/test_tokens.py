@@ -181,7 +181,7 @@ def test_https_jwks_refreshes_once_per_interval_on_unknown_kids(jwks_server, clo
     server.document = {"keys": [tokens.jwk_of(key, "k1")]}
     monotonic = FakeMonotonic()
     source = JwksSource(server.url, ca_file=ca_file, min_refresh_seconds=30, monotonic=monotonic)
-    verifier = TokenVerifier(TokenSettings(ISSUER, None), source, clock)
+    verifier = TokenVerifier(TokenSettings(ISSUER, None, 30, 100), source, clock)
     assert server.fetches == 1
     verifier.verify(mint(key, clock))
     assert server.fetches == 1

@@ -3,6 +3,7 @@ the wire's numbers are the contract's, not the register's."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, date
 
 from kfr_grpc._proto import kfr_pb2 as pb
@@ -15,6 +16,8 @@ from kfr_grpc.register.model import (
     RoleChoice,
     UnknownRole,
 )
+from kfr_grpc.register.reports import ReportItem
+from kfr_grpc.register.service import EndItem
 
 _ROLE_FROM_PB = {pb.ROLE_OWNER: Role.OWNER, pb.ROLE_DISPONENT: Role.DISPONENT}
 _ROLE_TO_PB = {role: number for number, role in _ROLE_FROM_PB.items()}
@@ -26,6 +29,17 @@ def role_from_pb(number: int) -> RoleChoice:
     if number == pb.ROLE_UNSPECIFIED:
         return None
     return _ROLE_FROM_PB.get(number) or UnknownRole(number)
+
+
+def report_items(relationships: Iterable[pb.Relationship]) -> list[ReportItem]:
+    return [
+        ReportItem(item.customer_id, role_from_pb(item.role), item.start_date)
+        for item in relationships
+    ]
+
+
+def end_items(endings: Iterable[pb.Ending]) -> list[EndItem]:
+    return [EndItem(item.customer_id, role_from_pb(item.role), item.end_date) for item in endings]
 
 
 def role_to_pb(role: Role) -> int:

@@ -12,17 +12,18 @@ from kfr_grpc._proto import kfr_pb2_grpc
 from kfr_grpc.api.calls import RequestContext
 from kfr_grpc.api.convert import (
     bulk_load_to_pb,
+    end_items,
     period_to_pb,
+    report_items,
     request_record_to_pb,
-    role_from_pb,
     role_to_pb,
 )
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.errors import InvalidArgument, KfrError
 from kfr_grpc.register.bulk import BulkLoad
 from kfr_grpc.register.model import CallInfo
-from kfr_grpc.register.reports import ReportItem, ValidatedReports, check_chunk_size
-from kfr_grpc.register.service import EndItem, Register
+from kfr_grpc.register.reports import ValidatedReports, check_chunk_size
+from kfr_grpc.register.service import Register
 
 
 class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
@@ -35,11 +36,7 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
 
     def Report(self, request: pb.ReportRequest, context: RequestContext) -> pb.ReportResponse:
         call = self._call(context, request.institution_org_number)
-        items = [
-            ReportItem(item.customer_id, role_from_pb(item.role), item.start_date)
-            for item in request.relationships
-        ]
-        result = self._register.report(call, items)
+        result = self._register.report(call, report_items(request.relationships))
         return pb.ReportResponse(
             registered_count=result.registered,
             already_registered_count=result.already_registered,
@@ -65,10 +62,7 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
                 except KfrError:
                     load = self._write(call, load, pending)  # it came before the bad one
                     raise
-                rows = [
-                    ReportItem(item.customer_id, role_from_pb(item.role), item.start_date).row()
-                    for item in chunk.relationships
-                ]
+                rows = [item.row() for item in report_items(chunk.relationships)]
                 submitted = self._validation.submit(validate, rows)
                 load = self._write(call, load, pending)
                 pending = submitted
@@ -102,11 +96,7 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
 
     def End(self, request: pb.EndRequest, context: RequestContext) -> pb.EndResponse:
         call = self._call(context, request.institution_org_number)
-        items = [
-            EndItem(item.customer_id, role_from_pb(item.role), item.end_date)
-            for item in request.endings
-        ]
-        result = self._register.end(call, items)
+        result = self._register.end(call, end_items(request.endings))
         return pb.EndResponse(ended_count=result.ended, already_ended_count=result.already_ended)
 
     def ListOwn(self, request: pb.ListOwnRequest, context: RequestContext) -> pb.ListOwnResponse:

@@ -33,10 +33,12 @@ _ORG_ID_PREFIX = "0192:"
 
 @dataclass(frozen=True, slots=True)
 class TokenSettings:
+    """What tokens must say and how many verified ones to remember (``[tokens]``)."""
+
     issuer: str
     audience: str | None
-    leeway_seconds: int = MAX_LEEWAY_SECONDS
-    cache_size: int = 10_000
+    leeway_seconds: int
+    cache_size: int
 
 
 @dataclass(frozen=True, slots=True)

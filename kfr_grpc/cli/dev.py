@@ -9,6 +9,7 @@ import click
 
 from kfr_grpc.cli.common import DEV_OPTION, kfr_errors, main
 from kfr_grpc.clock import SystemClock
+from kfr_grpc.config import DEFAULT_LISTEN
 from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
 from kfr_grpc.dev.synthetic import synthetic_person_id
 
@@ -20,9 +21,7 @@ def dev() -> None:
 
 @dev.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--listen", default="127.0.0.1:50051", show_default=True, help="host:port to serve on."
-)
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="host:port to serve on.")
 @click.option(
     "--metrics-listen", default=None,
     help="host:port of the metrics endpoint; default loopback at the --listen port + 1.",

@@ -50,12 +50,8 @@ def parse_uuid(raw: str) -> uuid.UUID:
     """Parses a UUID in its canonical text form (any case, with or without braces)."""
     if not raw:
         raise InvalidValue("is required (a UUID)", "REQUIRED")
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidValue(
-            "must be a UUID, for example 123e4567-e89b-12d3-a456-426614174000", "UUID_MALFORMED"
-        ) from None
+    reason = "must be a UUID, for example 123e4567-e89b-12d3-a456-426614174000"
+    return _or_invalid(uuid.UUID, raw, ValueError, reason, "UUID_MALFORMED")
 
 
 def parse_account_number(raw: str) -> str:
@@ -65,12 +61,20 @@ def parse_account_number(raw: str) -> str:
         raise InvalidValue(
             "must be an 11-digit Norwegian account number", "ACCOUNT_NUMBER_MALFORMED"
         )
+    reason = "is not a valid account number (check digit)"
+    return _or_invalid(
+        kontonr.validate, compact, ValidationError, reason, "ACCOUNT_NUMBER_CHECKSUM"
+    )
+
+
+def _or_invalid(
+    parse: Callable[[str], _T], raw: str, errors: type[Exception], reason: str, code: str
+) -> _T:
+    """``parse(raw)``, or ``InvalidValue(reason, code)`` where it raises ``errors``."""
     try:
-        return kontonr.validate(compact)
-    except ValidationError:
-        raise InvalidValue(
-            "is not a valid account number (check digit)", "ACCOUNT_NUMBER_CHECKSUM"
-        ) from None
+        return parse(raw)
+    except errors:
+        raise InvalidValue(reason, code) from None
 
 
 def require_text(raw: str) -> str:

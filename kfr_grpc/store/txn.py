@@ -8,6 +8,7 @@ The readers and writers of each concern (``relationships``, ``institutions``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import lmdb
 
@@ -91,17 +92,9 @@ class TxnBase:
 class WriteTxnBase(TxnBase):
     """A write transaction: values are sealed under the key version all writers use."""
 
-    def __init__(
-        self,
-        txn: lmdb.Transaction,
-        databases: Databases,
-        crypto: Crypto,
-        refresh_crypto: Callable[[], Crypto],
-        *,
-        seal_version: int,
-        pseudonym_version: int,
-    ) -> None:
-        super().__init__(txn, databases, crypto, refresh_crypto)
+    def __init__(self, *opened: Any, seal_version: int, pseudonym_version: int) -> None:
+        """``opened``: as for ``TxnBase``."""
+        super().__init__(*opened)
         self.seal_version = seal_version
         self.pseudonym_version = pseudonym_version
 
