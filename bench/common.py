@@ -76,11 +76,18 @@ class ServerProcess:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
-    def kill(self) -> None:
-        """``kill -9``, and the wait for it."""
+    def kill(self, timeout: float = 30) -> None:
+        """``kill -9``, and the wait for it and for every process it had started (its
+        validation helpers, its workers), which must end by themselves."""
+        started = descendants(self.process.pid) if self.process.poll() is None else []
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        deadline = time.monotonic() + timeout
+        while alive := [pid for pid in started if running(pid)]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"processes outlived the killed server: {alive}")
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -119,6 +126,28 @@ def start_server(config: Path, *, workers: int = 1, timeout: float = 60) -> Serv
         server.kill()
         raise
     return server
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process ``pid`` started, and theirs (Linux: /proc)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids = [int(child) for child in children.read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def set_log_level(config: Path, level: str) -> None:

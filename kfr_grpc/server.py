@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import time
 from concurrent import futures
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +37,7 @@ from kfr_grpc.clock import Clock, SystemClock
 from kfr_grpc.config import Config, load_config
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring, KeyringFile
+from kfr_grpc.lifetime import exit_when_orphaned
 from kfr_grpc.maintenance import Maintenance
 from kfr_grpc.metrics import Metrics
 from kfr_grpc.register.operations import Operations
@@ -298,6 +300,11 @@ def _validation_executor(processes: int) -> ProcessPoolExecutor | None:
     no keys: validation needs none). None: validate in the serving thread."""
     if processes == 0:
         return None
-    executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    executor = ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_when_orphaned,  # a server killed with -9 takes its helpers along
+        initargs=(os.getpid(),),
+    )
     executor.submit(int).result()  # start them now, not on the first bulk load
     return executor

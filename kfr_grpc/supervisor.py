@@ -141,6 +141,7 @@ class Supervisor:
         command = [
             sys.executable, "-m", "kfr_grpc.cli", "serve",
             "--config", str(self._config_path), "--worker-index", str(index),
+            "--supervisor-pid", str(os.getpid()),
         ]  # fmt: skip
         ready = self._worker_ready_file(index)
         if ready is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.common import ServerProcess, reserved_port, start_server
+from bench.common import ServerProcess, reserved_port, running, start_server
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.cli import main
 from kfr_grpc.client import KfrClient
@@ -36,7 +36,9 @@ def setup(tmp_path: Path) -> Iterator[DevSetup]:
 def workers(setup: DevSetup) -> Iterator[ServerProcess]:
     server = start_server(setup.config, workers=2)
     yield server
-    server.kill()
+    if server.process.poll() is None:
+        server.stop(timeout=60)
+    server.kill()  # and wait for every worker to be gone
 
 
 def _clients(setup: DevSetup, server: ServerProcess, who: str, count: int) -> list[KfrClient]:
@@ -65,7 +67,7 @@ def _found(client: KfrClient, customer: str, correlation: str = "") -> int:
 
 def test_every_worker_serves_before_the_ready_file_says_so(workers: ServerProcess):
     pids = [worker["pid"] for worker in workers.ready["workers"]]
-    assert len(set(pids)) == 2 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert len(set(pids)) == 2 and all(running(pid) for pid in pids)
 
 
 def test_a_write_on_one_worker_is_read_at_once_on_another(setup, workers, ids):
@@ -102,6 +104,12 @@ def test_a_worker_that_dies_is_restarted_and_the_service_goes_on(setup, workers,
     for reader in _clients(setup, workers, "agency", 4):  # whichever worker answers
         assert _found(reader, customer) == 1
     assert workers.stop(timeout=30) == 0
+
+
+def test_workers_stop_when_their_supervisor_is_killed(workers):
+    pids = [worker["pid"] for worker in workers.ready["workers"]]
+    workers.kill()  # waits until every worker (and its helpers) has ended
+    assert not any(running(pid) for pid in pids)
 
 
 def test_a_crash_looping_worker_stops_the_supervisor_with_status_1(setup, workers):

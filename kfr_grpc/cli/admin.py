@@ -27,6 +27,7 @@ from kfr_grpc.config import Config, host_port
 from kfr_grpc.dev.setup import SIGNING_KEY_NAME, TEST_AGENCY_ORG, DevSetup
 from kfr_grpc.doctor import ClientIdentity, Status, examine
 from kfr_grpc.keyring import Keyring
+from kfr_grpc.lifetime import stop_when_orphaned
 from kfr_grpc.readiness import remove_ready, write_ready
 from kfr_grpc.server import build_server
 from kfr_grpc.store.lmdb_store import restore as restore_store
@@ -46,8 +47,13 @@ from kfr_grpc.supervisor import Supervisor
     help="Write {pid, port, metrics_port} here as JSON once serving (removed at stop).",
 )  # fmt: skip
 @click.option("--worker-index", type=int, default=None, hidden=True)
+@click.option("--supervisor-pid", type=int, default=None, hidden=True)
 def serve(
-    config_path: Path, workers: int, ready_file: Path | None, worker_index: int | None
+    config_path: Path,
+    workers: int,
+    ready_file: Path | None,
+    worker_index: int | None,
+    supervisor_pid: int | None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT."""
     tuned = tune_malloc(os.environ)  # before any thread starts: see kfr_grpc.allocator
@@ -70,10 +76,12 @@ def serve(
             config.path, workers, config.server.grace_seconds, ready_file=ready_file, port=port
         )
         sys.exit(supervisor.run())
-    _serve(config, ready_file, worker_index)
+    _serve(config, ready_file, worker_index, supervisor_pid)
 
 
-def _serve(config: Config, ready_file: Path | None, worker_index: int | None) -> None:
+def _serve(
+    config: Config, ready_file: Path | None, worker_index: int | None, supervisor_pid: int | None
+) -> None:
     with kfr_errors():
         server = build_server(
             config, shared_port=worker_index is not None, run_retention=not worker_index
@@ -82,6 +90,8 @@ def _serve(config: Config, ready_file: Path | None, worker_index: int | None) ->
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: reloading.set())
+    if supervisor_pid is not None:
+        stop_when_orphaned(supervisor_pid)  # a worker whose supervisor was killed stops
     with kfr_errors():
         port = server.start()
     if ready_file is not None:
