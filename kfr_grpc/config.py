@@ -147,10 +147,16 @@ class StoreConfig(_Table):
 
 
 class ServerConfig(_Table):
-    # Handlers hold the GIL for most of their work; a few threads serve more calls per
-    # second than many, which mostly wait for one another.
+    # Calls are served on one asyncio event loop; these threads do what would stall it:
+    # store writes, each ending in an fsync (LMDB takes one writer at a time anyway).
     threads: Positive = 4
-    max_concurrent_calls: Positive = 256
+    max_concurrent_calls: Positive = 256  # calls at once, in all
+    max_calls_per_connection: Positive = 100  # calls at once on one connection
+    max_bulk_streams: Positive = 4  # ReportStreams at once (each holds up to 3 chunks)
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0  # for each request message
+    max_message_mb: Annotated[float, Field(gt=0, le=64)] = 4.0  # the largest request message
+    idle_connection_seconds: Annotated[float, Field(gt=0)] = 300.0  # then it is closed
+    max_connections: Positive = 1000  # connections at once
     grace_seconds: Seconds = 10.0
     drain_notice_seconds: Seconds = 0.0
     file_check_seconds: Seconds = 1.0

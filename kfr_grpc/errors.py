@@ -109,6 +109,35 @@ class StoreFull(KfrError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class Overloaded(KfrError):
+    """A limit on calls at once was met; the message names it and says how to retry."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
+class MessageTooLarge(KfrError):
+    """A request message over the server's size limit."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
+class RequestTimeout(KfrError):
+    """The caller did not send its request (or its next stream message) in time."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
+class ClientGone(KfrError):
+    """The client cancelled the call, or let its deadline pass, before its answer; the
+    message (and a ``PARTIAL`` rejection) says what had been committed by then."""
+
+    def __init__(self, deadline_passed: bool, committed: str = "") -> None:
+        self.status = "DEADLINE_EXCEEDED" if deadline_passed else "CANCELLED"
+        why = "the client's deadline passed" if deadline_passed else "the client went away"
+        super().__init__(f"{why}; {committed}" if committed else why)
+        self.rejections = (Rejection("stream", committed, "PARTIAL"),) if committed else ()
+
+
 class StoreClosed(KfrError):
     """The store was closed: the server is shutting down (retry elsewhere)."""
 

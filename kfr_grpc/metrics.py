@@ -49,6 +49,13 @@ class Metrics:
         )
         self.registry.register(_StoreCollector(storage, usage))
 
+    def observe_calls_in_progress(self, count: Callable[[], int]) -> None:
+        """``kfr_calls_in_progress``: the calls the server has taken in and not ended."""
+        gauge = Gauge(
+            "kfr_calls_in_progress", "Calls taken in and not yet ended.", registry=self.registry
+        )
+        gauge.set_function(count)
+
     def observe_call(self, method: str, status: str, seconds: float) -> None:
         self._requests.labels(method, status).inc()
         self._latency.labels(method, status).observe(seconds)

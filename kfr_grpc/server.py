@@ -1,27 +1,33 @@
 """Assembles and runs the gRPC server: keyring, store, register, auth, servicers, TLS.
 
-``build_server(config)`` puts the parts together (and takes them apart again if any
-part cannot start, so a failed start leaves no helper process or open store behind);
-``KfrServer`` starts, reloads and stops them.
+The server runs on ``grpc.aio``: calls are coroutines on one asyncio event loop, so no
+fixed pool of threads exists for idle or slow callers to fill; what would stall the loop
+(store writes and their fsync) runs in a few store threads, and bulk-load validation in
+helper processes. ``build_server(config)`` puts the parts together, bound to the listen
+address (and takes them apart again if any part cannot start, so a failed start leaves
+no helper process or open store behind); ``KfrServer`` starts, reloads and stops them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
 import os
-import time
-from concurrent import futures
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from kfr_grpc._proto import kfr_pb2, kfr_pb2_grpc
+from kfr_grpc.api.admission import Admission, Limits
+from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.institution import InstitutionServicer
 from kfr_grpc.api.interceptor import RequestInterceptor
 from kfr_grpc.api.lookup import LookupServicer
@@ -34,7 +40,7 @@ from kfr_grpc.auth.tls import ServerTls
 from kfr_grpc.auth.tokens import TokenSettings, TokenVerifier
 from kfr_grpc.auth.trust import ClientTrust
 from kfr_grpc.clock import Clock, SystemClock
-from kfr_grpc.config import Config, load_config
+from kfr_grpc.config import Config, ServerConfig, load_config
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring, KeyringFile
 from kfr_grpc.lifetime import exit_when_orphaned
@@ -112,6 +118,12 @@ def _service_name(service: str) -> str:
 
 # "" is the server as a whole; then each service by its full name.
 HEALTH_SERVICES = ("", _service_name("InstitutionService"), _service_name("LookupService"))
+REPORT_STREAM = f"/{_service_name('InstitutionService')}/ReportStream"
+# gRPC's own hard limits sit above the server's, which refuse with a reason, are counted
+# and logged; gRPC's would refuse silently.
+_HARD_LIMIT_FACTOR = 2
+# A stream that ends this close to the end of the grace period is taken as cut off.
+_CUT_OFF_MARGIN_SECONDS = 0.1
 
 
 @dataclass
@@ -119,33 +131,35 @@ class KfrServer:
     """The register served over mutual TLS, as ``build_server`` assembled it."""
 
     config: Config
-    grpc_server: grpc.Server
+    grpc_server: grpc.aio.Server
     port: int
     store: LmdbStore
     tls: ServerTls
     jwks: JwksSource
     policy: AccessPolicy
-    health: health.HealthServicer
+    health: HealthServicer
     maintenance: Maintenance
     metrics: Metrics
+    blocking: Blocking
     validation: ProcessPoolExecutor | None
+    interceptor: RequestInterceptor
     metrics_port: int = 0
     _metrics_http: Any = None
 
-    def start(self) -> int:
+    async def start(self) -> int:
         """Starts serving; returns the bound port."""
-        self.grpc_server.start()
+        await self.grpc_server.start()
         self.maintenance.start()
         listen = self.config.metrics.listen
         if listen:
             try:
                 self._metrics_http, self.metrics_port = self.metrics.serve(listen)
             except OSError as error:
-                self.stop(grace=0)
+                await self.stop(grace=0)
                 raise ConfigError(f"cannot serve metrics on {listen}: {error.strerror}") from None
             log.info("metrics on http://%s/metrics", listen)
         for service in HEALTH_SERVICES:
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving on %s (port %d), data in %s, test mode %s",
             self.config.listen,
@@ -175,12 +189,9 @@ class KfrServer:
             log.warning("reload applies tls and agencies only; other changes need a restart")
         log.info("reloaded: server certificate, client CA bundle and CRLs, JWKS, agencies")
 
-    def wait(self) -> None:
-        self.grpc_server.wait_for_termination()
-
-    def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
-        self.health.enter_graceful_shutdown()  # NOT_SERVING from now on
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING from now on
         notice = self.config.server.drain_notice_seconds
         grace = self.config.server.grace_seconds if grace is None else grace
         log.info(
@@ -189,58 +200,83 @@ class KfrServer:
             notice,
             grace,
         )
-        time.sleep(notice)  # for load balancers to notice
-        self.grpc_server.stop(grace).wait()
+        await asyncio.sleep(notice)  # for load balancers to notice
+        # gRPC cancels the calls still running when the grace period ends.
+        asyncio.get_running_loop().call_later(
+            max(0.0, grace - _CUT_OFF_MARGIN_SECONDS), self.interceptor.cut_off
+        )
+        await self.grpc_server.stop(grace)
+        await asyncio.to_thread(self._stop_the_rest)
+        log.info("stopped")
+
+    def _stop_the_rest(self) -> None:
+        """What has threads and files of its own, once no call is left."""
         self.maintenance.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
+        self.blocking.shutdown()
         if self.validation is not None:
             self.validation.shutdown(cancel_futures=True)
         self.store.close()
-        log.info("stopped")
 
 
-def build_server(
+async def build_server(
     config: Config,
     clock: Clock | None = None,
     *,
     shared_port: bool = False,
     run_retention: bool = True,
 ) -> KfrServer:
-    """The server, bound to ``config.listen`` and ready to ``start()``.
+    """The server, bound to ``config.listen`` and ready to ``start()``. Runs in the event
+    loop that will serve.
 
     ``shared_port``: one of several worker processes on the same port (SO_REUSEPORT);
     otherwise a second server on the port fails to start. ``run_retention``: this
     process runs the daily retention (one worker of several does).
     """
     clock = clock or SystemClock()
+    settings = config.server
     with contextlib.ExitStack() as undo:
-        tls = ServerTls(config.tls, check_seconds=config.server.file_check_seconds)
+        tls = ServerTls(config.tls, check_seconds=settings.file_check_seconds)
         jwks = jwks_source(config)
         authenticator = build_authenticator(config, clock, tls.trust, jwks)
         store = open_store(config, follow_keyring=True)
         undo.callback(store.close)
+        blocking = Blocking(settings.threads)
+        undo.callback(blocking.shutdown)
         register = Register(store, clock, test_mode=config.test_mode)
         statistics = LookupStatistics(store, clock)
         metrics = Metrics(store, store.usage)
         metrics.observe_certificate(tls.certificate_pem)
         policy = AccessPolicy(config.agencies)
-        observer = CallObserver(
-            [RegisterRecorder(register, statistics, policy), MetricsRecorder(metrics)]
+        admission = Admission(
+            Limits(
+                max_calls=settings.max_concurrent_calls,
+                max_calls_per_connection=settings.max_calls_per_connection,
+                max_bulk_streams=settings.max_bulk_streams,
+                bulk_methods=frozenset({REPORT_STREAM}),
+            )
         )
-        validation = _validation_executor(config.server.validation_processes)
+        metrics.observe_calls_in_progress(lambda: admission.calls)
+        observer = CallObserver(
+            [RegisterRecorder(register, statistics, policy, blocking), MetricsRecorder(metrics)]
+        )
+        validation = _validation_executor(settings.validation_processes)
         if validation is not None:
             undo.callback(validation.shutdown, cancel_futures=True)
-        grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=config.server.threads, thread_name_prefix="kfr-rpc"
-            ),
-            interceptors=[RequestInterceptor(authenticator, observer)],
-            # Calls beyond this many get RESOURCE_EXHAUSTED instead of queueing without end.
-            maximum_concurrent_rpcs=config.server.max_concurrent_calls,
-            options=[("grpc.so_reuseport", 1 if shared_port else 0)],
+        interceptor = RequestInterceptor(
+            authenticator,
+            observer,
+            admission,
+            request_timeout=settings.request_timeout_seconds,
+            max_message_bytes=_message_bytes(settings),
         )
-        health_servicer = _add_services(grpc_server, register, policy, validation)
+        grpc_server = grpc.aio.server(
+            interceptors=[interceptor],
+            maximum_concurrent_rpcs=settings.max_concurrent_calls * _HARD_LIMIT_FACTOR,
+            options=_grpc_options(settings, shared_port),
+        )
+        health_servicer = _add_services(grpc_server, register, policy, blocking, validation)
         port = _bind(grpc_server, config.listen, tls)
         maintenance = Maintenance(
             config.maintenance,
@@ -261,31 +297,51 @@ def build_server(
         health=health_servicer,
         maintenance=maintenance,
         metrics=metrics,
+        blocking=blocking,
         validation=validation,
+        interceptor=interceptor,
     )
+
+
+def _message_bytes(settings: ServerConfig) -> int:
+    return int(settings.max_message_mb * 1024 * 1024)
+
+
+def _grpc_options(settings: ServerConfig, shared_port: bool) -> list[tuple[str, int]]:
+    """gRPC's own limits: the hard ones beyond the server's (see ``_HARD_LIMIT_FACTOR``)."""
+    return [
+        ("grpc.so_reuseport", 1 if shared_port else 0),
+        # A message up to this size is taken in and then refused by the server, with a
+        # reason and what a stream had committed; a larger one gRPC refuses by its length.
+        ("grpc.max_receive_message_length", _message_bytes(settings) * _HARD_LIMIT_FACTOR),
+        ("grpc.max_concurrent_streams", settings.max_calls_per_connection * _HARD_LIMIT_FACTOR),
+        ("grpc.max_connection_idle_ms", int(settings.idle_connection_seconds * 1000)),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+    ]
 
 
 def _add_services(
-    grpc_server: grpc.Server,
+    grpc_server: grpc.aio.Server,
     register: Register,
     policy: AccessPolicy,
+    blocking: Blocking,
     validation: ProcessPoolExecutor | None,
-) -> health.HealthServicer:
+) -> HealthServicer:
     kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
-        InstitutionServicer(register, policy, validation), grpc_server
+        InstitutionServicer(register, policy, blocking, validation), grpc_server
     )
     kfr_pb2_grpc.add_LookupServiceServicer_to_server(LookupServicer(register, policy), grpc_server)
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     # Reflection, so grpcurl and grpcui can list and call the services (with the same
     # certificate and token as any other call).
-    names = (*[name for name in HEALTH_SERVICES if name], health.SERVICE_NAME,
+    names = (*[name for name in HEALTH_SERVICES if name], "grpc.health.v1.Health",
              reflection.SERVICE_NAME)  # fmt: skip
     reflection.enable_server_reflection(names, grpc_server)
     return health_servicer
 
 
-def _bind(grpc_server: grpc.Server, listen: str, tls: ServerTls) -> int:
+def _bind(grpc_server: grpc.aio.Server, listen: str, tls: ServerTls) -> int:
     try:
         port = grpc_server.add_secure_port(listen, tls.credentials())
     except RuntimeError:
@@ -297,7 +353,7 @@ def _bind(grpc_server: grpc.Server, listen: str, tls: ServerTls) -> int:
 
 def _validation_executor(processes: int) -> ProcessPoolExecutor | None:
     """Helper processes that validate bulk-load chunks while the server writes (they hold
-    no keys: validation needs none). None: validate in the serving thread."""
+    no keys: validation needs none). None: validate in the serving process."""
     if processes == 0:
         return None
     executor = ProcessPoolExecutor(

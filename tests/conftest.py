@@ -35,6 +35,7 @@ from tests.support import (
     UNREGISTERED_ORG,
     VENDOR_ORG,
     WRITE_SCOPE,
+    EventLoopThread,
     Identity,
     Ids,
     Pki,
@@ -166,9 +167,16 @@ def _register_institutions(config_path: Path) -> None:
         store.close()
 
 
+@pytest.fixture(scope="session")
+def server_loop() -> Iterator[EventLoopThread]:
+    loop = EventLoopThread()
+    yield loop
+    loop.close()
+
+
 @pytest.fixture
 def server_factory(
-    tmp_path: Path, test_pki: Pki, keyring_path: Path, signing_key
+    tmp_path: Path, test_pki: Pki, keyring_path: Path, signing_key, server_loop: EventLoopThread
 ) -> Iterator[Callable[..., RunningServer]]:
     servers: list[RunningServer] = []
 
@@ -201,7 +209,7 @@ def server_factory(
         settings = load_config(config_path).tokens
         issuer = tokens.TokenIssuer(signing_key, SIGNING_KID, TEST_ISSUER, settings.audience)
         running = RunningServer(
-            directory, config_path, test_pki, clock or FixedClock.on(TODAY), issuer
+            directory, config_path, test_pki, clock or FixedClock.on(TODAY), issuer, server_loop
         )
         running.start()
         servers.append(running)

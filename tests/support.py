@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -50,6 +52,17 @@ def refused_in_the_handshake(server: RunningServer, error, customer: str) -> Non
         relationships=[pb.Relationship(customer_id=customer, role=pb.ROLE_OWNER)],
     )
     assert control.institutions.Report(request, timeout=10).registered_count == 1
+
+
+def wait_for(condition, what: str, timeout: float = 10):
+    """Until ``condition()`` is true (returns it), or fails naming ``what``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.01)
+    return result
 
 
 def by(institution: str) -> CallInfo:
@@ -113,12 +126,31 @@ class Pki:
     vendor: Identity
 
 
+class EventLoopThread:
+    """One asyncio event loop in a thread of its own, for every in-process server of the
+    session: gRPC's asyncio server binds to the loop it first runs on, and event loops
+    created and closed one after another in one process make it crash."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="kfr-test-loop")
+        self._thread.start()
+
+    def run(self, coroutine):
+        """Runs ``coroutine`` on the loop; returns its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+
+
 class RunningServer:
     """A real KFR server on a free loopback port, with clients and tokens for test identities."""
 
     def __init__(
         self, directory: Path, config_path: Path, test_pki: Pki, clock: FixedClock,
-        issuer: TokenIssuer,
+        issuer: TokenIssuer, loop: EventLoopThread,
     ) -> None:  # fmt: skip
         self.directory = directory
         self.config_path = config_path
@@ -127,10 +159,13 @@ class RunningServer:
         self.issuer = issuer
         self._clients: list[KfrClient] = []
         self.server: KfrServer | None = None
+        self._loop = loop
 
     def start(self) -> None:
-        self.server = build_server(load_config(self.config_path), clock=self.clock)
-        self.port = self.server.start()
+        """Serves on the session's event loop thread."""
+        config = load_config(self.config_path)
+        self.server = self.run(build_server(config, clock=self.clock))
+        self.port = self.run(self.server.start())
         self.clients = Clients(
             f"localhost:{self.port}", self.pki.ca, self.issuer, clock=self.clock,
             ttl=120, bind_tokens=False,
@@ -141,8 +176,12 @@ class RunningServer:
             client.close()
         self._clients.clear()
         if self.server is not None:
-            self.server.stop(grace=0)
+            self.run(self.server.stop(grace=0))
             self.server = None
+
+    def run(self, coroutine):
+        """Runs ``coroutine`` on the server's event loop; returns its result."""
+        return self._loop.run(coroutine)
 
     def restart(self) -> None:
         self.stop()

@@ -519,7 +519,7 @@ def test_a_malformed_chunk_ends_a_stream_after_the_chunks_before_it(server, ids)
     assert server.relationship_count() == 1
 
 
-def test_a_server_that_cannot_bind_leaves_no_helper_process(server_factory, tmp_path):
+def test_a_server_that_cannot_bind_leaves_no_helper_process(server_factory, tmp_path, server_loop):
     import multiprocessing
 
     from kfr_grpc.config import load_config
@@ -537,5 +537,5 @@ def test_a_server_that_cannot_bind_leaves_no_helper_process(server_factory, tmp_
     )
     before = set(multiprocessing.active_children())
     with pytest.raises(ConfigError, match="cannot listen"):
-        build_server(taken)
+        server_loop.run(build_server(taken))
     assert set(multiprocessing.active_children()) == before

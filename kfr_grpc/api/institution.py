@@ -1,14 +1,20 @@
 """InstitutionService: reporting (one call or a bulk stream) and ending relationships,
-listing one's own, and the request log."""
+listing one's own, and the request log.
+
+The register's use cases write to the store, so they run in the store threads
+(``blocking``); a bulk load's validation runs in the helper processes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
+from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.calls import RequestContext
 from kfr_grpc.api.convert import (
     bulk_load_to_pb,
@@ -19,89 +25,63 @@ from kfr_grpc.api.convert import (
     role_to_pb,
 )
 from kfr_grpc.auth.policy import AccessPolicy
-from kfr_grpc.errors import InvalidArgument, KfrError
+from kfr_grpc.errors import ClientGone, InvalidArgument, KfrError
 from kfr_grpc.register.bulk import BulkLoad
 from kfr_grpc.register.model import CallInfo
-from kfr_grpc.register.reports import ValidatedReports, check_chunk_size
+from kfr_grpc.register.reports import ValidatedReports, ValidatedRows, check_chunk_size
 from kfr_grpc.register.service import Register
 
 
 class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
     def __init__(
-        self, register: Register, policy: AccessPolicy, validation: Executor | None = None
+        self,
+        register: Register,
+        policy: AccessPolicy,
+        blocking: Blocking,
+        validation: Executor | None = None,
     ) -> None:
         self._register = register
         self._policy = policy
-        self._validation = validation or InlineExecutor()
+        self._blocking = blocking
+        self._validation = validation
 
-    def Report(self, request: pb.ReportRequest, context: RequestContext) -> pb.ReportResponse:
+    async def Report(self, request: pb.ReportRequest, context: RequestContext) -> pb.ReportResponse:
         call = self._call(context, request.institution_org_number)
-        result = self._register.report(call, report_items(request.relationships))
+        items = report_items(request.relationships)
+        result = await self._blocking.run(self._register.report, call, items)
         return pb.ReportResponse(
             registered_count=result.registered,
             already_registered_count=result.already_registered,
         )
 
-    def ReportStream(
-        self, request_iterator: Iterator[pb.ReportRequest], context: RequestContext
+    async def ReportStream(
+        self, requests: AsyncIterator[pb.ReportRequest], context: RequestContext
     ) -> pb.ReportStreamResponse:
-        """Chunk N is written while chunk N+1 is validated (in the validation executor,
-        another process when the server has one): one transaction per chunk."""
-        load = BulkLoad()
-        call: CallInfo | None = None
-        validate = self._register.row_validator()
-        pending: Future | None = None
+        """A pipeline: while chunk N is written (in a store thread), chunk N+1 is
+        validated (in a helper process) and chunk N+2 is received. One transaction per
+        chunk; the last one also holds the load's request record."""
+        load = _Load(self, context)
         try:
-            while True:
-                try:
-                    chunk = next(request_iterator, None)
-                    if chunk is None:
-                        break
-                    call = self._stream_call(context, chunk, call)
-                    check_chunk_size(chunk.relationships)
-                except KfrError:
-                    load = self._write(call, load, pending)  # it came before the bad one
-                    raise
-                rows = [item.row() for item in report_items(chunk.relationships)]
-                submitted = self._validation.submit(validate, rows)
-                load = self._write(call, load, pending)
-                pending = submitted
-            if call is None:
-                raise InvalidArgument.field("stream", "holds no chunk", "BATCH_EMPTY")
-            load = self._write(call, load, pending, last=True)
+            await load.run(requests)
+        except asyncio.CancelledError:
+            # The client cut the stream off: what was committed stays, and says so.
+            committed = (await load.settle()).committed()
+            remaining = context.time_remaining()
+            raise ClientGone(remaining is not None and remaining <= 0, committed) from None
         except KfrError as error:
-            raise load.annotate(error) from None
-        return bulk_load_to_pb(load)
+            raise (await load.settle()).annotate(error) from None
+        return bulk_load_to_pb(load.done)
 
-    def _write(
-        self, call: CallInfo | None, load: BulkLoad, pending: Future | None, *, last: bool = False
-    ) -> BulkLoad:
-        if pending is None or call is None:
-            return load
-        validated = ValidatedReports.from_rows(pending.result())
-        return self._register.apply_chunk(call, load, validated, last=last)
-
-    def _stream_call(
-        self, context: RequestContext, chunk: pb.ReportRequest, call: CallInfo | None
-    ) -> CallInfo:
-        """The stream's call, for the institution named in its first chunk."""
-        if call is None:
-            return self._call(context, chunk.institution_org_number)
-        named = chunk.institution_org_number.replace(" ", "")
-        if named and named != call.institution:
-            raise InvalidArgument.field(
-                "institution_org_number", "differs between chunks of one stream", "INVALID_VALUE"
-            )
-        return call
-
-    def End(self, request: pb.EndRequest, context: RequestContext) -> pb.EndResponse:
+    async def End(self, request: pb.EndRequest, context: RequestContext) -> pb.EndResponse:
         call = self._call(context, request.institution_org_number)
-        result = self._register.end(call, end_items(request.endings))
+        result = await self._blocking.run(self._register.end, call, end_items(request.endings))
         return pb.EndResponse(ended_count=result.ended, already_ended_count=result.already_ended)
 
-    def ListOwn(self, request: pb.ListOwnRequest, context: RequestContext) -> pb.ListOwnResponse:
+    async def ListOwn(
+        self, request: pb.ListOwnRequest, context: RequestContext
+    ) -> pb.ListOwnResponse:
         call = self._call(context, request.institution_org_number)
-        histories = self._register.list_own(call, request.customer_id)
+        histories = await self._blocking.run(self._register.list_own, call, request.customer_id)
         return pb.ListOwnResponse(
             relationships=[
                 pb.OwnRelationship(
@@ -112,11 +92,11 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
             ]
         )
 
-    def GetRequestLog(
+    async def GetRequestLog(
         self, request: pb.GetRequestLogRequest, context: RequestContext
     ) -> pb.GetRequestLogResponse:
         call = self._call(context, request.institution_org_number)
-        records = self._register.request_log(call, request.correlation_id)
+        records = await self._blocking.run(self._register.request_log, call, request.correlation_id)
         return pb.GetRequestLogResponse(records=[request_record_to_pb(r) for r in records])
 
     def _call(self, context: RequestContext, institution_org_number: str) -> CallInfo:
@@ -125,13 +105,78 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         return context.call_for(institution)
 
 
-class InlineExecutor(Executor):
-    """Runs submitted work at once, in the calling thread (no helper process)."""
+class _Load:
+    """One ReportStream: its call, its chunks in flight, and what has been written."""
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
+    def __init__(self, servicer: InstitutionServicer, context: RequestContext) -> None:
+        self._servicer = servicer
+        self._context = context
+        self._register = servicer._register
+        self._validate = self._register.row_validator()
+        self.call: CallInfo | None = None
+        self.done = BulkLoad()  # the chunks written so far
+        self._validating: asyncio.Future | None = None  # the newest chunk, being validated
+        self._writing: asyncio.Task | None = None  # the chunk before it, being written
+
+    async def run(self, requests: AsyncIterator[pb.ReportRequest]) -> None:
+        async for chunk in requests:
+            self.call = self._stream_call(chunk)
+            check_chunk_size(chunk.relationships)
+            rows = [item.row() for item in report_items(chunk.relationships)]
+            validating = self._submit(rows)
+            await self._finish_writing()
+            if self._validating is not None:
+                self._writing = asyncio.ensure_future(self._write(self._validating, last=False))
+            self._validating = validating
+        if self.call is None:
+            raise InvalidArgument.field("stream", "holds no chunk", "BATCH_EMPTY")
+        await self._finish_writing()
+        validating, self._validating = self._validating, None
+        if validating is not None:
+            self.done = await self._write(validating, last=True)
+
+    async def settle(self) -> BulkLoad:
+        """After a failure: the chunk being written is written (or fails), the chunk
+        already received and validated is written too (it came before the bad one), and
+        the load so far is what counts."""
         try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as error:
-            future.set_exception(error)
-        return future
+            await self._finish_writing()
+            validating, self._validating = self._validating, None
+            if validating is not None and self.call is not None:
+                self.done = await self._write(validating, last=False)
+        except KfrError:
+            pass  # the store refused it: the count stays what was committed
+        return self.done
+
+    async def _finish_writing(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            self.done = await asyncio.shield(writing)
+
+    def _submit(self, rows: list) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if self._servicer._validation is None:
+            future = loop.create_future()
+            future.set_result(self._validate(rows))
+            return future
+        return loop.run_in_executor(self._servicer._validation, self._validate, rows)
+
+    async def _write(self, validating: asyncio.Future, *, last: bool) -> BulkLoad:
+        rows: ValidatedRows = await validating
+        validated = ValidatedReports.from_rows(rows)
+        assert self.call is not None
+        apply: Callable[..., Any] = self._register.apply_chunk
+        return await self._servicer._blocking.run(
+            lambda: apply(self.call, self.done, validated, last=last)
+        )
+
+    def _stream_call(self, chunk: pb.ReportRequest) -> CallInfo:
+        """The stream's call, for the institution named in its first chunk."""
+        if self.call is None:
+            return self._servicer._call(self._context, chunk.institution_org_number)
+        named = chunk.institution_org_number.replace(" ", "")
+        if named and named != self.call.institution:
+            raise InvalidArgument.field(
+                "institution_org_number", "differs between chunks of one stream", "INVALID_VALUE"
+            )
+        return self.call

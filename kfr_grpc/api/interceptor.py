@@ -1,207 +1,271 @@
 """The gRPC interceptor: wraps every handler with what every call shares.
 
-For each call, in order: a correlation-id (the caller's, or a fresh one, always sent
-back in the initial metadata); the caller's identity and the scope the service needs
-(``authentication``); the handler, with a ``RequestContext``; errors turned into the
-caller's status (``status``); and, once the call has ended with the status the client
-saw, the log line and the records (``observability``).
+Every method is served as if it streamed its requests, so that this code runs as soon as
+a call starts, before its request message arrives, and decides what the call may cost:
 
-Streams end later than their handler returns: a response stream is finished when its
-last message is sent, when it fails, or when the client goes away (then CANCELLED, or
-DEADLINE_EXCEEDED), whichever comes first. Bytes that do not decode as the method's
-message reach the handler as ``MALFORMED`` and are refused after authentication, like
+1. a correlation-id (the caller's, or a fresh one, sent back in the initial metadata);
+2. admission (``admission``): the server's and the connection's call limits, and for a
+   bulk load the limit on bulk streams; a call over a limit is refused at once with
+   RESOURCE_EXHAUSTED;
+3. the caller's identity and the scope the service needs (``authentication``): a call
+   that is not authenticated is refused before its request is read;
+4. the request message, which must arrive within ``server.request_timeout_seconds``
+   (and, in a request stream, each next one too): else DEADLINE_EXCEEDED;
+5. the handler, with a ``RequestContext``; errors become the caller's status (``status``);
+6. once the call has ended, with the status the client saw, the log line and the records
+   (``observability``).
+
+Bytes that do not decode as the method's message, or are larger than the server takes,
+reach the handler as ``MALFORMED``/too large and are refused after authentication like
 any other bad request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
+import grpc.aio
 
+from kfr_grpc.api.admission import Admission, Admitted
 from kfr_grpc.api.authentication import CallAuthenticator, identify
 from kfr_grpc.api.calls import CORRELATION_ID_KEY, RequestContext, correlation_id_of
 from kfr_grpc.api.observability import CallObserver, FinishedCall
 from kfr_grpc.api.status import refusal_for
-from kfr_grpc.errors import InvalidArgument, KfrError
+from kfr_grpc.errors import InvalidArgument, MessageTooLarge, RequestTimeout
 
 
-class RequestInterceptor(grpc.ServerInterceptor):
-    def __init__(self, authenticator: CallAuthenticator, observer: CallObserver) -> None:
-        self._authenticator = authenticator
-        self._observer = observer
-
-    def intercept_service(
-        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        call = _CallWrapper(
-            self._authenticator,
-            self._observer,
-            handler_call_details.method,
-            handler_call_details.invocation_metadata or (),
-        )
-        deserializer = _tolerant(handler.request_deserializer)
-        serializer = handler.response_serializer
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                call.unary(handler.unary_unary), deserializer, serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                call.request_stream(handler.stream_unary), deserializer, serializer
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                call.response_stream(handler.unary_stream), deserializer, serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            call.bidirectional(handler.stream_stream), deserializer, serializer
-        )
-
-
-class _ClientGone(Exception):
-    """The client cancelled, or its deadline passed, while the handler read its stream."""
-
-    def __init__(self, error: grpc.RpcError) -> None:
-        super().__init__("the client went away")
-        self.error = error
-
-
-class _CallWrapper:
-    """The shared work of one method's calls, around each kind of handler."""
-
+class RequestInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         authenticator: CallAuthenticator,
         observer: CallObserver,
-        method: str,
-        metadata: Any,
+        admission: Admission,
+        *,
+        request_timeout: float,
+        max_message_bytes: int,
     ) -> None:
         self._authenticator = authenticator
         self._observer = observer
+        self._admission = admission
+        self._request_timeout = request_timeout
+        self._max_message_bytes = max_message_bytes
+        self._cutting_off = False
+
+    def cut_off(self) -> None:
+        """The server is about to cancel the calls still running (its grace period is
+        over): a request stream that ends from now on was cut off, not completed."""
+        self._cutting_off = True
+
+    async def intercept_service(
+        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        call = _Calls(self, handler_call_details.method, handler_call_details.invocation_metadata)
+        deserializer = _tolerant(handler.request_deserializer, self._max_message_bytes)
+        serializer = handler.response_serializer
+        if handler.unary_unary:
+            behaviour = call.unary(handler.unary_unary)
+            return grpc.stream_unary_rpc_method_handler(behaviour, deserializer, serializer)
+        if handler.stream_unary:
+            behaviour = call.request_stream(handler.stream_unary)
+            return grpc.stream_unary_rpc_method_handler(behaviour, deserializer, serializer)
+        if handler.unary_stream:
+            behaviour = call.response_stream(handler.unary_stream)
+            return grpc.stream_stream_rpc_method_handler(behaviour, deserializer, serializer)
+        behaviour = call.bidirectional(handler.stream_stream)
+        return grpc.stream_stream_rpc_method_handler(behaviour, deserializer, serializer)
+
+
+class _Calls:
+    """The shared work of one method's calls, around each kind of handler."""
+
+    def __init__(self, shared: RequestInterceptor, method: str, metadata: Any) -> None:
+        self._shared = shared
         self._method = method
-        self._metadata = metadata
+        self._metadata = metadata or ()
 
     def unary(self, behaviour: Callable) -> Callable:
-        def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            call, wrapped = self._begin(context, request)
-            try:
-                response = behaviour(_refuse_malformed(request), wrapped)
-            except Exception as error:
-                self._refuse(call, context, error)
-            self._finish_answered(call, context)
-            return response
+        async def handle(_: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with self._call(context) as (call, wrapped):
+                request = await self._one_request(context)
+                call.request = request
+                response = await behaviour(request, wrapped)
+                await self._answered(call, context)
+                return response
 
         return handle
 
     def request_stream(self, behaviour: Callable) -> Callable:
-        def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            call, wrapped = self._begin(context, None)
-            try:
-                response = behaviour(_well_formed(requests), wrapped)
-            except _ClientGone as gone:
-                self._finish_gone(call, context)
-                raise gone.error from None  # grpcio knows its own error: no log line
-            except Exception as error:
-                self._refuse(call, context, error)
-            self._finish_answered(call, context)
-            return response
+        async def handle(_: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with self._call(context) as (call, wrapped):
+                response = await behaviour(self._requests(context), wrapped)
+                await self._answered(call, context)
+                return response
 
         return handle
 
     def response_stream(self, behaviour: Callable) -> Callable:
-        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            call, wrapped = self._begin(context, request)
-            return self._streamed(
-                call, context, lambda: behaviour(_refuse_malformed(request), wrapped)
-            )
+        async def handle(_: Any, context: grpc.aio.ServicerContext) -> None:
+            async with self._call(context) as (call, wrapped):
+                request = await self._one_request(context)
+                call.request = request
+                await _respond(behaviour(request, wrapped), context)
+                await self._answered(call, context)
 
         return handle
 
     def bidirectional(self, behaviour: Callable) -> Callable:
-        def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-            call, wrapped = self._begin(context, None)
-            return self._streamed(call, context, lambda: behaviour(_well_formed(requests), wrapped))
+        async def handle(_: Any, context: grpc.aio.ServicerContext) -> None:
+            async with self._call(context) as (call, wrapped):
+                await _respond(behaviour(self._requests(context), wrapped), context)
+                await self._answered(call, context)
 
         return handle
 
     # --- the parts ----------------------------------------------------------------------
 
-    def _begin(
-        self, context: grpc.ServicerContext, request: Any
-    ) -> tuple[FinishedCall, RequestContext]:
-        """Starts the call: correlation-id, then identity. A call refused here is
+    def _call(self, context: grpc.aio.ServicerContext) -> _CallScope:
+        return _CallScope(self, context)
+
+    async def _begin(self, context: grpc.aio.ServicerContext) -> tuple[FinishedCall, Admitted]:
+        """Starts the call: correlation-id, admission, identity. A call refused here is
         finished, and the context aborted (which raises)."""
         correlation_id, correlation_ok = correlation_id_of(self._metadata)
-        context.send_initial_metadata(((CORRELATION_ID_KEY, correlation_id),))
-        call = FinishedCall(self._method, correlation_id, request=request)
+        await context.send_initial_metadata(((CORRELATION_ID_KEY, correlation_id),))
+        call = FinishedCall(self._method, correlation_id)
+        admitted = Admitted()
         try:
+            admitted = self._shared._admission.admit(self._method, context.peer())
             if not correlation_ok:
                 raise InvalidArgument.field(
                     f"metadata {CORRELATION_ID_KEY}", "must be a UUID", "UUID_MALFORMED"
                 )
-            caller = identify(self._authenticator, context, self._method, self._metadata)
+            call.caller = identify(
+                self._shared._authenticator, context, self._method, self._metadata
+            )
         except Exception as error:
-            self._refuse(call, context, error)
-        call.caller = caller
-        return call, RequestContext(context, caller, correlation_id, self._method)
+            admitted.release()
+            await self._refuse(call, context, error)
+        return call, admitted
 
-    def _refuse(
-        self, call: FinishedCall, context: grpc.ServicerContext, error: Exception
+    async def _one_request(self, context: grpc.aio.ServicerContext) -> Any:
+        """The call's single request message, within the request timeout."""
+        request = await self._read(context)
+        if request is grpc.aio.EOF:
+            raise InvalidArgument.field("request", "is missing", "REQUIRED")
+        return _refuse_malformed(request)
+
+    async def _requests(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """The request stream, each message within the request timeout of the previous.
+
+        The end of a stream looks the same as a client cutting it off (both end the
+        reading with no message); a cut-off stream's cancellation arrives right after.
+        The end is given only once none has arrived after a short wait, so that a stream
+        that was cut off is never taken for a complete one.
+        """
+        while True:
+            request = await self._read(context)
+            if request is grpc.aio.EOF:
+                await asyncio.sleep(_CUT_OFF_WAIT_SECONDS)  # cancelled here if cut off
+                if self._shared._cutting_off:
+                    raise asyncio.CancelledError("the server cut the stream off")
+                return
+            yield _refuse_malformed(request)
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await asyncio.wait_for(context.read(), self._shared._request_timeout)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no request message arrived within {self._shared._request_timeout:g} s "
+                "(server.request_timeout_seconds)"
+            ) from None
+
+    async def _refuse(
+        self, call: FinishedCall, context: grpc.aio.ServicerContext, error: BaseException
     ) -> NoReturn:
-        """Finishes ``call`` with the status ``error`` gives, then aborts (raises). A
-        handler that aborted by itself (health, reflection) keeps its own status."""
-        aborted_with = context.code()
-        if aborted_with is not None and not isinstance(error, KfrError):
-            self._observer.finish(call, aborted_with, _text(context.details()))
-            raise error
+        """Finishes ``call`` with the status ``error`` gives, then aborts (raises)."""
         refusal = refusal_for(error, call.correlation_id)
-        self._observer.finish(call, refusal.code, refusal.message, refusal.rejections)
-        refusal.abort(context)
+        await self._shared._observer.finish(call, refusal.code, refusal.message, refusal.rejections)
+        await refusal.abort(context)
         raise AssertionError("context.abort returned")  # it always raises
 
-    def _finish_answered(self, call: FinishedCall, context: grpc.ServicerContext) -> None:
-        """The handler answered: with the code it set (OK if none), unless the client
-        went away meanwhile."""
-        if context.is_active():
-            code = context.code() or grpc.StatusCode.OK
-            self._observer.finish(call, code, _text(context.details()))
-        else:
-            self._finish_gone(call, context)
+    async def _answered(self, call: FinishedCall, context: grpc.aio.ServicerContext) -> None:
+        """The handler answered: with the code it set (OK if none)."""
+        code = context.code() or grpc.StatusCode.OK
+        if not isinstance(code, grpc.StatusCode):
+            code = _status_code(code)
+        await self._shared._observer.finish(call, code, _text(context.details()))
 
-    def _finish_gone(self, call: FinishedCall, context: grpc.ServicerContext) -> None:
+    async def _gone(self, call: FinishedCall, context: grpc.aio.ServicerContext) -> None:
+        """The client went away: cancelled it, or let its deadline pass."""
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed"
         else:
             code, message = grpc.StatusCode.CANCELLED, "the client went away"
-        self._observer.finish(call, code, message)
+        await self._shared._observer.finish(call, code, message)
 
-    def _streamed(
-        self,
-        call: FinishedCall,
-        context: grpc.ServicerContext,
-        responses: Callable[[], Iterator[Any]],
-    ) -> Iterator[Any]:
-        """The response stream, finished when it ends, fails or is torn down (a stream
-        the client leaves is never iterated to its end: the callback finishes it)."""
-        context.add_callback(lambda: self._finish_gone(call, context))  # no-op once finished
 
-        def stream() -> Iterator[Any]:
-            try:
-                yield from responses()
-            except _ClientGone:
-                self._finish_gone(call, context)
-                return
-            except Exception as error:
-                self._refuse(call, context, error)
-            self._finish_answered(call, context)
+# A cut-off stream's cancellation reaches the handler well within a millisecond of its
+# end of reading (measured: median 0.06 ms, at most 0.8 ms over 100 cancelled streams).
+_CUT_OFF_WAIT_SECONDS = 0.02
 
-        return stream()
+
+class _CallScope:
+    """``async with``: begins the call, hands out (call, context); on the way out turns
+    errors into the caller's status, and a cancellation into CANCELLED or
+    DEADLINE_EXCEEDED, and releases the call's admission."""
+
+    def __init__(self, calls: _Calls, context: grpc.aio.ServicerContext) -> None:
+        self._calls = calls
+        self._context = context
+
+    async def __aenter__(self) -> tuple[FinishedCall, RequestContext]:
+        self._call, self._admitted = await self._calls._begin(self._context)
+        assert self._call.caller is not None
+        wrapped = RequestContext(
+            self._context, self._call.caller, self._call.correlation_id, self._calls._method
+        )
+        return self._call, wrapped
+
+    async def __aexit__(self, kind: type | None, error: BaseException | None, _: Any) -> bool:
+        self._admitted.release()
+        if error is None:
+            return False
+        if isinstance(error, asyncio.CancelledError):
+            await asyncio.shield(self._calls._gone(self._call, self._context))
+            return False  # a cancelled task stays cancelled
+        if self._call.claimed:
+            return False  # refused by us: finished already
+        if isinstance(error, grpc.aio.AbortError):  # a handler (health) aborted by itself
+            await self._calls._answered(self._call, self._context)
+            return False
+        await self._calls._refuse(self._call, self._context, error)
+        return False
+
+
+async def _respond(responses: Any, context: grpc.aio.ServicerContext) -> None:
+    """Sends a streaming handler's responses: an async generator's items, or whatever a
+    coroutine wrote itself."""
+    if inspect.isasyncgen(responses):
+        async for response in responses:
+            await context.write(response)
+    elif isinstance(responses, Awaitable):
+        await responses
+
+
+def _status_code(value: Any) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if value in (code, code.value[0]):
+            return code
+    return grpc.StatusCode.UNKNOWN
 
 
 def _text(details: bytes | str | None) -> str:
@@ -215,20 +279,12 @@ def _refuse_malformed(request: Any) -> Any:
         raise InvalidArgument.field(
             "request", "is not a valid protobuf message of the method's type", "MALFORMED"
         )
+    if isinstance(request, _TooLarge):
+        raise MessageTooLarge(
+            f"a message of {request.size:,} bytes is larger than the {request.limit:,} "
+            "this server takes; send big loads as ReportStream chunks of at most 20,000"
+        )
     return request
-
-
-def _well_formed(requests: Iterator[Any]) -> Iterator[Any]:
-    """The request stream: ``InvalidArgument`` at a message that does not decode, and
-    ``_ClientGone`` when the client cancels or its deadline passes."""
-    while True:
-        try:
-            request = next(requests)
-        except StopIteration:
-            return
-        except grpc.RpcError as error:
-            raise _ClientGone(error) from None
-        yield _refuse_malformed(request)
 
 
 class _Malformed:
@@ -238,8 +294,17 @@ class _Malformed:
 _MALFORMED = _Malformed()
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """``deserializer``, returning ``_MALFORMED`` instead of raising.
+class _TooLarge:
+    """Stands in for a request message over the server's size limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, limit: int
+) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning ``_MALFORMED`` (or ``_TooLarge``) instead of raising.
 
     grpcio answers a message it cannot decode with INTERNAL and never calls the handler;
     this lets the call go through the interceptor, which answers INVALID_ARGUMENT (after
@@ -248,6 +313,8 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         return None
 
     def deserialize(data: bytes) -> Any:
+        if len(data) > limit:
+            return _TooLarge(len(data), limit)
         try:
             return deserializer(data)
         except Exception:

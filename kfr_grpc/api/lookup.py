@@ -1,4 +1,7 @@
-"""LookupService: agencies asking where a customer has or had relationships."""
+"""LookupService: agencies asking where a customer has or had relationships.
+
+Lookups only read the store, and an LMDB read of one customer's records is faster than
+handing it to a thread and back: they run on the event loop (README, Performance)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
         self._register = register
         self._policy = policy
 
-    def Lookup(self, request: pb.LookupRequest, context: RequestContext) -> pb.LookupResponse:
+    async def Lookup(self, request: pb.LookupRequest, context: RequestContext) -> pb.LookupResponse:
+        """Answered on the event loop: the store read takes tens of microseconds."""
         agency = self._policy.agency(context.caller)
         if request.role_filter not in _ROLE_FILTERS:
             raise InvalidArgument.field(
@@ -46,7 +50,7 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
             ]
         )
 
-    def LookupCollectionAccount(
+    async def LookupCollectionAccount(
         self, request: pb.LookupCollectionAccountRequest, context: RequestContext
     ) -> pb.LookupCollectionAccountResponse:
         agency = self._policy.agency(context.caller)

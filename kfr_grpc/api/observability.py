@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,10 @@ class FinishedCall:
     _finished: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @property
+    def claimed(self) -> bool:
+        return self._finished
+
     def claim(self) -> bool:
         """True the first time: whoever claims the call finishes it (a stream may end on
         its own and then be torn down)."""
@@ -56,7 +60,10 @@ class FinishedCall:
 
 
 class CallRecorder(Protocol):
-    def record(self, call: FinishedCall) -> None: ...
+    def record(self, call: FinishedCall) -> Awaitable[None] | None:
+        """Keeps what it keeps of ``call``; work that must wait (a store write) it returns
+        as an awaitable, which the call's end awaits."""
+        ...
 
 
 class CallObserver:
@@ -65,7 +72,7 @@ class CallObserver:
     def __init__(self, recorders: Sequence[CallRecorder] = ()) -> None:
         self._recorders = tuple(recorders)
 
-    def finish(
+    async def finish(
         self,
         call: FinishedCall,
         code: grpc.StatusCode = grpc.StatusCode.OK,
@@ -73,7 +80,9 @@ class CallObserver:
         rejections: tuple[Rejection, ...] = (),
     ) -> None:
         """Ends ``call`` with the status the client saw: logs it and hands it to the
-        recorders. A second finish of the same call does nothing."""
+        recorders (a refused institution call's record is written before the caller
+        hears of the refusal, so that it can be looked up at once). A second finish of
+        the same call does nothing."""
         if not call.claim():
             return
         call.code, call.message, call.rejections = code, message, rejections
@@ -81,7 +90,9 @@ class CallObserver:
         self._log(call)
         for recorder in self._recorders:
             try:
-                recorder.record(call)
+                pending = recorder.record(call)
+                if pending is not None:
+                    await pending
             except Exception:  # the call's answer stands; the operator hears about the record
                 log.exception("could not record the call correlation_id=%s", call.correlation_id)
 

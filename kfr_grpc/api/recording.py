@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
 
 from kfr_grpc._proto import kfr_pb2
+from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.observability import FinishedCall
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.metrics import Metrics
@@ -29,23 +32,34 @@ NOT_ALLOWED_MANDATE = "(not allowed)"
 
 
 class RegisterRecorder:
+    """Refusals go to the request log from a store thread: the record's fsync must not
+    stall the event loop."""
+
     def __init__(
-        self, register: Register, statistics: LookupStatistics, policy: AccessPolicy
+        self,
+        register: Register,
+        statistics: LookupStatistics,
+        policy: AccessPolicy,
+        blocking: Blocking,
     ) -> None:
         self._register = register
         self._statistics = statistics
         self._policy = policy
+        self._blocking = blocking
 
-    def record(self, call: FinishedCall) -> None:
+    def record(self, call: FinishedCall) -> Awaitable[None] | None:
         if call.caller is None:
-            return  # no identity: nobody could ever ask for this record
+            return None  # no identity: nobody could ever ask for this record
         if call.service == INSTITUTION_SERVICE and call.code is not grpc.StatusCode.OK:
             info = CallInfo(
                 call.correlation_id, call.method, call.caller.org_number, call.caller.supplier
             )
-            self._register.record_refusal(info, call.code.name, call.message, call.rejections)
-        elif call.service == LOOKUP_SERVICE:
+            return self._blocking.run(
+                self._register.record_refusal, info, call.code.name, call.message, call.rejections
+            )
+        if call.service == LOOKUP_SERVICE:
             self._statistics.count(call.caller.org_number, self._mandate(call), call.code.name)
+        return None
 
     def _mandate(self, call: FinishedCall) -> str:
         """The mandate as the counters record it: only ever one configured for the agency."""

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+import grpc.aio
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -33,11 +34,11 @@ class Refusal:
     message: str
     rejections: tuple[Rejection, ...] = ()
 
-    def abort(self, context: grpc.ServicerContext) -> None:
+    async def abort(self, context: grpc.aio.ServicerContext) -> None:
         """Ends the call with this status (raises, as ``context.abort`` does)."""
         if self.code is grpc.StatusCode.INVALID_ARGUMENT and self.rejections:
-            context.abort_with_status(self._bad_request())
-        context.abort(self.code, self.message)
+            await context.abort_with_status(self._bad_request())
+        await context.abort(self.code, self.message)
 
     def _bad_request(self) -> grpc.Status:
         bad_request = error_details_pb2.BadRequest(

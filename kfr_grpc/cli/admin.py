@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -83,28 +83,32 @@ def _serve(
     config: Config, ready_file: Path | None, worker_index: int | None, supervisor_pid: int | None
 ) -> None:
     with kfr_errors():
-        server = build_server(
-            config, shared_port=worker_index is not None, run_retention=not worker_index
-        )
-    stopping, reloading = threading.Event(), threading.Event()
+        asyncio.run(_run_server(config, ready_file, worker_index, supervisor_pid))
+
+
+async def _run_server(
+    config: Config, ready_file: Path | None, worker_index: int | None, supervisor_pid: int | None
+) -> None:
+    """Serves until SIGTERM or SIGINT; SIGHUP reloads."""
+    server = await build_server(
+        config, shared_port=worker_index is not None, run_retention=not worker_index
+    )
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    signal.signal(signal.SIGHUP, lambda *_: reloading.set())
+        loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     if supervisor_pid is not None:
         stop_when_orphaned(supervisor_pid)  # a worker whose supervisor was killed stops
-    with kfr_errors():
-        port = server.start()
+    port = await server.start()
     if ready_file is not None:
         write_ready(
             ready_file, {"pid": os.getpid(), "port": port, "metrics_port": server.metrics_port}
         )
-    while not stopping.wait(0.2):
-        if reloading.is_set():
-            reloading.clear()
-            server.reload()
+    await stopping.wait()
     if ready_file is not None:
         remove_ready(ready_file)
-    server.stop()
+    await server.stop()
 
 
 # --- keys ----------------------------------------------------------------------------------

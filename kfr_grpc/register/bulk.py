@@ -69,12 +69,19 @@ class BulkLoad:
             "chunks": self.chunks,
         }
 
+    def committed(self) -> str:
+        """What was committed, in words ("" if nothing was)."""
+        if self.chunks == 0:
+            return ""
+        return f"{self.accepted} items in {self.chunks} chunks were committed before this"
+
     def annotate(self, error: KfrError) -> KfrError:
         """``error``, telling the caller what was committed before it (the chunks so far)."""
-        if self.chunks == 0:
+        note = self.committed()
+        if not note:
             return error
-        note = f"{self.accepted} items in {self.chunks} chunks were committed before this"
         if isinstance(error, InvalidArgument | NotFound):
             return error.with_rejection(Rejection(STREAM, note, "PARTIAL"))
         annotated = type(error)(f"{error}; {note}")
+        annotated.rejections = (*error.rejections, Rejection(STREAM, note, "PARTIAL"))
         return annotated
