@@ -119,9 +119,15 @@ def _service_name(service: str) -> str:
 # "" is the server as a whole; then each service by its full name.
 HEALTH_SERVICES = ("", _service_name("InstitutionService"), _service_name("LookupService"))
 REPORT_STREAM = f"/{_service_name('InstitutionService')}/ReportStream"
+REFLECTION = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
+MAX_REFLECTION_STREAMS = 8  # an operator's grpcurl or grpcui needs one at a time
 # gRPC's own hard limits sit above the server's, which refuse with a reason, are counted
-# and logged; gRPC's would refuse silently.
+# and logged; gRPC's would refuse silently. (Messages: 1.25 x, connections' streams: 2 x.)
 _HARD_LIMIT_FACTOR = 2
+_HARD_MESSAGE_FACTOR = 1.25
+# Before a call reads its request, a stream buffers at most this much of it (gRPC's
+# window for it, kept fixed): so a call refused or kept waiting costs no more memory.
+_STREAM_WINDOW_BYTES = 64 * 1024
 # A stream that ends this close to the end of the grace period is taken as cut off.
 _CUT_OFF_MARGIN_SECONDS = 0.1
 
@@ -253,8 +259,11 @@ async def build_server(
             Limits(
                 max_calls=settings.max_concurrent_calls,
                 max_calls_per_connection=settings.max_calls_per_connection,
-                max_bulk_streams=settings.max_bulk_streams,
-                bulk_methods=frozenset({REPORT_STREAM}),
+                max_calls_per_caller=settings.max_calls_per_caller,
+                per_method={
+                    REPORT_STREAM: (settings.max_bulk_streams, "server.max_bulk_streams"),
+                    REFLECTION: (MAX_REFLECTION_STREAMS, "reflection streams at once"),
+                },
             )
         )
         metrics.observe_calls_in_progress(lambda: admission.calls)
@@ -270,6 +279,7 @@ async def build_server(
             admission,
             request_timeout=settings.request_timeout_seconds,
             max_message_bytes=_message_bytes(settings),
+            max_in_memory=settings.max_requests_in_memory,
         )
         grpc_server = grpc.aio.server(
             interceptors=[interceptor],
@@ -313,10 +323,12 @@ def _grpc_options(settings: ServerConfig, shared_port: bool) -> list[tuple[str, 
         ("grpc.so_reuseport", 1 if shared_port else 0),
         # A message up to this size is taken in and then refused by the server, with a
         # reason and what a stream had committed; a larger one gRPC refuses by its length.
-        ("grpc.max_receive_message_length", _message_bytes(settings) * _HARD_LIMIT_FACTOR),
+        ("grpc.max_receive_message_length", int(_message_bytes(settings) * _HARD_MESSAGE_FACTOR)),
         ("grpc.max_concurrent_streams", settings.max_calls_per_connection * _HARD_LIMIT_FACTOR),
         ("grpc.max_connection_idle_ms", int(settings.idle_connection_seconds * 1000)),
         ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", _STREAM_WINDOW_BYTES),
     ]
 
 

@@ -222,3 +222,89 @@ def test_a_load_far_past_a_tiny_initial_map_succeeds(server_factory):
     used, size = usage.used_bytes, usage.capacity_bytes
     assert size > used > 4 * 1024 * 1024  # several times the initial 1 MB map
     assert server.relationship_count() == 30_000
+
+
+# --- streams cut off ------------------------------------------------------------------------
+
+
+def _held_stream(ids, first: int, then: int, release):
+    """A chunk of ``first`` items, one of ``then``, and then nothing until ``release``."""
+
+    def chunks():
+        for index, count in enumerate((first, then)):
+            yield pb.ReportRequest(
+                institution_org_number=INSTITUTION_ORG if index == 0 else "",
+                relationships=[pb.Relationship(customer_id=ids.person(), role=OWNER)
+                               for _ in range(count)],
+            )  # fmt: skip
+        release.wait(30)
+
+    return chunks()
+
+
+def _records(client, correlation: str) -> list:
+    """The request log's records under ``correlation`` ([] while there are none)."""
+    request = pb.GetRequestLogRequest(
+        institution_org_number=INSTITUTION_ORG, correlation_id=correlation
+    )
+    try:
+        return list(client.institutions.GetRequestLog(request).records)
+    except grpc.RpcError as error:
+        if error.code() is StatusCode.NOT_FOUND:
+            return []
+        raise
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_stream_cut_off_is_recorded_as_the_client_saw_it_with_what_was_committed(
+    server, ids, how
+):
+    import threading
+
+    from tests.support import wait_for
+
+    client = server.client(server.pki.institution)
+    for round_number in range(5):  # never once taken for a complete stream
+        release, correlation = threading.Event(), str(uuid.uuid4())
+        before = server.relationship_count()
+        chunks = _held_stream(ids, 3, 2, release)
+        metadata = (("correlation-id", correlation),)
+        if how == "cancel":
+            call = client.institutions.ReportStream.future(chunks, metadata=metadata)
+            wait_for(lambda b=before: server.relationship_count() >= b + 3, "the first chunk")
+            call.cancel()
+            expected = "CANCELLED"
+        else:
+            with pytest.raises(grpc.RpcError) as raised:
+                client.institutions.ReportStream(chunks, metadata=metadata, timeout=1.5)
+            assert raised.value.code() is StatusCode.DEADLINE_EXCEEDED
+            expected = "DEADLINE_EXCEEDED"
+        release.set()
+        (record,) = wait_for(lambda c=correlation: _records(client, c), "the stream's record")
+        committed = server.relationship_count() - before
+        assert record.status == expected, (round_number, record)
+        assert [(r.field, r.code) for r in record.rejected][-1:] == [("stream", "PARTIAL")]
+        assert f"{committed} items in" in record.rejected[-1].reason
+
+
+def test_a_chunk_over_the_size_limit_ends_the_stream_saying_what_was_committed(server, ids):
+    client = server.client(server.pki.institution)
+    first = pb.ReportRequest(
+        institution_org_number=INSTITUTION_ORG,
+        relationships=[pb.Relationship(customer_id=ids.person(), role=OWNER) for _ in range(3)],
+    )
+    oversized = pb.ReportRequest(  # over the 4 MiB limit, under gRPC's own (5 MiB)
+        relationships=[pb.Relationship(customer_id="9" * 4700, role=OWNER) for _ in range(1000)]
+    )
+    assert 4 * 1024 * 1024 < oversized.ByteSize() < 5 * 1024 * 1024
+    correlation = str(uuid.uuid4())
+    error = rpc_error(
+        client.institutions.ReportStream, iter([first, first, oversized]),
+        metadata=(("correlation-id", correlation),),
+    )  # fmt: skip
+    assert error.code() is StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than the 4,194,304 this server takes" in error.details()
+    assert "items in 2 chunks were committed before this" in error.details()
+    (record,) = _records(client, correlation)
+    assert record.status == "RESOURCE_EXHAUSTED"
+    assert record.rejected[-1].code == "PARTIAL"

@@ -9,7 +9,10 @@ the event loop's thread: no lock.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from kfr_grpc.errors import Overloaded
@@ -19,16 +22,20 @@ from kfr_grpc.errors import Overloaded
 class Limits:
     max_calls: int  # server.max_concurrent_calls
     max_calls_per_connection: int  # server.max_calls_per_connection
-    max_bulk_streams: int  # server.max_bulk_streams
-    bulk_methods: frozenset[str]  # full method names of bulk loads (ReportStream)
+    max_calls_per_caller: int  # server.max_calls_per_caller: per organisation, once known
+    # Calls at once of methods that may each hold several large messages, by full method
+    # name, with the setting that says so: ReportStream (server.max_bulk_streams),
+    # reflection.
+    per_method: dict[str, tuple[int, str]]
 
 
 class Admission:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._calls = 0
-        self._bulk = 0
+        self._per_method: Counter[str] = Counter()
         self._per_connection: Counter[str] = Counter()
+        self._per_caller: Counter[str] = Counter()
 
     def admit(self, method: str, connection: str) -> Admitted:
         """Takes the call in, or raises ``Overloaded`` saying which limit it met."""
@@ -44,24 +51,34 @@ class Admission:
                 "its limit (server.max_calls_per_connection); wait for some to finish, or "
                 "open another connection"
             )
-        bulk = method in limits.bulk_methods
-        if bulk and self._bulk >= limits.max_bulk_streams:
+        capped = limits.per_method.get(method)
+        if capped is not None and self._per_method[method] >= capped[0]:
             raise Overloaded(
-                f"{limits.max_bulk_streams} bulk loads are running, the limit "
-                "(server.max_bulk_streams); send this stream again in a few seconds (reporting "
-                "is idempotent)"
+                f"{capped[0]} calls of {method} are running, the limit ({capped[1]}); call "
+                "again in a few seconds (reporting is idempotent)"
             )
         self._calls += 1
         self._per_connection[connection] += 1
-        self._bulk += bulk
-        return Admitted(self, connection, bulk)
+        if capped is not None:
+            self._per_method[method] += 1
+        return Admitted(self, connection, method if capped is not None else None)
 
-    def _release(self, connection: str, bulk: bool) -> None:
+    def _admit_caller(self, organisation: str) -> None:
+        limit = self._limits.max_calls_per_caller
+        if self._per_caller[organisation] >= limit:
+            raise Overloaded(
+                f"your organisation has {limit} calls in progress, its limit "
+                "(server.max_calls_per_caller); wait for some to finish"
+            )
+        self._per_caller[organisation] += 1
+
+    def _release(self, connection: str, capped: str | None, caller: str | None) -> None:
         self._calls -= 1
-        self._bulk -= bulk
-        self._per_connection[connection] -= 1
-        if self._per_connection[connection] <= 0:
-            del self._per_connection[connection]
+        _decrement(self._per_connection, connection)
+        if capped is not None:
+            _decrement(self._per_method, capped)
+        if caller is not None:
+            _decrement(self._per_caller, caller)
 
     @property
     def calls(self) -> int:
@@ -72,13 +89,53 @@ class Admitted:
     """A call taken in; ``release`` (once, more calls do nothing) when it ends."""
 
     def __init__(
-        self, admission: Admission | None = None, connection: str = "", bulk: bool = False
+        self, admission: Admission | None = None, connection: str = "", capped: str | None = None
     ) -> None:
         self._admission = admission
         self._connection = connection
-        self._bulk = bulk
+        self._capped = capped  # the method, when it is one with a limit of its own
+        self._caller: str | None = None
+
+    def identified(self, organisation: str) -> None:
+        """The caller is known: counts it against its organisation's limit (or raises
+        ``Overloaded``)."""
+        if self._admission is not None:
+            self._admission._admit_caller(organisation)
+            self._caller = organisation
 
     def release(self) -> None:
         if self._admission is not None:
-            self._admission._release(self._connection, self._bulk)
+            self._admission._release(self._connection, self._capped, self._caller)
             self._admission = None
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
+
+
+class Turns:
+    """Turns to hold a request in memory, from receiving it to its answer: so many at
+    once in all, and so many of them for any one organisation, so that one caller's
+    idle or slow calls, which hold their turn while they wait for their request, leave
+    the others theirs."""
+
+    def __init__(self, in_all: int, per_caller: int) -> None:
+        self._in_all = asyncio.Semaphore(in_all)
+        self._per_caller = per_caller
+        self._callers: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, caller: str) -> AsyncIterator[None]:
+        own, users = self._callers.get(caller) or (asyncio.Semaphore(self._per_caller), 0)
+        self._callers[caller] = (own, users + 1)
+        try:
+            async with own, self._in_all:
+                yield
+        finally:
+            own, users = self._callers[caller]
+            if users == 1:
+                del self._callers[caller]
+            else:
+                self._callers[caller] = (own, users - 1)

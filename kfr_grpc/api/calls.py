@@ -13,11 +13,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from kfr_grpc.auth.authenticator import Caller
 from kfr_grpc.register.model import CallInfo
 
 CORRELATION_ID_KEY = "correlation-id"
+
+
+# A client's deadline passes a little before the server's (which counts from when the
+# call arrived): a call cut off this close to its deadline was cut off by it.
+_DEADLINE_MARGIN_SECONDS = 0.25
+
+
+def deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether a call the client cut off was cut off by its deadline (else: cancelled)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= _DEADLINE_MARGIN_SECONDS
 
 
 def correlation_id_of(metadata: Sequence[tuple[str, Any]] | None) -> tuple[str, bool]:

@@ -15,7 +15,7 @@ from typing import Any
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
 from kfr_grpc.api.blocking import Blocking
-from kfr_grpc.api.calls import RequestContext
+from kfr_grpc.api.calls import RequestContext, deadline_passed
 from kfr_grpc.api.convert import (
     bulk_load_to_pb,
     end_items,
@@ -66,8 +66,7 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         except asyncio.CancelledError:
             # The client cut the stream off: what was committed stays, and says so.
             committed = (await load.settle()).committed()
-            remaining = context.time_remaining()
-            raise ClientGone(remaining is not None and remaining <= 0, committed) from None
+            raise ClientGone(deadline_passed(context), committed) from None
         except KfrError as error:
             raise (await load.settle()).annotate(error) from None
         return bulk_load_to_pb(load.done)

@@ -95,25 +95,33 @@ class CallObserver:
                     await pending
             except Exception:  # the call's answer stands; the operator hears about the record
                 log.exception("could not record the call correlation_id=%s", call.correlation_id)
+        call.request = None  # recorded: a large request need not live as long as the call
 
     @staticmethod
     def _log(call: FinishedCall) -> None:
         org = call.caller.org_number if call.caller else None
         supplier = call.caller.supplier if call.caller else None
+        fields = {
+            "method": call.method,
+            "caller": org,
+            "supplier": supplier,
+            "correlation_id": call.correlation_id,
+            "status": call.code.name,
+            "duration_ms": round(call.seconds * 1000, 3),
+        }
+        detail = ""
+        if call.code is not grpc.StatusCode.OK and call.message:
+            # The caller's message: it names fields and limits, never a value.
+            fields["detail"] = call.message
+            detail = f" detail={call.message!r}"
         log.info(
-            "request method=%s caller=%s%s correlation_id=%s status=%s duration_ms=%.2f",
+            "request method=%s caller=%s%s correlation_id=%s status=%s duration_ms=%.2f%s",
             call.method,
             org or "-",
             f" via={supplier}" if supplier else "",
             call.correlation_id,
             call.code.name,
             call.seconds * 1000,
-            extra={
-                "method": call.method,
-                "caller": org,
-                "supplier": supplier,
-                "correlation_id": call.correlation_id,
-                "status": call.code.name,
-                "duration_ms": round(call.seconds * 1000, 3),
-            },
+            detail,
+            extra=fields,
         )

@@ -22,8 +22,10 @@ from kfr_grpc.errors import CorruptRecord, KfrError, Rejection
 
 log = logging.getLogger("kfr.requests")
 
-# Field violations carried in an error's details; the message lists the first 20 anyway.
-_MAX_DETAILED_REJECTIONS = 1000
+# The BadRequest detail travels in a trailer, and gRPC clients refuse metadata over 8 to
+# 16 KiB: it carries the first violations up to this many bytes (the message lists the
+# first 20 anyway; the request log keeps up to 1000).
+_MAX_DETAIL_BYTES = 3 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,14 @@ class Refusal:
         await context.abort(self.code, self.message)
 
     def _bad_request(self) -> grpc.Status:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=rejection.field, description=rejection.reason, reason=rejection.code
-                )
-                for rejection in self.rejections[:_MAX_DETAILED_REJECTIONS]
-            ]
-        )
+        bad_request = error_details_pb2.BadRequest()
+        for rejection in self.rejections:
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=rejection.field, description=rejection.reason, reason=rejection.code
+            )
+            if bad_request.ByteSize() + violation.ByteSize() > _MAX_DETAIL_BYTES:
+                break
+            bad_request.field_violations.append(violation)
         detail = any_pb2.Any()
         detail.Pack(bad_request)
         status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
