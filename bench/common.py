@@ -31,6 +31,7 @@ from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
 from kfr_grpc.readiness import read_ready
 
 KFR = str(Path(sys.executable).with_name("kfr"))
+REPO = Path(__file__).resolve().parent.parent
 LOG_DIR_VARIABLE = "KFR_TEST_LOG_DIR"
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
@@ -108,17 +109,28 @@ class ServerProcess:
 
 def start_server(config: Path, *, workers: int = 1, timeout: float = 60) -> ServerProcess:
     """Starts ``kfr serve`` on ``config`` and waits until it serves."""
-    name = f"kfr-serve-{uuid.uuid4().hex[:8]}"
     log_dir = os.environ.get(LOG_DIR_VARIABLE)
     if log_dir:
         set_log_level(config, "DEBUG")
-    log_path = Path(log_dir or config.parent) / f"{name}.log"
-    ready_file = config.parent / f"{name}.ready"
-    command = [KFR, "serve", "--config", str(config), "--ready-file", str(ready_file)]
+    command = [KFR, "serve", "--config", str(config)]
     if workers > 1:
         command += ["--workers", str(workers)]
+    return _start(command, config, "kfr-serve", timeout)
+
+
+def start_bare_server(config: Path, timeout: float = 60) -> ServerProcess:
+    """Starts the bare ``grpc.aio`` health server (``bench.bare``) with ``config``'s TLS."""
+    command = [sys.executable, "-m", "bench.bare", "--config", str(config)]
+    return _start(command, config, "bare-serve", timeout)
+
+
+def _start(command: list[str], config: Path, kind: str, timeout: float) -> ServerProcess:
+    name = f"{kind}-{uuid.uuid4().hex[:8]}"
+    log_path = Path(os.environ.get(LOG_DIR_VARIABLE) or config.parent) / f"{name}.log"
+    ready_file = config.parent / f"{name}.ready"
+    command = [*command, "--ready-file", str(ready_file)]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
     server = ServerProcess(process, ready_file, log_path, {})
     try:
         server.wait_until(lambda _: True, timeout)
