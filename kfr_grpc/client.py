@@ -45,8 +45,9 @@ def new_metadata(correlation_id: str | None = None) -> tuple[tuple[str, str], ..
 
 
 def correlation_id_of(call: grpc.Call) -> str:
-    """The correlation id the server returned in the call's initial metadata."""
-    for key, value in call.initial_metadata() or ():
+    """The correlation id the server returned: in the trailing metadata (of a streamed
+    response, also in the initial metadata)."""
+    for key, value in (*(call.initial_metadata() or ()), *(call.trailing_metadata() or ())):
         if key == CORRELATION_ID_KEY:
             return value
     return ""

@@ -36,6 +36,9 @@ class Metrics:
             "kfr_request_duration_seconds", "Time to answer a call, by method and status.",
             ["method", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        # (method, status) -> its two series: a label lookup per call costs more than the
+        # count. Bounded: the server's methods times the status codes.
+        self._call_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.purge_runs = Counter(
             "kfr_purge_runs", "Retention runs by this server.", registry=self.registry
         )
@@ -57,8 +60,12 @@ class Metrics:
         gauge.set_function(count)
 
     def observe_call(self, method: str, status: str, seconds: float) -> None:
-        self._requests.labels(method, status).inc()
-        self._latency.labels(method, status).observe(seconds)
+        series = self._call_series.get((method, status))
+        if series is None:
+            series = (self._requests.labels(method, status), self._latency.labels(method, status))
+            self._call_series[(method, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_certificate(self, certificate_pem: bytes) -> None:
         expiry = x509.load_pem_x509_certificate(certificate_pem).not_valid_after_utc

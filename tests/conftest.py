@@ -21,6 +21,7 @@ from kfr_grpc.clock import FixedClock
 from kfr_grpc.config import load_config
 from kfr_grpc.dev import pki, tokens
 from kfr_grpc.keyring import Keyring
+from kfr_grpc.logs import quiet_grpc_debug
 from tests.leaks import find_leaks
 from tests.support import (
     AGENCY_ORG,
@@ -62,6 +63,7 @@ def no_customer_ids_in_logs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[None]:
     caplog.set_level(logging.DEBUG)
+    quiet_grpc_debug()
     log_dir = tmp_path_factory.mktemp("server-logs")
     monkeypatch.setenv(LOG_DIR_VARIABLE, str(log_dir))
     yield

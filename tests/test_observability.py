@@ -7,7 +7,7 @@ import logging
 import re
 
 from kfr_grpc._proto import kfr_pb2 as pb
-from kfr_grpc.logs import JsonFormatter
+from kfr_grpc.logs import BackgroundHandler, JsonFormatter
 from tests.support import INSTITUTION_ORG
 from tests.test_server import end, lookup, report, rpc_error
 
@@ -80,6 +80,32 @@ def test_json_log_lines_carry_the_request_fields():
     }  # fmt: skip
     assert {key: line[key] for key in expected} == expected
     assert line["time"].endswith("+00:00") and line["level"] == "INFO"
+
+
+def test_the_background_handler_writes_in_order_with_the_arguments_as_they_were():
+    """The server's lines leave from a writer thread: in order, each message as it was
+    when logged (a later change to an argument does not show), a warning at once, and
+    whatever is left when the handler closes."""
+    import io
+
+    stream = io.StringIO()
+    handler = BackgroundHandler(stream, interval=60)  # no timed write during the test
+    logger = logging.getLogger("kfr.test.background")
+    logger.propagate, logger.level = False, logging.INFO
+    logger.addHandler(handler)
+    try:
+        mutable = ["before"]
+        logger.info("first %s", mutable)
+        mutable[0] = "after"
+        logger.info("second")
+        assert stream.getvalue() == ""  # handed over, not yet written
+        logger.warning("third")
+        assert stream.getvalue().splitlines() == ["first ['before']", "second", "third"]
+        logger.info("fourth")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert stream.getvalue().splitlines()[-1] == "fourth"
 
 
 def test_streams_are_counted_and_logged_with_the_status_the_client_saw(server_factory, caplog):

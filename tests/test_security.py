@@ -167,6 +167,42 @@ def test_token_without_consumer(server, ids):
     assert error.code() is StatusCode.UNAUTHENTICATED
 
 
+# --- a caller identified before ----------------------------------------------------------
+# The server remembers a caller it identified (certificate and token) for as long as what
+# the identity rested on holds. Each test reuses one token, so that the second call could
+# only be refused if that memory is checked.
+
+
+def test_a_remembered_caller_is_refused_once_its_token_expires(server, ids):
+    token = server.token(server.pki.institution, ttl=120)
+    accepted_report(server, ids, token=token)
+    start = server.clock.now()
+    server.clock.set(start + timedelta(seconds=120 + 31))  # past the expiry and the leeway
+    try:
+        error = refused_report(server, ids, token=token)
+    finally:
+        server.clock.set(start)
+    assert error.code() is StatusCode.UNAUTHENTICATED and "expired" in error.details()
+
+
+def test_a_remembered_caller_is_refused_once_its_certificate_is_revoked(server, ids):
+    token = server.token(server.pki.institution)
+    accepted_report(server, ids, token=token)
+    server.crl_path.write_bytes(
+        pki.make_crl(server.pki.authority, [_serial(server.pki.institution)])
+    )
+    error = refused_report(server, ids, token=token)
+    assert error.code() is StatusCode.UNAUTHENTICATED and "revoked" in error.details()
+
+
+def test_a_remembered_caller_is_refused_once_the_issuer_drops_its_key(server, ids):
+    token = server.token(server.pki.institution)
+    accepted_report(server, ids, token=token)
+    tokens.write_jwks(server.jwks_path, {"another-key": tokens.new_signing_key()})
+    error = refused_report(server, ids, token=token)
+    assert error.code() is StatusCode.UNAUTHENTICATED and "JWKS does not hold" in error.details()
+
+
 # --- scopes ---------------------------------------------------------------------------------
 
 

@@ -10,9 +10,6 @@ the event loop's thread: no lock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from kfr_grpc.errors import Overloaded
@@ -33,9 +30,9 @@ class Admission:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._calls = 0
-        self._per_method: Counter[str] = Counter()
-        self._per_connection: Counter[str] = Counter()
-        self._per_caller: Counter[str] = Counter()
+        self._per_method: dict[str, int] = {}
+        self._per_connection: dict[str, int] = {}
+        self._per_caller: dict[str, int] = {}
 
     def admit(self, method: str, connection: str) -> Admitted:
         """Takes the call in, or raises ``Overloaded`` saying which limit it met."""
@@ -45,32 +42,34 @@ class Admission:
                 f"the server is at its limit of {limits.max_calls} calls at once "
                 "(server.max_concurrent_calls); retry after a moment, with backoff"
             )
-        if self._per_connection[connection] >= limits.max_calls_per_connection:
+        on_connection = self._per_connection.get(connection, 0)
+        if on_connection >= limits.max_calls_per_connection:
             raise Overloaded(
                 f"this connection has {limits.max_calls_per_connection} calls in progress, "
                 "its limit (server.max_calls_per_connection); wait for some to finish, or "
                 "open another connection"
             )
         capped = limits.per_method.get(method)
-        if capped is not None and self._per_method[method] >= capped[0]:
+        if capped is not None and self._per_method.get(method, 0) >= capped[0]:
             raise Overloaded(
                 f"{capped[0]} calls of {method} are running, the limit ({capped[1]}); call "
                 "again in a few seconds (reporting is idempotent)"
             )
         self._calls += 1
-        self._per_connection[connection] += 1
+        self._per_connection[connection] = on_connection + 1
         if capped is not None:
-            self._per_method[method] += 1
+            self._per_method[method] = self._per_method.get(method, 0) + 1
         return Admitted(self, connection, method if capped is not None else None)
 
     def _admit_caller(self, organisation: str) -> None:
         limit = self._limits.max_calls_per_caller
-        if self._per_caller[organisation] >= limit:
+        calls = self._per_caller.get(organisation, 0)
+        if calls >= limit:
             raise Overloaded(
                 f"your organisation has {limit} calls in progress, its limit "
                 "(server.max_calls_per_caller); wait for some to finish"
             )
-        self._per_caller[organisation] += 1
+        self._per_caller[organisation] = calls + 1
 
     def _release(self, connection: str, capped: str | None, caller: str | None) -> None:
         self._calls -= 1
@@ -109,9 +108,11 @@ class Admitted:
             self._admission = None
 
 
-def _decrement(counts: Counter[str], key: str) -> None:
-    counts[key] -= 1
-    if counts[key] <= 0:
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left > 0:
+        counts[key] = left
+    else:
         del counts[key]
 
 
@@ -126,16 +127,51 @@ class Turns:
         self._per_caller = per_caller
         self._callers: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def turn(self, caller: str) -> AsyncIterator[None]:
+    def turn(self, caller: str) -> _Turn:
+        """``async with turns.turn(organisation)``: waits for a turn, holds it inside."""
+        return _Turn(self, caller)
+
+    def _join(self, caller: str) -> asyncio.Semaphore:
         own, users = self._callers.get(caller) or (asyncio.Semaphore(self._per_caller), 0)
         self._callers[caller] = (own, users + 1)
+        return own
+
+    def _leave(self, caller: str) -> None:
+        own, users = self._callers[caller]
+        if users == 1:
+            del self._callers[caller]
+        else:
+            self._callers[caller] = (own, users - 1)
+
+
+class _Turn:
+    """One call's turn (a class, not a generator: it is on every call's path)."""
+
+    __slots__ = ("_caller", "_held", "_own", "_turns")
+
+    def __init__(self, turns: Turns, caller: str) -> None:
+        self._turns = turns
+        self._caller = caller
+        self._held = 0
+
+    async def __aenter__(self) -> None:
+        self._own = self._turns._join(self._caller)
         try:
-            async with own, self._in_all:
-                yield
-        finally:
-            own, users = self._callers[caller]
-            if users == 1:
-                del self._callers[caller]
-            else:
-                self._callers[caller] = (own, users - 1)
+            await self._own.acquire()
+            self._held = 1
+            await self._turns._in_all.acquire()
+            self._held = 2
+        except BaseException:
+            self._give_back()
+            raise
+
+    async def __aexit__(self, *_: object) -> None:
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if self._held == 2:
+            self._turns._in_all.release()
+        if self._held >= 1:
+            self._own.release()
+        self._held = 0
+        self._turns._leave(self._caller)

@@ -3,7 +3,8 @@
 Every method is served as if it streamed its requests, so that this code runs as soon as
 a call starts, before its request message arrives, and decides what the call may cost:
 
-1. a correlation-id (the caller's, or a fresh one, sent back in the initial metadata);
+1. a correlation-id (the caller's, or a fresh one, sent back in the trailing metadata,
+   and for a streamed response in the initial metadata too);
 2. admission (``admission``): the server's and the connection's call limits, and for a
    bulk load the limit on bulk streams; a call over a limit is refused at once with
    RESOURCE_EXHAUSTED;
@@ -34,13 +35,14 @@ from kfr_grpc.api.admission import Admission, Admitted, Turns
 from kfr_grpc.api.authentication import CallAuthenticator, identify
 from kfr_grpc.api.calls import (
     CORRELATION_ID_KEY,
+    CorrelationIds,
     RequestContext,
-    correlation_id_of,
     deadline_passed,
 )
-from kfr_grpc.api.observability import CallObserver, FinishedCall
+from kfr_grpc.api.deadlines import ReadDeadlines
+from kfr_grpc.api.observability import CallObserver, FinishedCall, service_of
 from kfr_grpc.api.status import refusal_for
-from kfr_grpc.errors import InvalidArgument, KfrError, MessageTooLarge, RequestTimeout
+from kfr_grpc.errors import InvalidArgument, KfrError, MessageTooLarge
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
@@ -57,12 +59,14 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         self._authenticator = authenticator
         self._observer = observer
         self._admission = admission
-        self._request_timeout = request_timeout
+        self._deadlines = ReadDeadlines(request_timeout)
         self._max_message_bytes = max_message_bytes
         # Requests held in memory at once (a request is assembled as it arrives and kept
         # until its answer); a call waits for its turn before its request is read.
         self._turns = Turns(max_in_memory, max(1, max_in_memory // 4))
         self._cutting_off = False
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._correlation_ids = CorrelationIds()
 
     def cut_off(self) -> None:
         """The server is about to cancel the calls still running (its grace period is
@@ -72,126 +76,175 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        call = _Calls(self, handler_call_details.method, handler_call_details.invocation_metadata)
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None  # (not remembered: anyone can make up method names)
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` with the shared work around it, built once per method."""
         deserializer = _tolerant(handler.request_deserializer, self._max_message_bytes)
         serializer = handler.response_serializer
         if handler.unary_unary:
-            behaviour = call.unary(handler.unary_unary)
+            behaviour = _Calls(self, method).unary(handler.unary_unary)
             return grpc.stream_unary_rpc_method_handler(behaviour, deserializer, serializer)
         if handler.stream_unary:
-            behaviour = call.request_stream(handler.stream_unary)
+            behaviour = _Calls(self, method).request_stream(handler.stream_unary)
             return grpc.stream_unary_rpc_method_handler(behaviour, deserializer, serializer)
+        calls = _Calls(self, method, streams_responses=True)
         if handler.unary_stream:
-            behaviour = call.response_stream(handler.unary_stream)
+            behaviour = calls.response_stream(handler.unary_stream)
             return grpc.stream_stream_rpc_method_handler(behaviour, deserializer, serializer)
-        behaviour = call.bidirectional(handler.stream_stream)
+        behaviour = calls.bidirectional(handler.stream_stream)
         return grpc.stream_stream_rpc_method_handler(behaviour, deserializer, serializer)
 
 
 class _Calls:
-    """The shared work of one method's calls, around each kind of handler."""
+    """The shared work of one method's calls, around each kind of handler.
 
-    def __init__(self, shared: RequestInterceptor, method: str, metadata: Any) -> None:
+    Every call runs: ``_begin`` (correlation-id, admission, identity); the handler with
+    its request(s); ``_answered`` on the way out, or ``_failed`` when anything went
+    wrong; and its admission's release. The unary path, which every Lookup takes, is
+    written out in one coroutine: each extra layer cost every call measurably.
+    """
+
+    def __init__(
+        self, shared: RequestInterceptor, method: str, *, streams_responses: bool = False
+    ) -> None:
         self._shared = shared
         self._method = method
-        self._metadata = metadata or ()
+        self._service = service_of(method)
+        self._streams_responses = streams_responses
 
     def unary(self, behaviour: Callable) -> Callable:
+        shared = self._shared
+
         async def handle(_: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._call(context) as (call, wrapped):
+            call, admitted, wrapped = self._begin(context)
+            try:
+                if wrapped is None:
+                    await self._refuse(call, context, call.refusal)
                 # A turn to hold a request in memory, from receiving it to the answer.
-                async with self._shared._turns.turn(wrapped.caller.org_number):
-                    response = await self._answer(behaviour, call, context, wrapped)
-                await self._answered(call, context)
+                async with shared._turns.turn(call.caller.org_number):
+                    request = _one_request(await shared._deadlines.read(context))
+                    call.request = request
+                    try:
+                        response = await behaviour(request, wrapped)
+                    except KfrError as error:
+                        # A refusal leaves without its traceback, so that the request does
+                        # not outlive the call: the traceback holds the frames that hold
+                        # the request, and gRPC keeps an aborted call's error in a cycle
+                        # with the call's state that only the garbage collector breaks (a
+                        # few hundred refused 4 MB requests held 400 MB that way).
+                        request = None
+                        raise error.with_traceback(None) from error.__cause__
+                    request = None
+                pending = self._answered(call, context)
+                if pending is not None:
+                    await pending
                 return response
+            except BaseException as error:
+                await self._failed(call, context, error)
+                raise
+            finally:
+                admitted.release()
 
         return handle
 
-    async def _answer(
-        self,
-        behaviour: Callable,
-        call: FinishedCall,
-        context: grpc.aio.ServicerContext,
-        wrapped: RequestContext,
-    ) -> Any:
-        """The handler's answer to the call's one request.
-
-        An error leaves without its traceback, so that the request does not outlive the
-        call: the traceback holds the frames that hold the request, and gRPC keeps an
-        aborted call's error in a cycle with the call's state that only the garbage
-        collector breaks (a few hundred refused 4 MB requests held 400 MB that way)."""
-        request = await self._one_request(context)
-        call.request = request
-        try:
-            return await behaviour(request, wrapped)
-        except KfrError as error:  # a refusal: no traceback needed (a bug keeps its own)
-            request = None  # (the call keeps it for its records, then lets it go)
-            raise error.with_traceback(None) from error.__cause__
-
     def request_stream(self, behaviour: Callable) -> Callable:
         async def handle(_: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._call(context) as (call, wrapped):
+            call, admitted, wrapped = self._begin(context)
+            try:
+                if wrapped is None:
+                    await self._refuse(call, context, call.refusal)
                 response = await behaviour(self._requests(context), wrapped)
-                await self._answered(call, context)
+                await _settled(self._answered(call, context))
                 return response
+            except BaseException as error:
+                await self._failed(call, context, error)
+                raise
+            finally:
+                admitted.release()
 
         return handle
 
     def response_stream(self, behaviour: Callable) -> Callable:
+        shared = self._shared
+
         async def handle(_: Any, context: grpc.aio.ServicerContext) -> None:
-            async with self._call(context) as (call, wrapped):
-                async with self._shared._turns.turn(wrapped.caller.org_number):
-                    request = await self._one_request(context)
+            call, admitted, wrapped = self._begin(context)
+            try:
+                await self._echo_early(call, context)
+                if wrapped is None:
+                    await self._refuse(call, context, call.refusal)
+                async with shared._turns.turn(call.caller.org_number):
+                    request = _one_request(await shared._deadlines.read(context))
                 call.request = request
                 await _respond(behaviour(request, wrapped), context)
-                await self._answered(call, context)
+                await _settled(self._answered(call, context))
+            except BaseException as error:
+                await self._failed(call, context, error)
+                raise
+            finally:
+                admitted.release()
 
         return handle
 
     def bidirectional(self, behaviour: Callable) -> Callable:
         async def handle(_: Any, context: grpc.aio.ServicerContext) -> None:
-            async with self._call(context) as (call, wrapped):
+            call, admitted, wrapped = self._begin(context)
+            try:
+                await self._echo_early(call, context)
+                if wrapped is None:
+                    await self._refuse(call, context, call.refusal)
                 await _respond(behaviour(self._requests(context), wrapped), context)
-                await self._answered(call, context)
+                await _settled(self._answered(call, context))
+            except BaseException as error:
+                await self._failed(call, context, error)
+                raise
+            finally:
+                admitted.release()
 
         return handle
 
     # --- the parts ----------------------------------------------------------------------
 
-    def _call(self, context: grpc.aio.ServicerContext) -> _CallScope:
-        return _CallScope(self, context)
-
-    async def _begin(self, context: grpc.aio.ServicerContext) -> tuple[FinishedCall, Admitted]:
-        """Starts the call: correlation-id, admission, identity. A call refused here is
-        finished, and the context aborted (which raises)."""
-        correlation_id, correlation_ok = correlation_id_of(self._metadata)
-        await context.send_initial_metadata(((CORRELATION_ID_KEY, correlation_id),))
-        call = FinishedCall(self._method, correlation_id)
-        admitted = Admitted()
+    def _begin(
+        self, context: grpc.aio.ServicerContext
+    ) -> tuple[FinishedCall, Admitted, RequestContext | None]:
+        """Starts the call: correlation-id, admission, identity. Returns the call, its
+        admission and the handler's context; no context (and ``call.refusal`` set) if
+        the call is refused."""
+        shared = self._shared
+        metadata = context.invocation_metadata() or ()
+        correlation_id, correlation_ok = shared._correlation_ids.of(metadata)
+        # In the trailing metadata, which goes out with the status: in the initial
+        # metadata too, it would cost a unary call a frame (and a write) of its own.
+        context.set_trailing_metadata(((CORRELATION_ID_KEY, correlation_id),))
+        call = FinishedCall(self._method, correlation_id, self._service)
+        admitted = _NOT_ADMITTED
         try:
-            admitted = self._shared._admission.admit(self._method, context.peer())
+            admitted = shared._admission.admit(self._method, context.peer())
             if not correlation_ok:
                 raise InvalidArgument.field(
                     f"metadata {CORRELATION_ID_KEY}", "must be a UUID", "UUID_MALFORMED"
                 )
-            call.caller = identify(
-                self._shared._authenticator, context, self._method, self._metadata
-            )
+            call.caller = identify(shared._authenticator, context, self._method, metadata)
             admitted.identified(call.caller.org_number)
         except Exception as error:
             admitted.release()
-            await self._refuse(call, context, error)
-        return call, admitted
+            call.refusal = error
+            return call, _NOT_ADMITTED, None
+        return call, admitted, RequestContext(context, call.caller, correlation_id, self._method)
 
-    async def _one_request(self, context: grpc.aio.ServicerContext) -> Any:
-        """The call's single request message, within the request timeout."""
-        request = await self._read(context)
-        if request is grpc.aio.EOF:
-            raise InvalidArgument.field("request", "is missing", "REQUIRED")
-        return _refuse_malformed(request)
+    async def _echo_early(self, call: FinishedCall, context: grpc.aio.ServicerContext) -> None:
+        """A streamed response: the caller sees the correlation-id before it ends."""
+        if self._streams_responses:
+            await context.send_initial_metadata(((CORRELATION_ID_KEY, call.correlation_id),))
 
     async def _requests(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """The request stream, each message within the request timeout of the previous.
@@ -201,8 +254,9 @@ class _Calls:
         The end is given only once none has arrived after a short wait, so that a stream
         that was cut off is never taken for a complete one.
         """
+        deadlines = self._shared._deadlines
         while True:
-            request = await self._read(context)
+            request = await deadlines.read(context)
             if request is grpc.aio.EOF:
                 await asyncio.sleep(_CUT_OFF_WAIT_SECONDS)  # cancelled here if cut off
                 if self._shared._cutting_off:
@@ -210,37 +264,46 @@ class _Calls:
                 return
             yield _refuse_malformed(request)
 
-    async def _read(self, context: grpc.aio.ServicerContext) -> Any:
-        # asyncio.timeout, not wait_for: wait_for reads in a task of its own, and when a
-        # client cuts a stream off, the read's end and the call's cancellation arrive
-        # together: wait_for then returns the end and loses the cancellation.
-        try:
-            async with asyncio.timeout(self._shared._request_timeout):
-                return await context.read()
-        except TimeoutError:
-            raise RequestTimeout(
-                f"no request message arrived within {self._shared._request_timeout:g} s "
-                "(server.request_timeout_seconds)"
-            ) from None
-
     async def _refuse(
         self, call: FinishedCall, context: grpc.aio.ServicerContext, error: BaseException
     ) -> NoReturn:
         """Finishes ``call`` with the status ``error`` gives, then aborts (raises).
 
-        (``_answer`` says why no traceback comes along.)"""
+        (``unary`` says why no traceback comes along.)"""
         refusal = refusal_for(error, call.correlation_id)
         error.__traceback__ = None
-        await self._shared._observer.finish(call, refusal.code, refusal.message, refusal.rejections)
+        call.refusal = None
+        await _settled(
+            self._shared._observer.finish(call, refusal.code, refusal.message, refusal.rejections)
+        )
         await refusal.abort(context)
         raise AssertionError("context.abort returned")  # it always raises
 
-    async def _answered(self, call: FinishedCall, context: grpc.aio.ServicerContext) -> None:
-        """The handler answered: with the code it set (OK if none)."""
+    def _answered(
+        self, call: FinishedCall, context: grpc.aio.ServicerContext
+    ) -> Awaitable[None] | None:
+        """The handler answered: with the code it set (OK if none). Returns what is left
+        to await (see ``CallObserver.finish``)."""
         code = context.code() or grpc.StatusCode.OK
         if not isinstance(code, grpc.StatusCode):
             code = _status_code(code)
-        await self._shared._observer.finish(call, code, _text(context.details()))
+        return self._shared._observer.finish(call, code, _text(context.details()))
+
+    async def _failed(
+        self, call: FinishedCall, context: grpc.aio.ServicerContext, error: BaseException
+    ) -> None:
+        """The call ended in ``error``: a cancellation is CANCELLED or DEADLINE_EXCEEDED;
+        anything else the caller's status (``_refuse``, which raises) unless the call is
+        finished already."""
+        if isinstance(error, asyncio.CancelledError):
+            await asyncio.shield(self._gone(call, context))
+            return  # a cancelled task stays cancelled
+        if call.claimed:
+            return  # refused by us: finished already
+        if isinstance(error, grpc.aio.AbortError):  # a handler (health) aborted by itself
+            await _settled(self._answered(call, context))
+            return
+        await self._refuse(call, context, error)
 
     async def _gone(self, call: FinishedCall, context: grpc.aio.ServicerContext) -> None:
         """The client went away: cancelled it, or let its deadline pass."""
@@ -248,45 +311,26 @@ class _Calls:
             code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed"
         else:
             code, message = grpc.StatusCode.CANCELLED, "the client went away"
-        await self._shared._observer.finish(call, code, message)
+        await _settled(self._shared._observer.finish(call, code, message))
 
 
 # A cut-off stream's cancellation reaches the handler well within a millisecond of its
 # end of reading (measured: median 0.06 ms, at most 0.8 ms over 100 cancelled streams).
 _CUT_OFF_WAIT_SECONDS = 0.02
 
+_NOT_ADMITTED = Admitted()  # (releasing it does nothing)
 
-class _CallScope:
-    """``async with``: begins the call, hands out (call, context); on the way out turns
-    errors into the caller's status, and a cancellation into CANCELLED or
-    DEADLINE_EXCEEDED, and releases the call's admission."""
 
-    def __init__(self, calls: _Calls, context: grpc.aio.ServicerContext) -> None:
-        self._calls = calls
-        self._context = context
+async def _settled(pending: Awaitable[None] | None) -> None:
+    if pending is not None:
+        await pending
 
-    async def __aenter__(self) -> tuple[FinishedCall, RequestContext]:
-        self._call, self._admitted = await self._calls._begin(self._context)
-        assert self._call.caller is not None
-        wrapped = RequestContext(
-            self._context, self._call.caller, self._call.correlation_id, self._calls._method
-        )
-        return self._call, wrapped
 
-    async def __aexit__(self, kind: type | None, error: BaseException | None, _: Any) -> bool:
-        self._admitted.release()
-        if error is None:
-            return False
-        if isinstance(error, asyncio.CancelledError):
-            await asyncio.shield(self._calls._gone(self._call, self._context))
-            return False  # a cancelled task stays cancelled
-        if self._call.claimed:
-            return False  # refused by us: finished already
-        if isinstance(error, grpc.aio.AbortError):  # a handler (health) aborted by itself
-            await self._calls._answered(self._call, self._context)
-            return False
-        await self._calls._refuse(self._call, self._context, error)
-        return False
+def _one_request(request: Any) -> Any:
+    """The call's single request message (``request`` as read)."""
+    if request is grpc.aio.EOF:
+        raise InvalidArgument.field("request", "is missing", "REQUIRED")
+    return _refuse_malformed(request)
 
 
 async def _respond(responses: Any, context: grpc.aio.ServicerContext) -> None:

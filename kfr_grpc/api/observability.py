@@ -9,10 +9,8 @@ the status and the duration: never a request field, so never a customer ID.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -23,22 +21,31 @@ from kfr_grpc.errors import Rejection
 log = logging.getLogger("kfr.requests")
 
 
-@dataclass
 class FinishedCall:
     """One call as the log and the recorders see it. ``request`` is the request message
-    of a unary call (None for a request stream): recorders read only what they must."""
+    of a unary call (None for a request stream): recorders read only what they must.
 
-    method: str
-    correlation_id: str
-    started: float = field(default_factory=time.perf_counter)
-    caller: Caller | None = None
-    request: Any = None
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    message: str = ""
-    rejections: tuple[Rejection, ...] = ()
-    seconds: float = 0.0  # how long the call took
-    _finished: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    (A plain class with slots: one is made for every call.) For the event loop's thread.
+    """
+
+    __slots__ = (
+        "_finished", "caller", "code", "correlation_id", "message", "method", "refusal",
+        "rejections", "request", "seconds", "service", "started",
+    )  # fmt: skip
+
+    def __init__(self, method: str, correlation_id: str, service: str = "") -> None:
+        self.method = method
+        self.service = service or service_of(method)
+        self.correlation_id = correlation_id
+        self.started = time.perf_counter()
+        self.caller: Caller | None = None
+        self.request: Any = None
+        self.code = grpc.StatusCode.OK
+        self.message = ""
+        self.rejections: tuple[Rejection, ...] = ()
+        self.seconds = 0.0  # how long the call took
+        self.refusal: BaseException | None = None  # why the call is refused, until it is
+        self._finished = False
 
     @property
     def claimed(self) -> bool:
@@ -47,16 +54,15 @@ class FinishedCall:
     def claim(self) -> bool:
         """True the first time: whoever claims the call finishes it (a stream may end on
         its own and then be torn down)."""
-        with self._lock:
-            if self._finished:
-                return False
-            self._finished = True
-            return True
+        if self._finished:
+            return False
+        self._finished = True
+        return True
 
-    @property
-    def service(self) -> str:
-        """``/kfr.v1.LookupService/Lookup`` -> ``kfr.v1.LookupService``."""
-        return self.method.strip("/").split("/", 1)[0]
+
+def service_of(method: str) -> str:
+    """``/kfr.v1.LookupService/Lookup`` -> ``kfr.v1.LookupService``."""
+    return method.strip("/").split("/", 1)[0]
 
 
 class CallRecorder(Protocol):
@@ -72,30 +78,33 @@ class CallObserver:
     def __init__(self, recorders: Sequence[CallRecorder] = ()) -> None:
         self._recorders = tuple(recorders)
 
-    async def finish(
+    def finish(
         self,
         call: FinishedCall,
         code: grpc.StatusCode = grpc.StatusCode.OK,
         message: str = "",
         rejections: tuple[Rejection, ...] = (),
-    ) -> None:
+    ) -> Awaitable[None] | None:
         """Ends ``call`` with the status the client saw: logs it and hands it to the
-        recorders (a refused institution call's record is written before the caller
-        hears of the refusal, so that it can be looked up at once). A second finish of
-        the same call does nothing."""
+        recorders. Returns what remains to be awaited (a refused institution call's
+        record, written before the caller hears of the refusal so that it can be looked
+        up at once), or None. A second finish of the same call does nothing."""
         if not call.claim():
-            return
+            return None
         call.code, call.message, call.rejections = code, message, rejections
         call.seconds = time.perf_counter() - call.started
         self._log(call)
+        pending = []
         for recorder in self._recorders:
             try:
-                pending = recorder.record(call)
-                if pending is not None:
-                    await pending
-            except Exception:  # the call's answer stands; the operator hears about the record
-                log.exception("could not record the call correlation_id=%s", call.correlation_id)
+                waiting = recorder.record(call)
+            except Exception:  # the call's answer stands; the operator hears about it
+                _record_failed(call)
+                continue
+            if waiting is not None:
+                pending.append(waiting)
         call.request = None  # recorded: a large request need not live as long as the call
+        return _settle(call, pending) if pending else None
 
     @staticmethod
     def _log(call: FinishedCall) -> None:
@@ -125,3 +134,15 @@ class CallObserver:
             detail,
             extra=fields,
         )
+
+
+async def _settle(call: FinishedCall, pending: list[Awaitable[None]]) -> None:
+    for waiting in pending:
+        try:
+            await waiting
+        except Exception:
+            _record_failed(call)
+
+
+def _record_failed(call: FinishedCall) -> None:
+    log.exception("could not record the call correlation_id=%s", call.correlation_id)

@@ -38,9 +38,12 @@ class Refusal:
 
     async def abort(self, context: grpc.aio.ServicerContext) -> None:
         """Ends the call with this status (raises, as ``context.abort`` does)."""
+        # (the trailing metadata set before, the correlation-id, goes along)
+        trailing = tuple(context.trailing_metadata() or ())
         if self.code is grpc.StatusCode.INVALID_ARGUMENT and self.rejections:
-            await context.abort_with_status(self._bad_request())
-        await context.abort(self.code, self.message)
+            detail = self._bad_request()
+            await context.abort(detail.code, detail.details, trailing + detail.trailing_metadata)
+        await context.abort(self.code, self.message, trailing)
 
     def _bad_request(self) -> grpc.Status:
         bad_request = error_details_pb2.BadRequest()

@@ -8,6 +8,10 @@
   is the party the call is made for.
 - A token carrying ``cnf.x5t#S256`` is bound to one certificate: it must be this one.
 - The token must carry the scope the service requires (else PERMISSION_DENIED).
+
+A client makes many calls with the same certificate and token: the caller they
+identify is remembered (bounded) for as long as the token is valid, the client CA and
+revocation lists are unchanged and the issuer's keys are the same.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from kfr_grpc.auth.trust import ClientTrust
 from kfr_grpc.errors import PermissionDenied, Unauthenticated
 
 _BEARER = "bearer "
+_REMEMBERED_CALLERS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,16 @@ class Caller:
     certificate_org: str  # who holds the connection (the client certificate)
     supplier: str | None = None  # set when a vendor acts for the consumer
     scopes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class _Identified:
+    """A caller once identified, and what its identity rested on."""
+
+    caller: Caller
+    token: AccessToken
+    trust: ClientTrust
+    keys_version: object
 
 
 class Authenticator:
@@ -44,14 +59,30 @@ class Authenticator:
         self._verifier = verifier
         self._scopes_by_service = dict(scopes_by_service)
         self._parse_certificate = cached_parser()
+        self._identified: dict[tuple[bytes, str], _Identified] = {}
 
     def authenticate(
         self, pem_certificates: Sequence[bytes], metadata: Sequence[tuple[str, str]]
     ) -> Caller:
         """Who is calling, from the client certificate and the access token."""
-        peer = self._certificate(pem_certificates)
-        token = self._verifier.verify(_bearer_token(metadata))
-        return _bind(peer, token)
+        token = _bearer_token(metadata)
+        key = (pem_certificates[0] if pem_certificates else b"", token)
+        trust = self._trust()
+        known = self._identified.get(key)
+        if (
+            known is not None
+            and known.trust is trust
+            and self._verifier.still_valid(known.token, known.keys_version)
+        ):
+            return known.caller
+        keys_version = self._verifier.keys_version
+        peer = self._certificate(pem_certificates, trust)
+        verified = self._verifier.verify(token)
+        caller = _bind(peer, verified)
+        if len(self._identified) >= _REMEMBERED_CALLERS:
+            self._identified.clear()  # (rarely: a client keeps its token for minutes)
+        self._identified[key] = _Identified(caller, verified, trust, keys_version)
+        return caller
 
     def authorize(self, method: str, caller: Caller) -> None:
         """Checks the caller's token carries the scope that ``method``'s service requires."""
@@ -61,11 +92,13 @@ class Authenticator:
                 f"the access token lacks the scope {required} that this service requires"
             )
 
-    def _certificate(self, pem_certificates: Sequence[bytes]) -> PeerCertificate:
+    def _certificate(
+        self, pem_certificates: Sequence[bytes], trust: ClientTrust
+    ) -> PeerCertificate:
         if not pem_certificates:
             raise Unauthenticated("a client certificate is required (mutual TLS)")
         peer = self._parse_certificate(pem_certificates[0])
-        if self._trust().is_revoked(peer):
+        if trust.is_revoked(peer):
             raise Unauthenticated("the client certificate has been revoked")
         return peer
 

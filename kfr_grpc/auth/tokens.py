@@ -73,6 +73,18 @@ class TokenVerifier:
         self._remember(token, verified)
         return verified
 
+    @property
+    def keys_version(self) -> object:
+        """The issuer's key set now: a new object whenever the JWKS changes."""
+        return self._jwks.keys
+
+    def still_valid(self, token: AccessToken, keys_version: object) -> bool:
+        """Whether ``token``, verified under ``keys_version``, holds now: the key set is
+        the same and the token has not expired."""
+        if keys_version is not self._jwks.keys:
+            return False
+        return self._clock.now().timestamp() <= token.expires_at + self._settings.leeway_seconds
+
     def _cached(self, token: str, now: float) -> AccessToken | None:
         with self._lock:
             if self._cache_keys is not self._jwks.keys:

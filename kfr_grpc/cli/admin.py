@@ -58,7 +58,7 @@ def serve(
     """Run the server until SIGTERM or SIGINT."""
     tuned = tune_malloc(os.environ)  # before any thread starts: see kfr_grpc.allocator
     config = load(config_path)
-    logs.configure(config.log_level, config.log_format, worker_index)
+    logs.configure(config.log_level, config.log_format, worker_index, background=workers == 1)
     if tuned:
         logging.getLogger("kfr.server").info(
             "malloc: %s", ", ".join(f"{name}={value}" for name, value in tuned.items())
