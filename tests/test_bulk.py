@@ -308,3 +308,15 @@ def test_a_chunk_over_the_size_limit_ends_the_stream_saying_what_was_committed(s
     (record,) = _records(client, correlation)
     assert record.status == "RESOURCE_EXHAUSTED"
     assert record.rejected[-1].code == "PARTIAL"
+
+
+def test_a_chunk_becomes_the_same_rows_as_its_report_items():
+    """A bulk load turns a chunk straight into rows; a unary Report goes through items.
+    Both read every role number the same: known ones, ROLE_UNSPECIFIED and unknown."""
+    from kfr_grpc.api.convert import report_items, report_rows
+
+    relationships = [
+        pb.Relationship(customer_id="x", role=role, start_date=f"2020-01-0{index + 1}")
+        for index, role in enumerate([OWNER, DISPONENT, pb.ROLE_UNSPECIFIED, 7])
+    ]
+    assert report_rows(relationships) == [item.row() for item in report_items(relationships)]

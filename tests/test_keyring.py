@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -9,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from kfr_grpc.errors import ConfigError
-from kfr_grpc.keyring import Keyring, KeySet, Sealer, SealError
+from kfr_grpc.keyring import (
+    PSEUDONYM_CONTEXT,
+    Keyring,
+    KeySet,
+    Pseudonymiser,
+    Sealer,
+    SealError,
+)
 
 
 def test_keyring_file_is_private_and_round_trips(tmp_path: Path):
@@ -65,6 +74,17 @@ def test_pseudonyms_are_stable_and_keyed(ids):
     assert first.pseudonymiser().pseudonym(digits) == first.pseudonymiser().pseudonym(digits)
     assert first.pseudonymiser().pseudonym(digits) != second.pseudonymiser().pseudonym(digits)
     assert len(first.pseudonymiser().pseudonym(digits)) == 32
+
+
+@pytest.mark.parametrize("key_length", [16, 32, 64, 65, 100])
+def test_a_pseudonym_is_hmac_sha256_of_the_context_and_the_digits(ids, key_length):
+    """The pseudonymiser builds HMAC from two hash states (for speed): exactly ``hmac``'s,
+    for keys shorter, as long as and longer than a SHA-256 block."""
+    key = os.urandom(key_length)
+    pseudonymiser = Pseudonymiser(key)
+    for digits in (ids.person(), ids.company(), ""):
+        expected = hmac.new(key, PSEUDONYM_CONTEXT + digits.encode(), hashlib.sha256).digest()
+        assert pseudonymiser.pseudonym(digits) == expected
 
 
 def test_sealed_value_opens_only_at_its_own_place():

@@ -11,12 +11,18 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from stdnum.exceptions import ValidationError
 from stdnum.no import fodselsnummer, orgnr
 
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.errors import InvalidArgument, KfrError, NotFound, PermissionDenied
 from kfr_grpc.keyring import Keyring
-from kfr_grpc.register.customer_ids import CustomerKind, parse_customer_id
+from kfr_grpc.register.customer_ids import (
+    CustomerKind,
+    birth_date_of,
+    check_digits_hold,
+    parse_customer_id,
+)
 from kfr_grpc.register.model import Role
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.retention import retention_cutoff
@@ -59,6 +65,32 @@ def test_person_numbers_are_accepted_exactly_when_stdnum_and_our_rules_agree(num
     if stdnum_valid and month <= 12 and day < 80:
         birth = fodselsnummer.get_birth_date(number)
         assert ours == (birth <= TODAY)  # H-/FH-numbers aside, only the date differs
+
+
+@given(st.text(alphabet="0123456789", min_size=11, max_size=11))
+@settings(max_examples=3000)
+def test_check_digits_are_stdnums(number):
+    """The register computes a person number's check digits itself (for speed): exactly
+    as stdnum does, valid or not."""
+    stdnum_holds = fodselsnummer.calc_check_digit1(number) == number[9] and (
+        fodselsnummer.calc_check_digit2(number) == number[10]
+    )
+    assert check_digits_hold(number) == stdnum_holds
+
+
+@given(
+    st.integers(0, 71), st.integers(1, 12), st.integers(0, 99), st.integers(0, 999),
+    st.integers(0, 99),
+)  # fmt: skip
+@settings(max_examples=3000)
+def test_birth_dates_are_stdnums(day, month, year, individual, tail):
+    """... and its date of birth, D-numbers included, centuries from the individual number."""
+    number = f"{day:02d}{month:02d}{year:02d}{individual:03d}{tail:02d}"
+    try:
+        expected = fodselsnummer.get_birth_date(number)
+    except ValidationError:
+        expected = None
+    assert birth_date_of(number, month) == expected
 
 
 @given(st.text(alphabet="0123456789", min_size=11, max_size=11))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kfr_grpc.config import load_config
 from kfr_grpc.dev.setup import create_dev_setup
 from kfr_grpc.server import open_store
 from tests.support import INSTITUTION_ORG, RunningServer
+from tests.test_bulk import stream
 from tests.test_server import end, list_own, lookup, report, rpc_error
 
 OWNER = pb.ROLE_OWNER
@@ -68,6 +70,36 @@ def test_a_write_call_commits_once_with_its_record(server, ids, commits):
         commits.clear()
         call()
         assert len(commits) == 1, commits  # a refused call: its record only
+
+
+def test_a_bulk_load_written_slower_than_it_arrives_commits_its_chunks_together(
+    server, ids, commits, monkeypatch
+):
+    """Chunks that arrive while a transaction commits wait and go into the next one
+    together: fewer, larger commits, the same counts and positions, and the request
+    record in the last one."""
+    store = server.server.store
+    counting = store._run
+
+    def slow(txn, work):
+        time.sleep(0.2)  # a slow disk: each commit takes its time
+        return counting(txn, work)
+
+    monkeypatch.setattr(store, "_run", slow)
+    client = server.client(server.pki.institution)
+    chunks = [[(ids.person(), OWNER, "2020-01-01") for _ in range(10)] for _ in range(12)]
+    bad = chunks[7][3][0]
+    chunks[7][3] = (bad[:-1] + str((int(bad[-1]) + 1) % 10), OWNER, "")  # a check digit off
+    correlation = str(uuid.uuid4())
+    response = stream(client, *chunks, correlation=correlation)
+    assert (response.registered_count, response.rejected_count) == (119, 1)
+    assert [(r.position, r.code) for r in response.rejected] == [(73, "CUSTOMER_ID_CHECKSUM")]
+    assert 1 < len(commits) < 12, commits  # grouped: not one transaction per chunk
+    assert server.relationship_count() == 119
+    (record,) = _request_log(client, correlation)
+    assert dict(record.counts) == {
+        "registered": 119, "already_registered": 0, "rejected": 1, "chunks": 12,
+    }  # fmt: skip
 
 
 def test_a_lookup_commits_nothing(server, ids, commits):

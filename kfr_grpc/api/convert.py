@@ -16,7 +16,7 @@ from kfr_grpc.register.model import (
     RoleChoice,
     UnknownRole,
 )
-from kfr_grpc.register.reports import ReportItem
+from kfr_grpc.register.reports import ReportItem, Row
 from kfr_grpc.register.service import EndItem
 
 _ROLE_FROM_PB = {pb.ROLE_OWNER: Role.OWNER, pb.ROLE_DISPONENT: Role.DISPONENT}
@@ -34,6 +34,23 @@ def role_from_pb(number: int) -> RoleChoice:
 def report_items(relationships: Iterable[pb.Relationship]) -> list[ReportItem]:
     return [
         ReportItem(item.customer_id, role_from_pb(item.role), item.start_date)
+        for item in relationships
+    ]
+
+
+# A bulk load's rows carry a role as ``reports.role_to_row`` writes it: the role's value,
+# None for ROLE_UNSPECIFIED, an unknown number as itself.
+_ROLE_ROWS_FROM_PB: dict[int, str | None] = {
+    pb.ROLE_UNSPECIFIED: None,
+    **{number: role.value for number, role in _ROLE_FROM_PB.items()},
+}
+
+
+def report_rows(relationships: Iterable[pb.Relationship]) -> list[Row]:
+    """A bulk load chunk's items as rows (``ReportItem.row()``), without the items."""
+    roles = _ROLE_ROWS_FROM_PB
+    return [
+        (item.customer_id, roles.get(item.role, item.role), item.start_date)
         for item in relationships
     ]
 

@@ -21,6 +21,10 @@ class Role(enum.Enum):
     OWNER = "owner"
     DISPONENT = "disponent"
 
+    # Members are singletons compared by identity: hashed by identity too, in C. (Enum's
+    # own hash is a Python call; a bulk load hashes roles several times per item.)
+    __hash__ = object.__hash__
+
 
 ROLES_IN_ORDER = (Role.OWNER, Role.DISPONENT)  # how answers list them: owner first
 

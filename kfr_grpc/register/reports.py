@@ -1,10 +1,10 @@
 """Validating reported relationships: the CPU-heavy half of reporting, kept free of the
 store so that a bulk load can run it in another process while the store writes.
 
-``validate_reports`` checks every field of every item (customer ID with python-stdnum,
-role, start date) in one pass and returns the parsed items with every rejection found.
-``validate_rows`` does the same on plain tuples, for crossing a process boundary cheaply
-(pickling dataclasses costs more than the validation saves).
+``validate_rows`` checks every field of every item (customer ID, role, start date) in one
+pass and returns the parsed items with every rejection found, on plain tuples: they
+cross a process boundary cheaply (pickling dataclasses costs more than the validation
+saves), and the register writes from them without making an object per item.
 """
 
 from __future__ import annotations
@@ -47,39 +47,8 @@ class ReportItem:
         return (self.customer_id, role_to_row(self.role), self.start_date)
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedReport:
-    customer: CustomerId
-    role: Role
-    start: date
-
-
-@dataclass(frozen=True, slots=True)
-class ValidatedReports:
-    """Each item parsed (None where rejected, so indexes stay those of the batch), and
-    every rejection, each naming its item's index."""
-
-    parsed: list[ParsedReport | None]
-    rejections: list[Rejection]
-
-    @classmethod
-    def from_rows(cls, rows: ValidatedRows) -> ValidatedReports:
-        parsed_rows, rejections = rows
-        days: dict[int, date] = {}
-        parsed = [
-            None
-            if row is None
-            else ParsedReport(
-                CustomerId(row[0], _KINDS[row[1]]),
-                Role(row[2]),
-                days.get(row[3]) or days.setdefault(row[3], date.fromordinal(row[3])),
-            )
-            for row in parsed_rows
-        ]
-        return cls(parsed, rejections)
-
-
-_KINDS = {True: CustomerKind.PERSON, False: CustomerKind.ORGANISATION}
+_PERSON = CustomerKind.PERSON
+ROLE_OF_VALUE: dict[str, Role] = {role.value: role for role in Role}
 
 
 def role_to_row(role: RoleChoice) -> str | int | None:
@@ -101,44 +70,35 @@ def role_of_row(value: str | int | None) -> RoleChoice:
 def validate_rows(
     rows: Sequence[Row], *, allow_synthetic: bool, today_ordinal: int
 ) -> ValidatedRows:
-    """``validate_reports`` on plain tuples, returning plain tuples."""
-    items = [ReportItem(c, role_of_row(r), d) for c, r, d in rows]
-    result = validate_reports(
-        items, allow_synthetic=allow_synthetic, today=date.fromordinal(today_ordinal)
-    )
-    parsed = [
-        None
-        if p is None
-        else (
-            p.customer.digits,
-            p.customer.kind is CustomerKind.PERSON,
-            p.role.value,
-            p.start.toordinal(),
-        )
-        for p in result.parsed
-    ]
-    return parsed, result.rejections
-
-
-def validate_reports(
-    items: Sequence[ReportItem], *, allow_synthetic: bool, today: date
-) -> ValidatedReports:
+    """Checks every field of every row (customer ID, role, start date) in one pass:
+    the parsed rows (None where rejected, so indexes stay the batch's) and every
+    rejection, each naming its item's index. Plain tuples in and out: a bulk load runs
+    this in a helper process, and tuples cross the process boundary cheaply."""
+    today = date.fromordinal(today_ordinal)
     dates = _DateCache(today)
-    parsed: list[ParsedReport | None] = []
+    parsed: list[ParsedRow | None] = []
     rejections: list[Rejection] = []
-    for index, item in enumerate(items):
+    for index, (raw_id, role_row, raw_start) in enumerate(rows):
         found_before = len(rejections)
-        customer = _attempt(
-            rejections, index, "customer_id", parse_customer_id, item.customer_id,
-            allow_synthetic=allow_synthetic, today=today,
-        )  # fmt: skip
-        start = _attempt(rejections, index, "start_date", dates.parse, item.start_date)
-        role_problem = _role_problem(item.role, customer)
+        try:
+            customer = parse_customer_id(raw_id, allow_synthetic=allow_synthetic, today=today)
+        except InvalidValue as error:
+            rejections.append(Rejection("customer_id", str(error), error.code, index))
+            customer = None
+        try:
+            start = dates.ordinal(raw_start)
+        except InvalidValue as error:
+            rejections.append(Rejection("start_date", str(error), error.code, index))
+        role = ROLE_OF_VALUE.get(role_row) if isinstance(role_row, str) else role_of_row(role_row)
+        role_problem = _role_problem(role, customer)
         if role_problem is not None:
             rejections.append(Rejection("role", *role_problem, index))
-        valid = len(rejections) == found_before
-        parsed.append(ParsedReport(customer, item.role, start) if valid else None)
-    return ValidatedReports(parsed, rejections)
+        if len(rejections) == found_before:
+            assert customer is not None and role_row is not None
+            parsed.append((customer.digits, customer.kind is _PERSON, role_row, start))
+        else:
+            parsed.append(None)
+    return parsed, rejections
 
 
 def _role_problem(role: RoleChoice, customer: CustomerId | None) -> tuple[str, str] | None:
@@ -198,13 +158,14 @@ class _DateCache:
 
     def __init__(self, today: date) -> None:
         self._today = today
-        self._parsed: dict[str, date | InvalidValue] = {}
+        self._parsed: dict[str, int | InvalidValue] = {}
 
-    def parse(self, raw: str) -> date:
+    def ordinal(self, raw: str) -> int:
+        """The date's day number (``date.toordinal``)."""
         parsed = self._parsed.get(raw)
         if parsed is None:
             try:
-                parsed = parse_date(raw, self._today)
+                parsed = parse_date(raw, self._today).toordinal()
             except InvalidValue as error:
                 parsed = error
             self._parsed[raw] = parsed

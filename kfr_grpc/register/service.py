@@ -19,7 +19,7 @@ from datetime import date
 from kfr_grpc.clock import Clock
 from kfr_grpc.errors import NotFound, PermissionDenied, Rejection
 from kfr_grpc.register.bulk import STREAM, BulkLoad, ChunkOutcome
-from kfr_grpc.register.customer_ids import CustomerId, parse_customer_id
+from kfr_grpc.register.customer_ids import CustomerId, CustomerKind, parse_customer_id
 from kfr_grpc.register.model import (
     ROLES_IN_ORDER,
     CallInfo,
@@ -36,13 +36,12 @@ from kfr_grpc.register.model import (
 )
 from kfr_grpc.register.periods import end_period, start_period
 from kfr_grpc.register.reports import (
-    ParsedReport,
+    ROLE_OF_VALUE,
+    ParsedRow,
     ReportItem,
     Row,
-    ValidatedReports,
     ValidatedRows,
     check_batch_size,
-    validate_reports,
     validate_rows,
 )
 from kfr_grpc.register.storage import ReadTxn, Storage, WriteTxn
@@ -112,13 +111,13 @@ class Register:
 
     def report(self, call: CallInfo, items: Sequence[ReportItem]) -> ReportResult:
         """Registers relationships for ``call.institution``: all of them, or none."""
-        validated = self.validate_reports(items)
+        parsed, rejections = self.row_validator()([item.row() for item in items])
 
         def work(txn: WriteTxn) -> ReportResult:
             _require_open_for_reports(txn, call.institution)
             check_batch_size("relationships", items)
-            _raise_rejections(validated.rejections, "relationships")
-            registered, conflicts = _apply_reports(txn, call.institution, validated.parsed)
+            _raise_rejections(rejections, "relationships")
+            registered, conflicts = _apply_reports(txn, call.institution, parsed)
             _raise_rejections(conflicts, "relationships")
             result = ReportResult(registered, len(items) - registered)
             txn.put_request_record(call.record(self._clock.now(), "OK", counts=result.counts()))
@@ -189,37 +188,36 @@ class Register:
 
     # --- bulk load ----------------------------------------------------------------------
 
-    def validate_reports(self, items: Sequence[ReportItem]) -> ValidatedReports:
-        return validate_reports(items, allow_synthetic=self._test_mode, today=self._clock.today())
-
     def row_validator(self) -> Callable[[Sequence[Row]], ValidatedRows]:
         """``validate_rows`` with this register's settings, picklable: a bulk load runs it
-        in a helper process (then ``ValidatedReports.from_rows`` and ``apply_chunk``)."""
+        in a helper process (then ``apply_chunks``)."""
         return functools.partial(
             validate_rows,
             allow_synthetic=self._test_mode,
             today_ordinal=self._clock.today().toordinal(),
         )
 
-    def apply_chunk(
-        self, call: CallInfo, load: BulkLoad, validated: ValidatedReports, *, last: bool
+    def apply_chunks(
+        self, call: CallInfo, load: BulkLoad, chunks: Sequence[ValidatedRows], *, last: bool
     ) -> BulkLoad:
-        """Writes the valid items of one validated chunk of a bulk load in one transaction
-        and rejects the others item by item (``report`` is all or nothing instead). The
-        last chunk's transaction also holds the load's request record. Returns the load
-        with this chunk counted."""
+        """Writes the valid items of validated chunks of a bulk load, in order, in one
+        transaction, and rejects the others item by item (``report`` is all or nothing
+        instead). The last chunk's transaction also holds the load's request record.
+        Returns the load with these chunks counted."""
 
         def work(txn: WriteTxn) -> BulkLoad:
             _require_open_for_reports(txn, call.institution)
-            registered, conflicts = _apply_reports(txn, call.institution, validated.parsed)
-            valid = sum(item is not None for item in validated.parsed) - len(conflicts)
-            outcome = ChunkOutcome(
-                size=len(validated.parsed),
-                registered=registered,
-                already_registered=valid - registered,
-                rejections=(*validated.rejections, *conflicts),
-            )
-            counted = load.plus(outcome)
+            counted = load
+            for parsed, rejections in chunks:
+                registered, conflicts = _apply_reports(txn, call.institution, parsed)
+                valid = sum(item is not None for item in parsed) - len(conflicts)
+                outcome = ChunkOutcome(
+                    size=len(parsed),
+                    registered=registered,
+                    already_registered=valid - registered,
+                    rejections=(*rejections, *conflicts),
+                )
+                counted = counted.plus(outcome)
             if last:
                 located = tuple(r.located(STREAM) for r in counted.rejections)
                 record = call.record(
@@ -350,7 +348,7 @@ def _raise_rejections(rejections: Sequence[Rejection], within: str) -> None:
 
 
 def _apply_reports(
-    txn: WriteTxn, institution: str, parsed: Sequence[ParsedReport | None]
+    txn: WriteTxn, institution: str, parsed: Sequence[ParsedRow | None]
 ) -> tuple[int, list[Rejection]]:
     """Starts a period for each parsed item (in order, so repeats see earlier ones).
 
@@ -359,19 +357,27 @@ def _apply_reports(
     """
     registered = 0
     conflicts = []
-    for index, item in enumerate(parsed):
-        if item is None:
+    days: dict[int, date] = {}
+    for index, row in enumerate(parsed):
+        if row is None:
             continue
-        history = txn.history(item.customer, institution, item.role)
+        digits, is_person, role_value, start_day = row
+        customer = CustomerId(digits, _PERSON if is_person else _ORGANISATION)
+        role = ROLE_OF_VALUE[role_value]
+        start = days.get(start_day) or days.setdefault(start_day, date.fromordinal(start_day))
+        history = txn.history(customer, institution, role)
         try:
-            updated, changed = start_period(history, item.start)
+            updated, changed = start_period(history, start)
         except InvalidValue as error:
             conflicts.append(Rejection("start_date", str(error), error.code, index))
             continue
         if changed:
-            txn.put_history(item.customer, institution, item.role, updated)
+            txn.put_history(customer, institution, role, updated)
             registered += 1
     return registered, conflicts
+
+
+_PERSON, _ORGANISATION = CustomerKind.PERSON, CustomerKind.ORGANISATION
 
 
 def _apply_endings(txn: WriteTxn, institution: str, parsed: Sequence[_ParsedEnd]) -> int:

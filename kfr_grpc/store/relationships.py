@@ -137,8 +137,11 @@ class RelationshipReads(TxnBase):
 
 class RelationshipWrites(WriteTxnBase, RelationshipReads):
     def _begin_relationship_writes(self) -> None:
-        self._located: dict[tuple[str, str, Role], Record | None] = {}
-        self._current_keys: dict[tuple[str, str, Role], bytes] = {}
+        # (customer digits, institution, role) -> [its key under the current pseudonym
+        # version, the record as this transaction has it (None: none)]. A bulk load reads
+        # and then writes each item: one memo, filled by the read, serves the write.
+        self._known: dict[tuple[str, str, Role], list] = {}
+        self._pseudonym = self._crypto.pseudonymisers[self.pseudonym_version].pseudonym
         self._next_slots: dict[str, int] = {}
         self._active_delta = 0
 
@@ -149,16 +152,15 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
 
         A record found under an older pseudonym version moves to the current one.
         """
-        memo = (customer.digits, institution, role)
-        found = self._locate(customer, institution, role)
+        known = self._known_record(customer, institution, role)
+        key, found = known
         was_active = found is not None and is_active(found.history)
         if not history:
             if found is not None:
                 self._delete_record(found)
             self._active_delta -= was_active
-            self._located[memo] = None
+            known[1] = None
             return
-        key = self._current_key(customer, institution, role)
         moved = found is not None and found.key != key
         if moved:
             self._delete_record(found, keep_slot=True)
@@ -169,7 +171,7 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
         if found is None or moved:
             self._put_index(BY_INSTITUTION, codec.slot_key(key, slot), key)
         self._update_ended_index(key, previous, history)
-        self._located[memo] = Record(key, history, slot)
+        known[1] = Record(key, history, slot)
 
     def flush_active_count(self) -> None:
         """Adds this transaction's change of the active count to ``meta`` (before commit)."""
@@ -193,31 +195,32 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
 
     def _locate(self, customer: CustomerId, institution: str, role: Role) -> Record | None:
         """As in a view, remembered for the transaction; the current version is tried first."""
+        return self._known_record(customer, institution, role)[1]
+
+    def _known_record(self, customer: CustomerId, institution: str, role: Role) -> list:
+        """[current key, record or None] of (customer, institution, role), remembered."""
         memo = (customer.digits, institution, role)
-        if memo in self._located:
-            return self._located[memo]
-        found = self._read_record(self._current_key(customer, institution, role))
+        known = self._known.get(memo)
+        if known is None:
+            pseudonym = self._pseudonym(customer.digits)
+            key = codec.relationship_key(self.pseudonym_version, pseudonym, institution, role)
+            found = self._read_record(key)
+            if found is None and len(self._crypto.pseudonymisers) > 1:
+                found = self._locate_older(customer, institution, role)
+            known = self._known[memo] = [key, found]
+        return known
+
+    def _locate_older(self, customer: CustomerId, institution: str, role: Role) -> Record | None:
+        """The record under an older pseudonym version (during a key rotation)."""
         for version, pseudonymiser in self._crypto.newest_first:
-            if found is not None:
-                break
             if version != self.pseudonym_version:
                 pseudonym = pseudonymiser.pseudonym(customer.digits)
                 found = self._read_record(
                     codec.relationship_key(version, pseudonym, institution, role)
                 )
-        self._located[memo] = found
-        return found
-
-    def _current_key(self, customer: CustomerId, institution: str, role: Role) -> bytes:
-        """The record's key under the pseudonym version writes use (computed once)."""
-        memo = (customer.digits, institution, role)
-        key = self._current_keys.get(memo)
-        if key is None:
-            pseudonymiser = self._crypto.pseudonymisers[self.pseudonym_version]
-            pseudonym = pseudonymiser.pseudonym(customer.digits)
-            key = codec.relationship_key(self.pseudonym_version, pseudonym, institution, role)
-            self._current_keys[memo] = key
-        return key
+                if found is not None:
+                    return found
+        return None
 
     def _next_slot(self, institution: str) -> int:
         """The next free by-institution slot: one past the institution's last."""
@@ -248,4 +251,7 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
 
 
 def _any_ended(history: History) -> bool:
-    return any(period.end is not None for period in history)
+    for period in history:  # noqa: SIM110 - a loop: cheaper than any() on 0-2 periods
+        if period.end is not None:
+            return True
+    return False
