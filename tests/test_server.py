@@ -167,6 +167,24 @@ def test_correlation_id_is_echoed_or_made(server, ids):
     assert uuid.UUID(correlation_id_of(call))
 
 
+def test_the_correlation_id_travels_in_the_trailers_and_a_stream_gets_it_first(server, ids):
+    """A unary answer carries it in its trailing metadata (sent with the status: no frame
+    of its own); a streamed answer also in its initial metadata, before any message."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    client = server.client(server.pki.institution)
+    mine = str(uuid.uuid4())
+    _, call = _report_with_call(client, ids, (("correlation-id", mine),))
+    assert ("correlation-id", mine) in call.trailing_metadata()
+    assert ("correlation-id", mine) not in (call.initial_metadata() or ())
+    health = health_pb2_grpc.HealthStub(client.channel)
+    watch = health.Watch(
+        health_pb2.HealthCheckRequest(), metadata=(("correlation-id", mine),), timeout=5
+    )
+    assert ("correlation-id", mine) in watch.initial_metadata()  # before the first message
+    watch.cancel()
+
+
 def test_a_malformed_correlation_id_is_refused_but_a_fresh_one_is_returned(server, ids):
     client = server.client(server.pki.institution)
     error = rpc_error(_report_with_call, client, ids, (("correlation-id", "nope"),))
