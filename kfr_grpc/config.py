@@ -153,7 +153,7 @@ class ServerConfig(_Table):
     max_concurrent_calls: Positive = 256  # calls at once, in all
     max_calls_per_connection: Positive = 100  # calls at once on one connection
     max_calls_per_caller: Positive = 100  # calls at once made for one organisation
-    max_bulk_streams: Positive = 2  # ReportStreams at once (each holds up to 3 chunks)
+    max_bulk_streams: Positive = 2  # ReportStreams at once (each: a chunk + 20,000 waiting rows)
     max_requests_in_memory: Positive = 16  # requests received and not yet answered
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0  # for each request message
     max_message_mb: Annotated[float, Field(gt=0, le=64)] = 4.0  # the largest request message
