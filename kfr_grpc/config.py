@@ -179,6 +179,30 @@ class MetricsConfig(_Table):
     listen: Address | None = None  # host:port of the Prometheus endpoint; None: off
 
 
+class ClusterConfig(_Table):
+    """Cluster mode (README, Running a cluster): writes go through a log in etcd."""
+
+    node: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]  # unique per cluster
+    etcd_endpoints: Annotated[tuple[Address, ...], BeforeValidator(_tuple), Field(min_length=1)]
+    prefix: Annotated[str, Field(pattern=r"^/.*/$")] = "/kfr/"  # the cluster's etcd keys
+    etcd_ca: ConfigPath | None = None  # TLS to etcd: the CA that signed its certificates
+    etcd_cert: ConfigPath | None = None  # and this node's client certificate and key
+    etcd_key: ConfigPath | None = None
+    etcd_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0  # one etcd request, at most
+    reads: Literal["linearizable", "local"] = "linearizable"
+    max_entry_mb: Annotated[float, Field(gt=0, le=64)] = 8.0  # one write's changes
+    compact_window_seconds: Seconds = 86400.0  # log entries younger are kept
+    advertise: Address | None = None  # host:port clients reach this node at (status only)
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ClusterConfig:
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            raise ValueError("etcd_cert and etcd_key go together")
+        if self.etcd_cert is not None and self.etcd_ca is None:
+            raise ValueError("etcd_cert needs etcd_ca")
+        return self
+
+
 class AgencyConfig(_Table):
     """A public agency allowed to look up, with the legal mandates it may invoke."""
 
@@ -210,6 +234,7 @@ class Config(_Table):
     server: ServerConfig = Field(default_factory=ServerConfig)
     maintenance: MaintenanceConfig = MaintenanceConfig()
     metrics: MetricsConfig = MetricsConfig()
+    cluster: ClusterConfig | None = None  # none: one node on its own LMDB store
     agencies: Annotated[tuple[AgencyConfig, ...], BeforeValidator(_tuple)] = ()
     _path: Path = PrivateAttr(default=Path("kfr.toml"))
 

@@ -144,6 +144,13 @@ class StoreClosed(KfrError):
     status = "UNAVAILABLE"
 
 
+class StoreUnavailable(KfrError):
+    """Cluster mode: the write log (etcd) cannot be reached, or this node cannot follow it;
+    the message says whether a write may still take effect. Retry on another node."""
+
+    status = "UNAVAILABLE"
+
+
 class CorruptRecord(KfrError):
     """A stored value failed its integrity check (details go to the operator's log)."""
 

@@ -1,13 +1,19 @@
 """The server's periodic work in one background thread: storing the lookup counters
-and, once per ``purge_interval_seconds`` (first soon after start), retention."""
+and, once per ``purge_interval_seconds`` (first soon after start), retention.
+
+Every process stores its own counters (they add up). Retention runs in one process: of
+several workers, the one told so; in a cluster, only while its node holds the scheduler
+lease (``runs_retention`` is asked each time)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from kfr_grpc.config import MaintenanceConfig
+from kfr_grpc.errors import KfrError
 from kfr_grpc.metrics import Metrics
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.statistics import LookupStatistics
@@ -23,11 +29,11 @@ class Maintenance:
         statistics: LookupStatistics,
         metrics: Metrics,
         *,
-        run_retention: bool = True,
+        runs_retention: Callable[[], bool] = lambda: True,
     ) -> None:
         self._config = config
         self._metrics = metrics
-        self._run_retention = run_retention
+        self._runs_retention = runs_retention
         self._operations = operations
         self._statistics = statistics
         self._stopping = threading.Event()
@@ -48,19 +54,24 @@ class Maintenance:
         tick = min(self._config.lookup_counts_flush_seconds, self._config.purge_interval_seconds)
         while not self._stopping.wait(max(tick, 0.05)):
             self._flush()
-            if self._run_retention and time.monotonic() >= next_purge:
+            if time.monotonic() >= next_purge and self._runs_retention():
                 self._purge()
                 next_purge = time.monotonic() + self._config.purge_interval_seconds
 
     def _flush(self) -> None:
         try:
             self._statistics.flush()
+        except KfrError as error:  # the store cannot take them now (cluster: etcd away)
+            log.warning("storing the lookup counters failed (kept for the next try): %s", error)
         except Exception:
             log.exception("storing the lookup counters failed; they are kept for the next try")
 
     def _purge(self) -> None:
         try:
             result = self._operations.purge()
+        except KfrError as error:
+            log.warning("retention failed (it runs again at the next interval): %s", error)
+            return
         except Exception:
             log.exception("retention failed; it runs again at the next interval")
             return

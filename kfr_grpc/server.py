@@ -40,6 +40,8 @@ from kfr_grpc.auth.tls import ServerTls
 from kfr_grpc.auth.tokens import TokenSettings, TokenVerifier
 from kfr_grpc.auth.trust import ClientTrust
 from kfr_grpc.clock import Clock, SystemClock
+from kfr_grpc.cluster.connect import replicated_store
+from kfr_grpc.cluster.store import ReplicatedStore
 from kfr_grpc.config import Config, ServerConfig, load_config
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring, KeyringFile
@@ -53,16 +55,25 @@ from kfr_grpc.store import LmdbStore
 from kfr_grpc.watched import WatchedFiles
 
 log = logging.getLogger("kfr.server")
+Store = LmdbStore | ReplicatedStore
+_HEALTH_CHECK_SECONDS = 0.5  # how often the store's availability is looked at
 
 
-def open_store(
-    config: Config, *, follow_keyring: bool = False, readonly: bool = False
-) -> LmdbStore:
+def open_store(config: Config, *, follow_keyring: bool = False, readonly: bool = False) -> Store:
     """Loads the keyring and opens the store: what the server and admin commands share.
 
     With ``follow_keyring`` (the server), a rotated keyring file is picked up without a
-    restart. ``readonly`` (commands that only read) writes nothing to the data directory.
+    restart. ``readonly`` (commands that only read) writes nothing to the data directory
+    (in cluster mode: reads this node's store as it is, without asking etcd). With a
+    ``[cluster]`` section, writes go through the cluster's log.
     """
+    local = _open_local_store(config, follow_keyring=follow_keyring, readonly=readonly)
+    if config.cluster is None or readonly:
+        return local
+    return replicated_store(config.cluster, local, listen=config.listen)
+
+
+def _open_local_store(config: Config, *, follow_keyring: bool, readonly: bool) -> LmdbStore:
     if follow_keyring:
         keys = KeyringFile(config.keyring, check_seconds=config.server.file_check_seconds)
     else:
@@ -77,7 +88,7 @@ def open_store(
     )
 
 
-def operations_for(config: Config, store: LmdbStore, clock: Clock) -> Operations:
+def operations_for(config: Config, store: Store, clock: Clock) -> Operations:
     return Operations(store, clock, request_log_days=config.maintenance.request_log_days)
 
 
@@ -139,7 +150,7 @@ class KfrServer:
     config: Config
     grpc_server: grpc.aio.Server
     port: int
-    store: LmdbStore
+    store: Store
     tls: ServerTls
     jwks: JwksSource
     policy: AccessPolicy
@@ -151,9 +162,11 @@ class KfrServer:
     interceptor: RequestInterceptor
     metrics_port: int = 0
     _metrics_http: Any = None
+    _health_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Starts serving; returns the bound port."""
+        await asyncio.to_thread(self.store.start)
         await self.grpc_server.start()
         self.maintenance.start()
         listen = self.config.metrics.listen
@@ -164,8 +177,8 @@ class KfrServer:
                 await self.stop(grace=0)
                 raise ConfigError(f"cannot serve metrics on {listen}: {error.strerror}") from None
             log.info("metrics on http://%s/metrics", listen)
-        for service in HEALTH_SERVICES:
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(self.store.available())
+        self._health_watch = asyncio.create_task(self._watch_store())
         log.info(
             "serving on %s (port %d), data in %s, test mode %s",
             self.config.listen,
@@ -174,6 +187,24 @@ class KfrServer:
             "on" if self.config.test_mode else "off",
         )
         return self.port
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        for service in HEALTH_SERVICES:
+            await self.health.set(service, status.SERVING if serving else status.NOT_SERVING)
+
+    async def _watch_store(self) -> None:
+        """NOT_SERVING while the store cannot serve (cluster mode: etcd out of reach, or
+        this node behind a compacted log), so that clients move to another node."""
+        serving = self.store.available()
+        while True:
+            await asyncio.sleep(_HEALTH_CHECK_SECONDS)
+            now = self.store.available()
+            if now != serving:
+                serving = now
+                await self._set_health(serving)
+                log.warning("store %s: health %s", "back" if now else "unavailable",
+                            "SERVING" if now else "NOT_SERVING")  # fmt: skip
 
     def reload(self) -> None:
         """SIGHUP: re-reads the server certificate, the client CA bundle and CRLs, the JWKS
@@ -197,6 +228,8 @@ class KfrServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets calls in flight finish within ``grace``, closes the store."""
+        if self._health_watch is not None:
+            self._health_watch.cancel()
         await self.health.enter_graceful_shutdown()  # NOT_SERVING from now on
         notice = self.config.server.drain_notice_seconds
         grace = self.config.server.grace_seconds if grace is None else grace
@@ -293,7 +326,7 @@ async def build_server(
             operations_for(config, store, clock),
             statistics,
             metrics,
-            run_retention=run_retention,
+            runs_retention=lambda: run_retention and store.runs_scheduled_jobs,
         )
         undo.pop_all()
     return KfrServer(
@@ -342,7 +375,9 @@ def _add_services(
     kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
         InstitutionServicer(register, policy, blocking, validation), grpc_server
     )
-    kfr_pb2_grpc.add_LookupServiceServicer_to_server(LookupServicer(register, policy), grpc_server)
+    kfr_pb2_grpc.add_LookupServiceServicer_to_server(
+        LookupServicer(register, policy, blocking), grpc_server
+    )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     # Reflection, so grpcurl and grpcui can list and call the services (with the same

@@ -191,8 +191,10 @@ def server_factory(
         store_toml: str = "",
         validation_processes: int = 0,
         metrics: bool = False,
+        cluster_toml: str = "",
     ) -> RunningServer:
-        """A started server; the ``*_toml`` lines go into its [tokens], [maintenance], [store]."""
+        """A started server; the ``*_toml`` lines go into its [tokens], [maintenance],
+        [store] and (if given) [cluster]."""
         directory = tmp_path / f"server{len(servers)}"
         directory.mkdir()
         config_path = write_config(
@@ -205,6 +207,7 @@ def server_factory(
             store=store_toml,
             validation_processes=validation_processes,
             metrics=metrics,
+            cluster=cluster_toml,
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)

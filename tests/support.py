@@ -241,6 +241,7 @@ def write_config(
     store: str = "",
     validation_processes: int = 0,
     metrics: bool = False,
+    cluster: str = "",
 ) -> Path:
     path = directory / "kfr.toml"
     metrics = 'listen = "127.0.0.1:0"' if metrics else ""
@@ -276,6 +277,9 @@ validation_processes = {validation_processes}
 
 [metrics]
 {metrics}
+
+{"[cluster]" if cluster else ""}
+{cluster}
 
 [[agencies]]
 org_number = "{AGENCY_ORG}"

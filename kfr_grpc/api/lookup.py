@@ -1,12 +1,15 @@
 """LookupService: agencies asking where a customer has or had relationships.
 
 Lookups only read the store, and an LMDB read of one customer's records is faster than
-handing it to a thread and back: they run on the event loop (README, Performance)."""
+handing it to a thread and back: they run on the event loop (README, Performance). In
+cluster mode a linearizable read first asks etcd how far the log goes: then they run in
+a store thread."""
 
 from __future__ import annotations
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
+from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.calls import RequestContext
 from kfr_grpc.api.convert import institution_to_pb, role_to_pb
 from kfr_grpc.auth.policy import AccessPolicy
@@ -17,9 +20,10 @@ _ROLE_FILTERS = {pb.ROLE_FILTER_UNSPECIFIED, pb.ROLE_FILTER_ALL, pb.ROLE_FILTER_
 
 
 class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
-    def __init__(self, register: Register, policy: AccessPolicy) -> None:
+    def __init__(self, register: Register, policy: AccessPolicy, blocking: Blocking) -> None:
         self._register = register
         self._policy = policy
+        self._blocking = blocking
 
     async def Lookup(self, request: pb.LookupRequest, context: RequestContext) -> pb.LookupResponse:
         """Answered on the event loop: the store read takes tens of microseconds."""
@@ -37,7 +41,10 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
             account_info_request_id=request.account_info_request_id,
         )
         self._policy.require_mandate(agency, query.legal_mandate)
-        relations = self._register.lookup(query)
+        if self._register.reads_wait:
+            relations = await self._blocking.run(self._register.lookup, query)
+        else:
+            relations = self._register.lookup(query)
         return pb.LookupResponse(
             institutions=[
                 pb.InstitutionRelation(
@@ -60,7 +67,10 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
             account_info_request_id=request.account_info_request_id,
         )
         self._policy.require_mandate(agency, query.legal_mandate)
-        institutions = self._register.lookup_collection_account(query)
+        if self._register.reads_wait:
+            institutions = await self._blocking.run(self._register.lookup_collection_account, query)
+        else:
+            institutions = self._register.lookup_collection_account(query)
         return pb.LookupCollectionAccountResponse(
             institutions=[institution_to_pb(i) for i in institutions]
         )

@@ -107,6 +107,11 @@ class Register:
         # another name is refused), so lookups can remember names instead of reading them.
         self._names: dict[str, str] = {}
 
+    @property
+    def reads_wait(self) -> bool:
+        """Whether a read may wait on the network (see ``Storage.reads_wait``)."""
+        return self._storage.reads_wait
+
     # --- institution service ------------------------------------------------------------
 
     def report(self, call: CallInfo, items: Sequence[ReportItem]) -> ReportResult:

@@ -68,6 +68,10 @@ class ReadTxn(Protocol):
 
     def collection_account_owner(self, account: str) -> str | None: ...
 
+    def collection_accounts(self) -> Iterator[tuple[str, str]]:
+        """Every (collection account, org number of its institution), by account."""
+        ...
+
     def request_records(self, correlation_id: str) -> list[RequestRecord]:
         """Every record under ``correlation_id``, oldest first."""
         ...
@@ -104,6 +108,10 @@ class WriteTxn(ReadTxn, Protocol):
 
 
 class Storage(Protocol):
+    # Whether ``read()`` may wait on the network (a replicated store's linearizable read
+    # first asks the cluster how far the log goes): then it is no work for an event loop.
+    reads_wait: bool
+
     def read(self) -> AbstractContextManager[ReadTxn]: ...
 
     def write(self, work: Callable[[WriteTxn], T]) -> T: ...

@@ -28,6 +28,11 @@ class InstitutionReads(TxnBase):
         opened = self._get_opened(COLLECTION_ACCOUNTS, account.encode("ascii"))
         return None if opened is None else opened.decode("ascii")
 
+    def collection_accounts(self) -> Iterator[tuple[str, str]]:
+        """Every (collection account, org number of its institution), by account."""
+        for key, sealed in self._txn.cursor(db=self._db[COLLECTION_ACCOUNTS]):
+            yield key.decode("ascii"), self._open(COLLECTION_ACCOUNTS, key, sealed).decode("ascii")
+
 
 class InstitutionWrites(WriteTxnBase, InstitutionReads):
     def put_institution(self, institution: Institution) -> None:

@@ -2,9 +2,10 @@
 
 Sub-databases (key and value layouts in ``codec``):
 - ``meta``: store format, keyring id, a sealed canary proving the keyring opens the
-  store, the seal and pseudonym key versions that every new write must use, and the
-  count of active relationships. Writers read the key versions inside their own
-  transaction, so a rotation takes effect in every process at the same instant.
+  store, the seal and pseudonym key versions that every new write must use, the
+  count of active relationships, and (cluster mode) the log position applied. Writers
+  read the key versions inside their own transaction, so a rotation takes effect in
+  every process at the same instant.
 - ``institutions``: org number -> sealed institution record.
 - ``relationships``: pseudonymised key -> sealed history of one (customer, institution,
   role).
@@ -48,6 +49,9 @@ CANARY = b"kfr store canary"
 SEAL_VERSION_KEY = b"seal_version"
 PSEUDONYM_VERSION_KEY = b"pseudonym_version"
 ACTIVE_KEY = b"active_relationships"  # how many relationships have an active period
+# Cluster mode: the position in the replicated log of the last entry this store applied
+# (absent: none), written in the transaction that applies it.
+LOG_POSITION_KEY = b"log_position"
 _MAX_READERS = 1024
 
 Databases = dict[bytes, Any]

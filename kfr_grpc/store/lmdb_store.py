@@ -15,19 +15,21 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import lmdb
 
-from kfr_grpc.errors import ConfigError, StoreFull
+from kfr_grpc.errors import ConfigError, CorruptRecord, StoreFull
 from kfr_grpc.keyring import FixedKeyring, Keyring, KeyringProvider
 from kfr_grpc.register.storage import CopySummary, MigrationResult, Progress, StoreUsage
 from kfr_grpc.store import backup, rotation
+from kfr_grpc.store.changes import RecordingTransaction, decode_changes, encode_changes
 from kfr_grpc.store.institutions import InstitutionReads, InstitutionWrites
 from kfr_grpc.store.layout import (
     ACTIVE_KEY,
+    LOG_POSITION_KEY,
     META,
     PSEUDONYM_VERSION_KEY,
     SEAL_VERSION_KEY,
@@ -46,6 +48,11 @@ from kfr_grpc.store.txn import Crypto
 log = logging.getLogger("kfr.store")
 
 _T = TypeVar("_T")
+# Hands a write's changes (encoded) to a replicated log at a position; raises if the log
+# did not take them there.
+Append = Callable[[int, bytes], None]
+# The log entries after a position, in order: (position, encoded changes).
+Entries = Callable[[int], Iterable[tuple[int, bytes]]]
 DEFAULT_MAX_MAP_SIZE = 1 << 40  # 1 TiB of address space: the map grows up to this
 _STORE_FULL_AT_MAXIMUM = (
     "the register's store is full: it reached store.max_map_size_mb (or the disk is full)"
@@ -79,6 +86,7 @@ class LmdbStore:
         self._keyring_path = keyring_path
         self._crypto = Crypto(keys.get())
         self._request_sequence = itertools.count()
+        self._names = {id(handle): name for name, handle in databases.items()}
 
     @classmethod
     def open(
@@ -147,6 +155,17 @@ class LmdbStore:
     def keyring(self) -> Keyring:
         return self._current_crypto().keyring
 
+    # One machine: reads never wait on the network, the store is there while it is open,
+    # and there is nothing to follow.
+    reads_wait = False
+    runs_scheduled_jobs = True
+
+    def available(self) -> bool:
+        return True
+
+    def start(self) -> None:
+        """Nothing to start (a replicated store starts following its log here)."""
+
     # --- transactions --------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -161,30 +180,91 @@ class LmdbStore:
 
     def write(self, work: Callable[[LmdbWriteTxn], _T]) -> _T:
         """Runs ``work`` in one write transaction: committed when it returns, aborted if it
-        raises. A write that finds the map full below its maximum (another process wrote
-        first) grows the map and runs ``work`` again; at the maximum it is ``StoreFull``."""
+        raises."""
+        return self._in_write_transaction(lambda txn: self._run(txn, work))
+
+    def write_logged(self, work: Callable[[LmdbWriteTxn], _T], append: Append) -> _T:
+        """Runs ``work`` in one write transaction and, if it changed anything, hands the
+        changes to ``append`` at the log position after this store's before committing
+        them with that position. If ``append`` raises, nothing is committed."""
+        return self._in_write_transaction(lambda txn: self._run(txn, work, append))
+
+    def apply_logged(self, entries: Entries, limit: int = 64) -> int:
+        """Applies, in one transaction, up to ``limit`` of the log entries after this
+        store's position (``entries(position)`` yields them in order); returns the
+        position reached. Entries at or before the store's position are never reapplied."""
+
+        def apply(txn: lmdb.Transaction) -> int:
+            try:
+                position = self._applied(txn)
+                for count, (at, changes) in enumerate(entries(position)):
+                    if count == limit:
+                        break
+                    if at != position + 1:
+                        raise CorruptRecord(f"log entry {position + 1} missing (got {at})")
+                    self._apply(txn, changes)
+                    position = at
+                    txn.put(LOG_POSITION_KEY, str(position).encode(), db=self._databases[META])
+                txn.commit()
+            except BaseException:
+                txn.abort()
+                raise
+            return position
+
+        return self._in_write_transaction(apply)
+
+    def log_position(self) -> int:
+        """The position of the last log entry applied (0: none)."""
+        with self._map.transaction(lambda: self._env.begin()) as txn, txn:
+            return self._applied(txn)
+
+    def _applied(self, txn: lmdb.Transaction) -> int:
+        return int(txn.get(LOG_POSITION_KEY, b"0", db=self._databases[META]))
+
+    def _apply(self, txn: lmdb.Transaction, changes: bytes) -> None:
+        databases = self._databases
+        for database, key, value in decode_changes(changes):
+            if value is None:
+                txn.delete(key, db=databases[database])
+            else:
+                txn.put(key, value, db=databases[database])
+
+    def _in_write_transaction(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
+        """``body`` on a new write transaction (it commits or aborts it). A write that finds
+        the map full below its maximum (another process wrote first) grows the map and
+        runs ``body`` again; at the maximum it is ``StoreFull``."""
         while True:
             self._map.ensure_headroom()
             with self._map.transaction(lambda: self._env.begin(write=True)) as txn:
                 try:
-                    return self._run(txn, work)
+                    return body(txn)
                 except lmdb.MapFullError:
                     pass  # aborted; grown below, then run again
             if not self._map.grow():
                 raise StoreFull(_STORE_FULL_AT_MAXIMUM)
 
-    def _run(self, txn: lmdb.Transaction, work: Callable[[LmdbWriteTxn], _T]) -> _T:
+    def _run(
+        self,
+        txn: lmdb.Transaction,
+        work: Callable[[LmdbWriteTxn], _T],
+        append: Append | None = None,
+    ) -> _T:
         try:
-            store_txn = self._write_transaction(txn)
+            recording = RecordingTransaction(txn, self._names) if append else None
+            store_txn = self._write_transaction(recording or txn)
             result = work(store_txn)
             store_txn.flush_active_count()
+            if append is not None and recording is not None and recording.changes:
+                position = self._applied(txn) + 1
+                append(position, encode_changes(recording.changes))
+                txn.put(LOG_POSITION_KEY, str(position).encode(), db=self._databases[META])
             txn.commit()
         except BaseException:
             txn.abort()
             raise
         return result
 
-    def _write_transaction(self, txn: lmdb.Transaction) -> LmdbWriteTxn:
+    def _write_transaction(self, txn: lmdb.Transaction | RecordingTransaction) -> LmdbWriteTxn:
         seal_version = meta_number(txn, self._databases, SEAL_VERSION_KEY)
         pseudonym_version = meta_number(txn, self._databases, PSEUDONYM_VERSION_KEY)
         crypto = self._current_crypto()
@@ -221,19 +301,19 @@ class LmdbStore:
     # --- maintenance ---------------------------------------------------------------------
 
     def rotate_key(self, *, pseudonym: bool) -> int:
-        return rotation.rotate(self.write, self._rotatable_keyring(), pseudonym=pseudonym)
+        return rotation.rotate(self.write, self.keyring_file(), pseudonym=pseudonym)
 
     def reseal(self, progress: Progress) -> MigrationResult:
-        return rotation.reseal(self.write, self._rotatable_keyring(), progress)
+        return rotation.reseal(self.write, self.keyring_file(), progress)
 
     def repseudonymise(
         self, progress: Progress, *, stop_after_batches: int | None = None
     ) -> MigrationResult:
         return rotation.repseudonymise(
-            self.write, self._rotatable_keyring(), progress, stop_after_batches=stop_after_batches
+            self.write, self.keyring_file(), progress, stop_after_batches=stop_after_batches
         )
 
-    def _rotatable_keyring(self) -> Path:
+    def keyring_file(self) -> Path:
         if self._keyring_path is None:
             raise ConfigError("this store was opened without its keyring file; cannot rotate")
         return self._keyring_path

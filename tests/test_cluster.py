@@ -1,0 +1,229 @@
+"""Cluster mode against real etcd members (three, on loopback) and real nodes: replication,
+linearizable reads across nodes, a node from a backup catching up, compaction, the
+scheduler, writes without quorum, and what etcd holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.cluster.connect import etcd_client
+from kfr_grpc.cluster.etcd import prefix_end
+from kfr_grpc.cluster.log import ReplicatedLog
+from kfr_grpc.config import load_config
+from kfr_grpc.dev.etcd import LocalEtcd
+from kfr_grpc.register.digest import content_digest
+from tests.support import INSTITUTION_ORG, MANDATE, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[LocalEtcd]:
+    cluster = LocalEtcd(tmp_path / "etcd", members=3)
+    (tmp_path / "etcd").mkdir()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def nodes(etcd: LocalEtcd, server_factory):
+    """``nodes(n)``: n started nodes of one cluster (prefix of its own per test)."""
+    made = []
+
+    def start(count: int, **settings: str):
+        extra = "\n".join(f"{key} = {value}" for key, value in settings.items())
+        for _ in range(count):
+            name = f"node{len(made) + 1}"
+            endpoints = ", ".join(f'"{endpoint}"' for endpoint in etcd.endpoints)
+            made.append(
+                server_factory(
+                    cluster_toml=f'node = "{name}"\netcd_endpoints = [{endpoints}]\n'
+                    f"etcd_timeout_seconds = 1.5\n{extra}"
+                )
+            )
+        return made
+
+    return start
+
+
+def _report(node, customer: str, role=pb.ROLE_OWNER, timeout: float = 10):
+    client = node.client(node.pki.institution)
+    request = pb.ReportRequest(
+        institution_org_number=INSTITUTION_ORG,
+        relationships=[pb.Relationship(customer_id=customer, role=role, start_date="2020-01-01")],
+    )
+    return client.institutions.Report(request, timeout=timeout)
+
+
+def _lookup(node, customer: str, timeout: float = 10) -> list[str]:
+    client = node.client(node.pki.agency)
+    request = pb.LookupRequest(
+        customer_id=customer, legal_mandate=MANDATE, account_info_request_id=str(uuid.uuid4())
+    )
+    response = client.lookups.Lookup(request, timeout=timeout)
+    return [relation.org_number for relation in response.institutions]
+
+
+def _digest(node) -> tuple[int, str]:
+    with node.server.store.read() as view:
+        return node.server.store.log_position(), content_digest(view).digest
+
+
+def test_a_write_on_one_node_is_read_on_every_other_at_once(nodes, ids):
+    first, second, third = nodes(3)
+    for n in range(20):
+        customer = ids.person()
+        _report((first, second, third)[n % 3], customer)
+        # Linearizable: acknowledged on one node, so visible on the others right away.
+        assert _lookup((second, third, first)[n % 3], customer) == [INSTITUTION_ORG]
+    digests = {_digest(node) for node in (first, second, third)}
+    assert len(digests) == 1, digests
+
+
+def test_etcd_holds_no_customer_id_in_clear(nodes, ids, etcd):
+    (node,) = nodes(1)
+    customers = [ids.person() for _ in range(10)]
+    for customer in customers:
+        _report(node, customer)
+    client = etcd_client(load_config(node.config_path).cluster)
+    try:
+        everything = client.range(b"\0", b"\xff")  # every key
+    finally:
+        client.close()
+    blob = b"".join(kv.key + kv.value for kv in everything.kvs)
+    assert len(everything.kvs) > 10  # the log is there
+    for customer in customers:
+        assert customer.encode() not in blob
+
+
+def test_a_node_from_a_backup_catches_up_and_a_node_behind_the_compacted_log_says_so(
+    nodes, ids, tmp_path, server_factory
+):
+    first, second = nodes(2)
+    early = [ids.person() for _ in range(5)]
+    for customer in early:
+        _report(first, customer)
+    backup = tmp_path / "backup"
+    first.server.store.backup(backup)
+    late = [ids.person() for _ in range(5)]
+    for customer in late:
+        _report(second, customer)
+
+    # The second node is replaced: its data directory from the first node's backup.
+    second.stop()
+    import shutil
+
+    shutil.rmtree(second.data_dir)
+    shutil.copytree(backup, second.data_dir)
+    second.start()
+    for customer in early + late:
+        assert _lookup(second, customer) == [INSTITUTION_ORG]
+    assert _digest(first) == _digest(second)
+
+    # Compaction: every registered node has applied everything, and with no window it
+    # all goes; a store from before (the backup) cannot catch up any more.
+    replicated_log = ReplicatedLog(etcd_client(load_config(first.config_path).cluster), "/kfr/")
+    wait_for(
+        lambda: min(n.applied for n in replicated_log.nodes()) == replicated_log.head(),
+        "every node's heartbeat at the head",
+    )
+    replicated_log.mark(time.time())
+    first_kept = replicated_log.compact(time.time() + 1, window_seconds=0)
+    assert first_kept == replicated_log.head() + 1
+    second.stop()
+    shutil.rmtree(second.data_dir)
+    shutil.copytree(backup, second.data_dir)
+    second.start()
+    wait_for(lambda: not second.server.store.available(), "the node behind says it cannot serve")
+    with pytest.raises(grpc.RpcError) as refused:
+        _lookup(second, early[0])
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "restore the data directory from a recent backup" in refused.value.details()
+    replicated_log.etcd.close()
+
+
+def test_scheduled_jobs_run_on_one_node_and_move_when_it_stops(nodes):
+    first, second = nodes(2)
+    wait_for(
+        lambda: first.server.store.runs_scheduled_jobs or second.server.store.runs_scheduled_jobs,
+        "a scheduler",
+    )
+    holder, other = (first, second) if first.server.store.runs_scheduled_jobs else (second, first)
+    for _ in range(20):
+        assert not (
+            first.server.store.runs_scheduled_jobs and second.server.store.runs_scheduled_jobs
+        )
+        time.sleep(0.1)
+    holder.stop()
+    wait_for(lambda: other.server.store.runs_scheduled_jobs, "the other node takes over", 15)
+
+
+def test_without_an_etcd_quorum_writes_and_reads_fail_fast_and_health_says_so(nodes, ids, etcd):
+    (node,) = nodes(1)
+    customer = ids.person()
+    _report(node, customer)
+    etcd.kill("etcd1")
+    etcd.kill("etcd2")
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as refused:
+        _report(node, ids.person(), timeout=8)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 6
+    with pytest.raises(grpc.RpcError) as unread:
+        _lookup(node, customer, timeout=8)
+    assert unread.value.code() == grpc.StatusCode.UNAVAILABLE
+    health = health_pb2_grpc.HealthStub(node.client(node.pki.institution).channel)
+
+    wait_for(
+        lambda: (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+        ),
+        "NOT_SERVING without quorum",
+    )
+    etcd.restart("etcd1")
+    wait_for(
+        lambda: (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        ),
+        "SERVING again with quorum",
+        30,
+    )
+    assert _lookup(node, customer) == [INSTITUTION_ORG]
+
+
+def test_a_local_read_node_answers_from_its_own_store(nodes, ids):
+    (node,) = nodes(1, reads='"local"')
+    customer = ids.person()
+    _report(node, customer)
+    assert _lookup(node, customer) == [INSTITUTION_ORG]
+    assert node.server.store.reads_wait is False
+
+
+def test_admin_commands_write_through_the_log(nodes):
+    first, second = nodes(2)
+    kfr = Path(sys.executable).parent / "kfr"
+    added = subprocess.run(
+        [kfr, "institutions", "add", "317000006", "Nybanken", "--config", first.config_path],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    second.server.store.sync()
+    with second.server.store.read() as view:
+        assert view.institution("317000006").name == "Nybanken"
+
+
+def test_etcd_prefix_range_end():
+    assert prefix_end(b"/kfr/") == b"/kfr0"
