@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # repository so that no key ever sits in a working tree.
 KFR_DEV ?= $(HOME)/.kfr-dev
 
-.PHONY: install run test lint protos bench bench-scale sla crash fuzz soak clean
+.PHONY: install run cluster test lint protos bench bench-scale bench-cluster sla crash chaos fuzz soak clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: install
 	@test -f $(KFR_DEV)/kfr.toml || $(BIN)/kfr dev init $(KFR_DEV)
 	$(BIN)/kfr serve --config $(KFR_DEV)/kfr.toml
+
+# A local cluster (3 etcd members, 3 nodes) in the foreground; Ctrl-C stops it all.
+KFR_DEV_CLUSTER ?= $(HOME)/.kfr-dev-cluster
+cluster: install
+	@test -f $(KFR_DEV_CLUSTER)/Procfile || $(BIN)/kfr dev cluster $(KFR_DEV_CLUSTER)
+	$(BIN)/honcho start -f $(KFR_DEV_CLUSTER)/Procfile
 
 test: install lint
 	$(BIN)/pytest

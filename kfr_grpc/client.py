@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 import uuid
 from pathlib import Path
 
@@ -10,6 +13,26 @@ import grpc
 from kfr_grpc._proto import kfr_pb2_grpc
 
 CORRELATION_ID_KEY = "correlation-id"
+
+# For a list of nodes: spread calls over them (round robin), use only those whose health
+# service says SERVING, and try a call refused with UNAVAILABLE once more on another.
+# Integrators: the same service config works in any gRPC client (README, Running a cluster).
+CLUSTER_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+    "methodConfig": [
+        {
+            "name": [{}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
 
 
 def secure_channel(
@@ -36,8 +59,37 @@ def secure_channel(
         credentials = grpc.composite_channel_credentials(
             credentials, grpc.access_token_call_credentials(token)
         )
-    options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+    options: list[tuple[str, object]] = []
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    if "," in target:
+        target, authority = nodes_target(target)
+        options += [
+            ("grpc.default_authority", authority),
+            ("grpc.ssl_target_name_override", authority.rpartition(":")[0]),
+            ("grpc.service_config", json.dumps(CLUSTER_SERVICE_CONFIG)),
+            ("grpc.enable_retries", 1),
+        ]
     return grpc.secure_channel(target, credentials, options=options)
+
+
+def nodes_target(targets: str) -> tuple[str, str]:
+    """``host:port,host:port,...`` as one gRPC target of every node's addresses (gRPC
+    resolves only one name per target), and the authority the servers' certificates
+    are checked against (the first host's)."""
+    addresses: list[str] = []
+    hosts = [item.strip() for item in targets.split(",") if item.strip()]
+    for item in hosts:
+        host, _, port = item.rpartition(":")
+        host = host.strip("[]")
+        for info in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM):
+            address = info[4][0]
+            if ipaddress.ip_address(address).version == 4:
+                addresses.append(f"{address}:{port}")
+                break
+        else:
+            raise ValueError(f"{host} has no IPv4 address")
+    return "ipv4:" + ",".join(addresses), hosts[0]
 
 
 def new_metadata(correlation_id: str | None = None) -> tuple[tuple[str, str], ...]:

@@ -4,6 +4,12 @@ scheduler, writes without quorum, and what etcd holds."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import random
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +26,9 @@ from kfr_grpc.cluster.connect import etcd_client
 from kfr_grpc.cluster.etcd import prefix_end
 from kfr_grpc.cluster.log import ReplicatedLog
 from kfr_grpc.config import load_config
-from kfr_grpc.dev.etcd import LocalEtcd
+from kfr_grpc.dev.etcd import LocalEtcd, unused_ports
+from kfr_grpc.dev.setup import TEST_MANDATE as DEV_MANDATE
+from kfr_grpc.dev.synthetic import synthetic_person_id
 from kfr_grpc.register.digest import content_digest
 from tests.support import INSTITUTION_ORG, MANDATE, wait_for
 
@@ -29,11 +37,8 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[LocalEtcd]:
-    cluster = LocalEtcd(tmp_path / "etcd", members=3)
-    (tmp_path / "etcd").mkdir()
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    with LocalEtcd(tmp_path / "etcd", members=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -227,3 +232,82 @@ def test_admin_commands_write_through_the_log(nodes):
 
 def test_etcd_prefix_range_end():
     assert prefix_end(b"/kfr/") == b"/kfr0"
+
+
+def test_dev_cluster_runs_from_its_procfile_and_the_client_spreads_over_the_nodes(tmp_path):
+    """`kfr dev cluster`, every Procfile line started as written, then what a newcomer
+    does: report through the node list, look up, status, digests."""
+    kfr = str(Path(sys.executable).parent / "kfr")
+    directory = tmp_path / "cluster"
+    base = unused_ports(1)[0] // 10 * 10 % 40000 + 20000
+    made = subprocess.run(
+        [kfr, "dev", "cluster", str(directory), "--base-port", str(base)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    processes = []
+    try:
+        for line in (directory / "Procfile").read_text().splitlines():
+            name, _, command = line.partition(": ")
+            log = (tmp_path / f"{name}.log").open("wb")
+            processes.append(
+                subprocess.Popen(
+                    shlex.split(command), stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )  # fmt: skip
+        nodes = ",".join(f"localhost:{base + 2 * n}" for n in range(3))
+        client = ["--target", nodes, "--dev", str(directory), "--ca", str(directory / "ca.crt")]
+        customer = synthetic_person_id(random.Random(5))
+
+        def as_institution(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [kfr, *args, *client, "--cert", str(directory / "institution.crt"),
+                 "--key", str(directory / "institution.key")],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+
+        wait_for(
+            lambda: (
+                as_institution("report", "--institution", INSTITUTION_ORG, customer).returncode == 0
+            ),
+            "a report through the node list",
+            60,
+        )
+        for _ in range(3):  # round robin: each node answers one
+            found = subprocess.run(
+                [kfr, "lookup", *client, "--cert", str(directory / "agency.crt"),
+                 "--key", str(directory / "agency.key"), "--mandate", DEV_MANDATE, customer],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert found.returncode == 0, found.stderr
+            assert INSTITUTION_ORG in found.stdout
+        status = subprocess.run(
+            [kfr, "cluster", "status", "--config", str(directory / "node1" / "kfr.toml")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        document = json.loads(status.stdout)
+        assert sorted(node["name"] for node in document["nodes"]) == ["node1", "node2", "node3"]
+        assert all(member["healthy"] for member in document["etcd"])
+
+        def digests() -> set[str]:
+            return {
+                subprocess.run(
+                    [kfr, "digest", "--config", str(directory / f"node{n}" / "kfr.toml")],
+                    capture_output=True, text=True, timeout=60,
+                ).stdout
+                for n in (1, 2, 3)
+            }  # fmt: skip
+
+        wait_for(lambda: len(digests()) == 1, "equal digests on every node")
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -23,12 +24,17 @@ from kfr_grpc.cli.common import (
     operations,
 )
 from kfr_grpc.clock import SystemClock
+from kfr_grpc.cluster.connect import etcd_client
+from kfr_grpc.cluster.etcd import EtcdUnavailable
+from kfr_grpc.cluster.log import ReplicatedLog
+from kfr_grpc.cluster.status import cluster_status
 from kfr_grpc.config import Config, host_port
 from kfr_grpc.dev.setup import SIGNING_KEY_NAME, TEST_AGENCY_ORG, DevSetup
 from kfr_grpc.doctor import ClientIdentity, Status, examine
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.lifetime import stop_when_orphaned
 from kfr_grpc.readiness import remove_ready, write_ready
+from kfr_grpc.register.digest import content_digest
 from kfr_grpc.server import build_server
 from kfr_grpc.store.lmdb_store import restore as restore_store
 from kfr_grpc.supervisor import Supervisor
@@ -370,3 +376,74 @@ def lookup_counts(config_path: Path) -> None:
         for count in view.lookup_counts():
             outcome = " ".join(f"{status}={n}" for status, n in sorted(count.by_status.items()))
             click.echo(f"{count.day.isoformat()}\t{count.agency}\t{count.mandate}\t{outcome}")
+
+
+# --- cluster -------------------------------------------------------------------------------
+
+
+@main.group()
+def cluster() -> None:
+    """Cluster mode: status, and forgetting a node for good."""
+
+
+def _cluster_log(config_path: Path) -> ReplicatedLog:
+    config = load(config_path)
+    if config.cluster is None:
+        fail(f"{config_path} has no [cluster] section: this is a single node")
+    return ReplicatedLog(etcd_client(config.cluster), config.cluster.prefix)
+
+
+@cluster.command("status")
+@CONFIG_OPTION
+def cluster_status_command(config_path: Path) -> None:
+    """JSON: every node's applied log position, lag and last heartbeat, the scheduler's
+    holder, and etcd's members. Exit status 1 without an etcd quorum."""
+    replicated_log = _cluster_log(config_path)
+    try:
+        status = cluster_status(replicated_log)
+    finally:
+        replicated_log.etcd.close()
+    click.echo(json.dumps(status, indent=2))
+    if not status["quorum"]:
+        sys.exit(1)
+
+
+@cluster.command("forget")
+@click.argument("node")
+@CONFIG_OPTION
+def cluster_forget(node: str, config_path: Path) -> None:
+    """Remove NODE from the registered nodes (it was taken out for good), so that log
+    compaction no longer waits for it. A node that comes back registers again."""
+    replicated_log = _cluster_log(config_path)
+    try:
+        with kfr_errors():
+            try:
+                removed = replicated_log.forget(node)
+            except EtcdUnavailable as error:
+                fail(f"etcd: {error}")
+    finally:
+        replicated_log.etcd.close()
+    click.echo(f"forgot {node}" if removed else f"no node {node} was registered")
+
+
+@main.command()
+@CONFIG_OPTION
+def digest(config_path: Path) -> None:
+    """A digest of the register's content (institutions, relationships with their periods,
+    collection accounts) and the log position it is at: equal on nodes at the same
+    position. Reads this node's store as it is (the server may run)."""
+    config = load(config_path)
+    with opened_store(config, readonly=True) as store, kfr_errors(), store.read() as view:
+        content = content_digest(view)
+        position = store.log_position()
+    click.echo(
+        json.dumps(
+            {
+                "log_position": position,
+                "digest": content.digest,
+                "institutions": content.institutions,
+                "relationships": content.relationships,
+                "collection_accounts": content.collection_accounts,
+            }
+        )
+    )

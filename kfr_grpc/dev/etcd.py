@@ -9,6 +9,7 @@ child, so signalling the wrapper would orphan etcd); else ``etcd`` on PATH (Debi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -119,23 +120,49 @@ def unused_ports(count: int) -> list[int]:
 
 
 class LocalEtcd:
-    """A cluster of etcd members as child processes of this one (tests, chaos runs)."""
+    """A cluster of etcd members as child processes of this one (tests, chaos runs, the
+    dev cluster's set-up). Each member logs to ``<directory>/<name>.log``."""
 
-    def __init__(self, directory: Path, members: int = 3, binary: Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        members: int = 3,
+        binary: Path | None = None,
+        token: str | None = None,
+    ) -> None:
         self._directory = directory
         self._count = members
         self._binary = find_etcd(binary)
         self.members: list[EtcdMember] = []
+        self._fixed = False
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._token = f"kfr-{os.getpid()}-{time.monotonic_ns()}"
+        self._token = token or f"kfr-{os.getpid()}-{time.monotonic_ns()}"
+
+    @classmethod
+    def on(cls, members: list[EtcdMember], binary: Path, token: str) -> LocalEtcd:
+        """The members given (their ports and data directories), not new ones."""
+        local = cls(members[0].data_dir.parent, len(members), binary, token)
+        local.members = list(members)
+        local._fixed = True
+        return local
+
+    def __enter__(self) -> LocalEtcd:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     @property
     def endpoints(self) -> list[str]:
         return [member.endpoint for member in self.members]
 
     def start(self, attempts: int = 3) -> LocalEtcd:
-        for attempt in range(attempts):
-            self.members = members_at(self._directory, self._count, unused_ports(2 * self._count))
+        """Starts every member; with new ports, retries a start that found one taken."""
+        self._directory.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1 if self._fixed else attempts):
+            if not self._fixed:
+                ports = unused_ports(2 * self._count)
+                self.members = members_at(self._directory, self._count, ports)
             for member in self.members:
                 self._spawn(member)
             try:
@@ -143,10 +170,10 @@ class LocalEtcd:
                 return self
             except ConfigError:
                 self.stop()
+                if self._fixed or attempt == attempts - 1:
+                    raise
                 for member in self.members:
                     shutil.rmtree(member.data_dir, ignore_errors=True)
-                if attempt == attempts - 1:
-                    raise
         return self
 
     def _spawn(self, member: EtcdMember) -> None:
@@ -181,7 +208,8 @@ class LocalEtcd:
     def kill(self, name: str) -> None:
         """kill -9 one member."""
         process = self._processes.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
     def restart(self, name: str) -> None:
@@ -199,5 +227,13 @@ class LocalEtcd:
         return [name for name, process in self._processes.items() if process.poll() is None]
 
     def stop(self) -> None:
-        for name in list(self._processes):
-            self.kill(name)
+        """Stops every member: SIGTERM, then SIGKILL for one still there after 5 s."""
+        for process in self._processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for name, process in list(self._processes.items()):
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill(name)
+        self._processes.clear()

@@ -37,7 +37,11 @@ class DevSetup:
 
     @property
     def config(self) -> Path:
-        return self.directory / CONFIG_NAME
+        """The server's config; in a `kfr dev cluster` directory, the first node's (the
+        nodes share everything but their ports, data and node names)."""
+        single = self.directory / CONFIG_NAME
+        first_node = self.directory / "node1" / CONFIG_NAME
+        return first_node if not single.exists() and first_node.exists() else single
 
     def file(self, name: str) -> Path:
         return self.directory / name
@@ -93,8 +97,16 @@ def create_dev_setup(
     setup = DevSetup(directory.resolve())
     if setup.config.exists():
         raise ConfigError(f"{setup.config} already exists; remove {directory} to start afresh")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_shared_files(setup)
+    setup.config.write_text(config_text(listen, metrics_listen), encoding="utf-8")
+    register_test_institution(setup.config)
+    return setup
 
+
+def write_shared_files(setup: DevSetup) -> None:
+    """CA and certificates, CRL, token signing key and JWKS, keyring: what every server
+    (or cluster node) of a dev setup shares."""
+    setup.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca = pki.make_ca()
     ca.write(setup.file("ca.crt"), setup.file("ca.key"))
     pki.issue_server(ca).write(setup.file("server.crt"), setup.file("server.key"))
@@ -109,42 +121,43 @@ def create_dev_setup(
     tokens.write_signing_key(setup.file(SIGNING_KEY_NAME), signing_key, TEST_SIGNING_KID)
     tokens.write_jwks(setup.file("jwks.json"), {TEST_SIGNING_KID: signing_key})
     Keyring.generate().save(setup.file("keyring.json"))
-    setup.config.write_text(_config_text(listen, metrics_listen), encoding="utf-8")
 
-    store = open_store(load_config(setup.config))
+
+def register_test_institution(config: Path) -> None:
+    store = open_store(load_config(config))
     try:
         Operations(store, SystemClock()).add_institution(
             TEST_INSTITUTION_ORG, TEST_INSTITUTION_NAME
         )
     finally:
         store.close()
-    return setup
 
 
-def _config_text(listen: str, metrics: str) -> str:
-    return f'''# Local development setup made by `kfr dev init`; see README.md, "Configuration".
+def config_text(listen: str, metrics: str, *, shared: str = "", cluster: str = "") -> str:
+    """A dev server's config; ``shared``: where the shared files are, relative to it."""
+    return f'''# Local development setup made by `kfr dev init` or `kfr dev cluster`; see README.md.
 listen = "{listen}"
 data_dir = "data"
-keyring = "keyring.json"
+keyring = "{shared}keyring.json"
 # Test mode accepts synthetic (Tenor) customer IDs. Never enable it in production.
 test_mode = true
 
 [tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-crls = ["ca.crl"]  # `kfr dev revoke CERT` adds to it; re-read when it changes
+cert = "{shared}server.crt"
+key = "{shared}server.key"
+client_ca = "{shared}ca.crt"
+crls = ["{shared}ca.crl"]  # `kfr dev revoke CERT` adds to it; re-read when it changes
 
 [tokens]
 # A stand-in for Maskinporten: `kfr dev token` signs with token-signing.key, whose
 # public half is in jwks.json (re-read when it changes).
 issuer = "{TEST_ISSUER}"
-jwks = "jwks.json"
+jwks = "{shared}jwks.json"
 
 [metrics]
 # Prometheus metrics, plain HTTP on loopback: http://{metrics}/metrics
 listen = "{metrics}"
-
+{cluster}
 [[agencies]]
 org_number = "{TEST_AGENCY_ORG}"
 name = "{TEST_AGENCY_NAME}"
