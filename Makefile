@@ -57,6 +57,16 @@ ROUNDS ?= 10
 crash: install
 	KFR_CRASH_ROUNDS=$(ROUNDS) $(BIN)/pytest -q -s -o timeout=3600 tests/test_crash.py
 
+# Cluster: kill -9 a random node or etcd member per round under load, ROUNDS times
+# (make test runs 2), checking every node against what the clients were told.
+chaos: install
+	$(BIN)/python -m bench.chaos --rounds $(ROUNDS)
+
+# Cluster figures: Report p99, ReportStream rate, Lookup p99 (linearizable and local),
+# catch-up time, write stalls when a member or a node dies.
+bench-cluster: install
+	$(BIN)/python -m bench.cluster_bench
+
 # Random, mutated and hostile inputs to every RPC for DURATION (make test runs 5 s).
 fuzz: DURATION ?= 5m
 fuzz: install
