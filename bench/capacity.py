@@ -129,7 +129,7 @@ def main() -> None:
     ids = unique_synthetic_person_ids(seed=7)
     with bench_server(workers=args.workers) as server:
         preload = list(itertools.islice(ids, args.preload))
-        stream_seconds = asyncio.run(_stream(server, preload))
+        stream_seconds = asyncio.run(report_stream(server, preload))
         bare = start_bare_server(server.setup.config)
         try:
             runs = asyncio.run(_measure(server, bare, preload, args, rates))
@@ -143,7 +143,7 @@ def main() -> None:
 # --- bulk load ------------------------------------------------------------------------------
 
 
-async def _stream(server: BenchServer, customers: list[str], chunk: int = 1000) -> float:
+async def report_stream(server: BenchServer, customers: list[str], chunk: int = 1000) -> float:
     """One ReportStream of ``customers`` in chunks of ``chunk``, from an asyncio client;
     returns the seconds until the answer (the chunks are built before the clock starts)."""
     messages = [
@@ -236,8 +236,8 @@ async def _measure(
             await _closed("Lookup", find, args.seconds, args.concurrency),
         ]
         for rate in rates:
-            runs.append(await _open("Lookup", find, args.seconds, rate))
-        runs.append(await _open("health Check", check, args.seconds, max(rates)))
+            runs.append(await open_loop("Lookup", find, args.seconds, rate))
+        runs.append(await open_loop("health Check", check, args.seconds, max(rates)))
         return runs
 
 
@@ -263,7 +263,7 @@ async def _closed(
     return Run(name, time.perf_counter() - started, latencies, errors)
 
 
-async def _open(name: str, call: Callable[[], Awaitable], seconds: float, rate: int) -> Run:
+async def open_loop(name: str, call: Callable[[], Awaitable], seconds: float, rate: int) -> Run:
     """Calls started on a fixed schedule, whatever the answers do; latency from due time."""
     latencies: list[float] = []
     errors = 0

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.capacity import Run, _open
+from bench.capacity import Run, open_loop
 from bench.common import BenchServer, bench_server
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
@@ -106,7 +106,7 @@ async def _lookups(server: BenchServer, sample: list[str], rate: int, seconds: f
 
         for _ in range(200):  # warm up the connection and the token cache
             await find()
-        return await _open("Lookup", find, seconds, rate)
+        return await open_loop("Lookup", find, seconds, rate)
 
 
 def _store_bytes(data_dir: Path) -> int:

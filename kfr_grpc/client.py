@@ -59,18 +59,24 @@ def secure_channel(
         credentials = grpc.composite_channel_credentials(
             credentials, grpc.access_token_call_credentials(token)
         )
-    options: list[tuple[str, object]] = []
+    target, options = channel_target(target)
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
-    if "," in target:
-        target, authority = nodes_target(target)
-        options += [
-            ("grpc.default_authority", authority),
-            ("grpc.ssl_target_name_override", authority.rpartition(":")[0]),
-            ("grpc.service_config", json.dumps(CLUSTER_SERVICE_CONFIG)),
-            ("grpc.enable_retries", 1),
-        ]
     return grpc.secure_channel(target, credentials, options=options)
+
+
+def channel_target(target: str) -> tuple[str, list[tuple[str, object]]]:
+    """The gRPC target and channel options for ``host:port`` or, for a cluster's nodes,
+    ``host:port,host:port,...`` (round robin over the healthy ones, one retry)."""
+    if "," not in target:
+        return target, []
+    target, authority = nodes_target(target)
+    return target, [
+        ("grpc.default_authority", authority),
+        ("grpc.ssl_target_name_override", authority.rpartition(":")[0]),
+        ("grpc.service_config", json.dumps(CLUSTER_SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+    ]
 
 
 def nodes_target(targets: str) -> tuple[str, str]:

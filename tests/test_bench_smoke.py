@@ -23,3 +23,14 @@ def test_the_bench_meets_its_smoke_targets(module: str, verdict: str):
     assert result.returncode == 0, output[-4000:]
     assert f"{verdict} OK (smoke targets)" in output
     assert "| NO |" not in output
+
+
+def test_the_cluster_bench_runs_and_meets_its_targets_briefly():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.cluster_bench", "--smoke"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "CLUSTER BENCH OK" in output
+    assert "catch-up of a restarted node" in output

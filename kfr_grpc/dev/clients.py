@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from kfr_grpc.client import KfrClient, secure_channel
+from kfr_grpc.client import KfrClient, channel_target, secure_channel
 from kfr_grpc.clock import Clock, SystemClock
 from kfr_grpc.dev.tokens import TokenIssuer
 
@@ -94,4 +94,5 @@ class Clients:
             ),
             grpc.access_token_call_credentials(self.token(identity)),
         )
-        return grpc.aio.secure_channel(self.target, credentials)
+        target, options = channel_target(self.target)
+        return grpc.aio.secure_channel(target, credentials, options=options)
