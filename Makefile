@@ -48,9 +48,10 @@ bench-scale: install
 	$(BIN)/python -m bench.scale
 
 # The Locust SLA suite, headless: 10 requests/s for DURATION (90, 90s, 10m; at least 60 s).
+# CLUSTER=1: against a local cluster (3 etcd members, 3 nodes), one node killed half way.
 sla: DURATION ?= 60
 sla: install
-	$(BIN)/python -m bench.sla --duration $(DURATION)
+	$(BIN)/python -m bench.sla --duration $(DURATION) $(if $(CLUSTER),--cluster)
 
 # kill -9 during writes, ROUNDS times (make test runs 2).
 ROUNDS ?= 10

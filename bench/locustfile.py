@@ -72,7 +72,12 @@ class _Identity:
     def client(self, target: str) -> KfrClient:
         # The token goes in each call's metadata: gRPC's call-credentials plugin runs on
         # threads of its own, which deadlock under gevent with a few channels at once.
-        return KfrClient(secure_channel(target, ca=self.ca, cert=self.cert, key=self.key))
+        # Without it, a node list's client-side health checks (which need the token on the
+        # channel) cannot run: calls still spread over the nodes and retry on another.
+        channel = secure_channel(
+            target, ca=self.ca, cert=self.cert, key=self.key, health_checked=False
+        )
+        return KfrClient(channel)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:

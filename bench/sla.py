@@ -1,11 +1,14 @@
 """``make sla``: the Locust SLA suite, headless, against a server of its own.
 
-    python -m bench.sla [--duration 60] [--rate 10]
+    python -m bench.sla [--duration 60] [--rate 10] [--cluster]
 
 Starts ``kfr serve`` on a fresh dev setup, runs ``bench/locustfile.py`` with ``--rate``
 users at one request per second each, prints Locust's summary and the SLA line (p50,
 p99, failures) and exits with Locust's status: non-zero if p99 > 500 ms or any request
 failed.
+
+``--cluster`` (``make sla CLUSTER=1``): against a local cluster of three etcd members and
+three nodes instead, through the node list, and kills node2 (kill -9) half way.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+from bench.cluster import LocalCluster, local_cluster
 from bench.common import bench_server, duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -27,18 +32,36 @@ def main() -> None:
         "--duration", type=duration, default=60.0, help="90, 90s, 10m, 1h (default 60 s)"
     )
     parser.add_argument("--rate", type=int, default=10, help="requests/s (default 10)")
+    parser.add_argument("--cluster", action="store_true", help="a local cluster, node2 killed")
     args = parser.parse_args()
-    with bench_server() as server:
-        environment = {**os.environ, "KFR_DEV": str(server.setup.directory)}
-        command = [
-            str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE),
-            "--headless", "--users", str(args.rate), "--spawn-rate", str(args.rate),
-            "--run-time", f"{args.duration:.0f}s", "--host", server.target,
-            "--stop-timeout", "5",
-        ]  # fmt: skip
-        print(f"SLA run: {args.rate} requests/s for {args.duration:.0f} s against {server.target}")
-        status = subprocess.call(command, env=environment)
+    if args.cluster:
+        with local_cluster() as cluster:
+            half_way = threading.Timer(args.duration / 2, _kill_node2, [cluster])
+            half_way.start()
+            try:
+                status = _locust(args, cluster.setup.directory, cluster.target)
+            finally:
+                half_way.cancel()
+    else:
+        with bench_server() as server:
+            status = _locust(args, server.setup.directory, server.target)
     sys.exit(status)
+
+
+def _kill_node2(cluster: LocalCluster) -> None:
+    print("SLA run: killing node2 (kill -9)", flush=True)
+    cluster.kill_node(2)
+
+
+def _locust(args: argparse.Namespace, dev_directory: Path, target: str) -> int:
+    environment = {**os.environ, "KFR_DEV": str(dev_directory)}
+    command = [
+        str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE),
+        "--headless", "--users", str(args.rate), "--spawn-rate", str(args.rate),
+        "--run-time", f"{args.duration:.0f}s", "--host", target, "--stop-timeout", "5",
+    ]  # fmt: skip
+    print(f"SLA run: {args.rate} requests/s for {args.duration:.0f} s against {target}")
+    return subprocess.call(command, env=environment)
 
 
 if __name__ == "__main__":

@@ -43,12 +43,15 @@ def secure_channel(
     key: Path,
     token: str | None = None,
     own_connection: bool = False,
+    health_checked: bool = True,
 ) -> grpc.Channel:
     """A mutual-TLS channel: the server is verified against ``ca``; we present ``cert``.
 
     With ``token``, every call carries ``authorization: Bearer <token>``. With
     ``own_connection``, the channel opens its own TCP connection instead of sharing one
     with other channels to the same target (so several reach several server workers).
+    ``health_checked`` (a node list): use only nodes whose health service says SERVING;
+    the health service wants a token like any call, so only with ``token``.
     """
     credentials = grpc.ssl_channel_credentials(
         root_certificates=ca.read_bytes(),
@@ -59,22 +62,27 @@ def secure_channel(
         credentials = grpc.composite_channel_credentials(
             credentials, grpc.access_token_call_credentials(token)
         )
-    target, options = channel_target(target)
+    target, options = channel_target(target, health_checked=health_checked and bool(token))
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
     return grpc.secure_channel(target, credentials, options=options)
 
 
-def channel_target(target: str) -> tuple[str, list[tuple[str, object]]]:
+def channel_target(
+    target: str, *, health_checked: bool = True
+) -> tuple[str, list[tuple[str, object]]]:
     """The gRPC target and channel options for ``host:port`` or, for a cluster's nodes,
     ``host:port,host:port,...`` (round robin over the healthy ones, one retry)."""
     if "," not in target:
         return target, []
     target, authority = nodes_target(target)
+    config = dict(CLUSTER_SERVICE_CONFIG)
+    if not health_checked:
+        del config["healthCheckConfig"]
     return target, [
         ("grpc.default_authority", authority),
         ("grpc.ssl_target_name_override", authority.rpartition(":")[0]),
-        ("grpc.service_config", json.dumps(CLUSTER_SERVICE_CONFIG)),
+        ("grpc.service_config", json.dumps(config)),
         ("grpc.enable_retries", 1),
     ]
 
