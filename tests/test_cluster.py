@@ -311,3 +311,31 @@ def test_dev_cluster_runs_from_its_procfile_and_the_client_spreads_over_the_node
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def test_a_cluster_rebuilt_from_a_backup_starts_its_new_log_at_the_backups_position(
+    nodes, ids, tmp_path
+):
+    (node,) = nodes(1)
+    customer = ids.person()
+    _report(node, customer)
+    node.server.store.backup(tmp_path / "backup")
+    node.stop()
+    # Every node lost, etcd's log too (here: a new prefix): restore, seed, serve.
+    import shutil
+
+    shutil.rmtree(node.data_dir)
+    shutil.copytree(tmp_path / "backup", node.data_dir)
+    config = node.config_path.read_text()
+    node.config_path.write_text(config.replace("[cluster]\n", '[cluster]\nprefix = "/kfr2/"\n'))
+    kfr = Path(sys.executable).parent / "kfr"
+    command = [kfr, "cluster", "seed", "--config", node.config_path]
+    seeded = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert seeded.returncode == 0, seeded.stderr
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "not empty" in again.stderr
+    node.start()
+    assert _lookup(node, customer) == [INSTITUTION_ORG]
+    later = ids.person()
+    _report(node, later)
+    assert _lookup(node, later) == [INSTITUTION_ORG]

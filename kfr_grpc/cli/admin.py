@@ -416,14 +416,32 @@ def cluster_forget(node: str, config_path: Path) -> None:
     compaction no longer waits for it. A node that comes back registers again."""
     replicated_log = _cluster_log(config_path)
     try:
-        with kfr_errors():
-            try:
-                removed = replicated_log.forget(node)
-            except EtcdUnavailable as error:
-                fail(f"etcd: {error}")
+        removed = replicated_log.forget(node)
+    except EtcdUnavailable as error:
+        fail(f"etcd: {error}")
     finally:
         replicated_log.etcd.close()
     click.echo(f"forgot {node}" if removed else f"no node {node} was registered")
+
+
+@cluster.command("seed")
+@CONFIG_OPTION
+def cluster_seed(config_path: Path) -> None:
+    """Start an empty log (a new etcd, or a new prefix) at this node's store's position:
+    for a cluster rebuilt from a backup. Refused if the log has entries."""
+    config = load(config_path)
+    with opened_store(config, readonly=True) as store:
+        position = store.log_position()
+    replicated_log = _cluster_log(config_path)
+    try:
+        seeded = replicated_log.seed(position)
+    except EtcdUnavailable as error:
+        fail(f"etcd: {error}")
+    finally:
+        replicated_log.etcd.close()
+    if not seeded:
+        fail("the log is not empty: only an empty log can be seeded")
+    click.echo(f"the log starts after position {position}: start the nodes")
 
 
 @main.command()
