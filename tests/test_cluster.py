@@ -339,3 +339,21 @@ def test_a_cluster_rebuilt_from_a_backup_starts_its_new_log_at_the_backups_posit
     later = ids.person()
     _report(node, later)
     assert _lookup(node, later) == [INSTITUTION_ORG]
+
+
+def test_a_write_refused_or_changing_nothing_on_a_node_behind_is_run_again_at_the_head(nodes, ids):
+    """Report on one node, End at once on another (whose log thread may not have applied
+    the report yet): the End finds it, every time; a repeated report is 'already'."""
+    first, second = nodes(2)
+    ender = second.client(second.pki.institution)
+    for _ in range(20):
+        customer = ids.person()
+        _report(first, customer)
+        request = pb.EndRequest(
+            institution_org_number=INSTITUTION_ORG,
+            endings=[pb.Ending(customer_id=customer, role=pb.ROLE_OWNER, end_date="2024-01-01")],
+        )
+        assert ender.institutions.End(request, timeout=10).ended_count == 1
+        another = ids.person()
+        _report(first, another)
+        assert _report(second, another).already_registered_count == 1

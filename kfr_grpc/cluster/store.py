@@ -114,7 +114,10 @@ class ReplicatedStore:
         self._last_contact = time.monotonic()
         return self._catch_up(head, serializable=True)
 
-    def _append(self, position: int, changes: bytes) -> None:
+    def _append(self, position: int, changes: bytes | None) -> None:
+        if changes is None:
+            self._confirm_head(position - 1)
+            return
         if len(changes) > self._settings.max_entry_bytes:
             raise StoreFull(
                 f"this write's changes take {len(changes) / 1e6:.1f} MB, over the cluster's "
@@ -126,6 +129,17 @@ class ReplicatedStore:
         except EtcdUnavailable as error:
             raise self._unavailable(error) from None
         self._last_contact = time.monotonic()
+
+    def _confirm_head(self, applied: int) -> None:
+        """``Conflict`` unless the log's head is ``applied``: a write that changed nothing
+        or was refused on this store's state answers for the latest state only then."""
+        try:
+            head = self._log.head()
+        except EtcdUnavailable as error:
+            raise self._unavailable(error) from None
+        self._last_contact = time.monotonic()
+        if head != applied:
+            raise Conflict(f"the log is at {head}, this store at {applied}")
 
     def _catch_up(self, target: int | None, *, serializable: bool) -> int:
         """Applies log entries until ``target`` (None: what the log has now)."""

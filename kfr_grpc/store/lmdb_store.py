@@ -49,8 +49,10 @@ log = logging.getLogger("kfr.store")
 
 _T = TypeVar("_T")
 # Hands a write's changes (encoded) to a replicated log at a position; raises if the log
-# did not take them there.
-Append = Callable[[int, bytes], None]
+# did not take them there. With None (the write changed nothing, or was refused), only
+# confirms that the log has nothing before that position the store has not applied: the
+# answer stands only if it was reached on the latest state.
+Append = Callable[[int, bytes | None], None]
 # The log entries after a position, in order: (position, encoded changes).
 Entries = Callable[[int], Iterable[tuple[int, bytes]]]
 DEFAULT_MAX_MAP_SIZE = 1 << 40  # 1 TiB of address space: the map grows up to this
@@ -186,7 +188,8 @@ class LmdbStore:
     def write_logged(self, work: Callable[[LmdbWriteTxn], _T], append: Append) -> _T:
         """Runs ``work`` in one write transaction and, if it changed anything, hands the
         changes to ``append`` at the log position after this store's before committing
-        them with that position. If ``append`` raises, nothing is committed."""
+        them with that position; if it changed nothing or raised, ``append`` gets None
+        (see ``Append``). If ``append`` raises, nothing is committed."""
         return self._in_write_transaction(lambda txn: self._run(txn, work, append))
 
     def apply_logged(self, entries: Entries, limit: int = 64) -> int:
@@ -252,12 +255,19 @@ class LmdbStore:
         try:
             recording = RecordingTransaction(txn, self._names) if append else None
             store_txn = self._write_transaction(recording or txn)
-            result = work(store_txn)
+            try:
+                result = work(store_txn)
+            except Exception:
+                if append is not None:  # a refusal must be one at the log's head too
+                    append(self._applied(txn) + 1, None)
+                raise
             store_txn.flush_active_count()
-            if append is not None and recording is not None and recording.changes:
+            if append is not None and recording is not None:
                 position = self._applied(txn) + 1
-                append(position, encode_changes(recording.changes))
-                txn.put(LOG_POSITION_KEY, str(position).encode(), db=self._databases[META])
+                changes = encode_changes(recording.changes) if recording.changes else None
+                append(position, changes)
+                if changes is not None:
+                    txn.put(LOG_POSITION_KEY, str(position).encode(), db=self._databases[META])
             txn.commit()
         except BaseException:
             txn.abort()
