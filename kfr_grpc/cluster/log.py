@@ -137,44 +137,38 @@ class ReplicatedLog:
 
     def entries_after(self, position: int, *, serializable: bool = True) -> Iterator[Entry]:
         """The entries after ``position`` in order, fetched a batch at a time, until the
-        head as it was when each batch was fetched. ``LogBehind`` if they were compacted."""
+        head as it was when each batch was fetched. ``LogBehind`` if they were compacted.
+
+        Each request names the exact window of keys it wants (not "from here on" with a
+        limit): etcd counts every key a range covers, so an open range costs what the
+        whole rest of the log holds, and catching up on a long log became quadratic."""
         while True:
             response = self.etcd.range(
                 self._entry_key(position + 1),
-                prefix_end(self._log),
-                limit=_BATCH,
+                self._entry_key(position + 1 + _BATCH),
                 serializable=serializable,
             )
             if not response.kvs:
+                if position + 1 < self.first(serializable=serializable):
+                    raise self._behind(position, self.first(serializable=serializable))
                 return
             first = int(response.kvs[0].key[len(self._log) :])
             if first != position + 1:
-                raise LogBehind(
-                    f"this node's store is at log position {position}, but the log now "
-                    f"starts at {first} (earlier entries were compacted): restore the data "
-                    "directory from a recent backup of another node (README, Running a "
-                    "cluster)"
-                )
+                raise self._behind(position, first)
             for kv in response.kvs:
                 entry = _decode(int(kv.key[len(self._log) :]), kv.value)
                 position = entry.position
                 yield entry
-            if not response.more:
+            if len(response.kvs) < _BATCH:
                 return
 
-    def seed(self, position: int) -> bool:
-        """Starts an empty log at ``position`` (the next entry is ``position + 1``): for a
-        cluster rebuilt from a backup at that position. False if the log is not empty."""
-        response = self.etcd.txn(
-            rpc.TxnRequest(
-                compare=[compare_absent(self._head), compare_absent(self._first)],
-                success=[
-                    put_op(self._head, b"%d" % position),
-                    put_op(self._first, b"%d" % (position + 1)),
-                ],
-            )
+    @staticmethod
+    def _behind(position: int, first: int) -> LogBehind:
+        return LogBehind(
+            f"this node's store is at log position {position}, but the log now starts at "
+            f"{first} (earlier entries were compacted): restore the data directory from a "
+            "recent backup of another node (README, Running a cluster)"
         )
-        return response.succeeded
 
     # --- nodes -----------------------------------------------------------------------------
 
