@@ -170,6 +170,20 @@ class ReplicatedLog:
             "recent backup of another node (README, Running a cluster)"
         )
 
+    def seed(self, position: int) -> bool:
+        """Starts an empty log at ``position`` (the next entry is ``position + 1``): for a
+        cluster rebuilt from a backup at that position. False if the log is not empty."""
+        response = self.etcd.txn(
+            rpc.TxnRequest(
+                compare=[compare_absent(self._head), compare_absent(self._first)],
+                success=[
+                    put_op(self._head, b"%d" % position),
+                    put_op(self._first, b"%d" % (position + 1)),
+                ],
+            )
+        )
+        return response.succeeded
+
     # --- nodes -----------------------------------------------------------------------------
 
     def heartbeat(self, node: NodeState) -> None:
