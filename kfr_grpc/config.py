@@ -210,6 +210,7 @@ class AgencyConfig(_Table):
     name: str = ""
     mandates: frozenset[str]
     owner_only: bool = False
+    allow_suppliers: bool = False  # whether a vendor's token (supplier) may look up for it
 
     @field_validator("mandates", mode="before")
     @classmethod
@@ -252,6 +253,15 @@ class Config(_Table):
     def _apart(self) -> Config:
         if self.keyring.is_relative_to(self.data_dir):
             raise ValueError("keyring must not lie inside data_dir: keep secrets apart from data")
+        return self
+
+    @model_validator(mode="after")
+    def _audience_in_production(self) -> Config:
+        if not self.test_mode and self.tokens.audience is None:
+            raise ValueError(
+                "tokens.audience must be set (test_mode is off): without it any token from "
+                "the issuer, meant for any service, is taken"
+            )
         return self
 
     @field_validator("agencies")

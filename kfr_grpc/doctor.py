@@ -139,7 +139,9 @@ def _client_trust(config: Config, _: object, now: datetime) -> Iterator[Finding]
 
 
 def _jwks(config: Config, *_: object) -> Iterator[Finding]:
-    keys = JwksSource(config.tokens.jwks, ca_file=config.tokens.jwks_ca).keys
+    source = JwksSource(config.tokens.jwks, ca_file=config.tokens.jwks_ca)
+    keys = source.keys
+    source.close()
     status = Status.OK if keys else Status.FAIL
     yield Finding(status, "token keys", f"{len(keys)} RS256 key(s) at {config.tokens.jwks}")
 

@@ -251,6 +251,7 @@ class KfrServer:
     def _stop_the_rest(self) -> None:
         """What has threads and files of its own, once no call is left."""
         self.maintenance.stop()
+        self.jwks.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.blocking.shutdown()

@@ -32,6 +32,7 @@ MANDATE = "Skatteforvaltningsloven § 10-2"
 OTHER_MANDATE = "Tvangsfullbyrdelsesloven § 7-9"
 VENDOR_ORG = "316000002"
 TEST_ISSUER = "https://maskinporten.test.kfr.invalid/"
+TEST_AUDIENCE = "https://kfr.test.invalid/"
 WRITE_SCOPE = "bits:kundeforhold.write"
 READ_SCOPE = "bits:kundeforhold.read"
 
@@ -261,7 +262,7 @@ crls = ["ca.crl"]
 [tokens]
 issuer = "{TEST_ISSUER}"
 jwks = "jwks.json"
-{tokens}
+{tokens if "audience" in tokens else f'audience = "{TEST_AUDIENCE}"' + chr(10) + tokens}
 
 [server]
 threads = 4

@@ -153,3 +153,27 @@ def test_restore_refuses_a_backup_of_another_keyring(server, tmp_path: Path, key
     assert result.exit_code == 1
     assert "written under keyring" in result.output
     assert (server.data_dir / "data.mdb").exists()  # the live store was left alone
+
+
+def test_a_backup_is_written_where_no_other_user_can_read_it_even_into_an_open_directory(
+    tmp_path: Path,
+):
+    """Into an existing 0755 directory: the copy is made inside a 0700 directory, as a
+    0600 file, before it is moved into place; nothing else is left behind."""
+    from kfr_grpc.register.storage import CopySummary
+    from kfr_grpc.store import backup as backups
+
+    destination = tmp_path / "open"
+    destination.mkdir(mode=0o755)
+    destination.chmod(0o755)
+    seen = []
+
+    def copy(directory: Path) -> None:
+        seen.append(directory.stat().st_mode & 0o777)
+        (directory / backups.DATA_FILE).write_bytes(b"sealed pages")
+
+    summary = backups.backup(copy, destination, lambda d: CopySummary(d, 0, 0, 0))
+    assert seen == [0o700]
+    assert (destination / backups.DATA_FILE).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in destination.iterdir()] == [backups.DATA_FILE]
+    assert summary.path == destination

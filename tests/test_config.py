@@ -18,6 +18,7 @@ key = "server.key"
 client_ca = "ca.crt"
 [tokens]
 issuer = "https://maskinporten.no/"
+audience = "https://kfr.example/api"
 jwks = "jwks.json"
 """
 
@@ -43,13 +44,19 @@ def test_minimal_config_has_sensible_defaults_and_resolves_paths(tmp_path: Path)
         "bits:kundeforhold.write",
         "bits:kundeforhold.read",
     )
-    assert tokens.audience is None and tokens.leeway_seconds == 30
+    assert tokens.audience == "https://kfr.example/api" and tokens.leeway_seconds == 30
+
+
+def test_a_production_config_must_name_the_token_audience(tmp_path: Path):
+    without = MINIMAL.replace('audience = "https://kfr.example/api"\n', "")
+    with pytest.raises(ConfigError, match=r"tokens\.audience must be set"):
+        load_config(write(tmp_path, without))
+    assert load_config(write(tmp_path, "test_mode = true\n" + without)).tokens.audience is None
 
 
 def test_https_jwks_and_crls(tmp_path: Path):
-    text = MINIMAL.replace(
-        'jwks = "jwks.json"', 'jwks = "https://maskinporten.no/jwk"\naudience = "kfr"'
-    )
+    text = MINIMAL.replace('jwks = "jwks.json"', 'jwks = "https://maskinporten.no/jwk"')
+    text = text.replace('audience = "https://kfr.example/api"', 'audience = "kfr"')
     text = text.replace(
         'client_ca = "ca.crt"', 'client_ca = "ca.crt"\ncrls = ["a.crl", "/x/b.crl"]'
     )

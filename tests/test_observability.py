@@ -150,3 +150,14 @@ def test_a_stream_the_client_leaves_is_recorded_as_cancelled(server_factory, cap
     (line,) = [r for r in caplog.records if getattr(r, "method", None) == method]
     assert line.status == "CANCELLED"
     assert _value(server.metrics(), "kfr_requests_total", method=method, status="CANCELLED") == 1
+
+
+def test_a_lookups_log_line_carries_no_duration(server, ids, caplog):
+    """How long a lookup took grows a little with what it found: its line omits it."""
+    from tests.test_server import lookup
+
+    lookup(server.client(server.pki.agency), ids.person())
+    method = "/kfr.v1.LookupService/Lookup"
+    (line,) = [r for r in caplog.records if getattr(r, "method", None) == method]
+    assert line.duration_ms is None
+    assert "duration_ms=-" in line.getMessage()

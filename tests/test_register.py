@@ -10,6 +10,7 @@ import pytest
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from kfr_grpc.keyring import Keyring
+from kfr_grpc.register.customer_ids import birth_date_of
 from kfr_grpc.register.model import Period, Role
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.reports import MAX_ITEMS_PER_CALL
@@ -93,6 +94,28 @@ def test_report_is_all_or_nothing_and_lists_every_bad_item(register, ids):
     ]
     assert good not in str(raised.value) and bad not in str(raised.value)
     assert count(register) == 0
+
+
+def test_a_start_before_the_customers_birth_or_before_1900_is_refused(register, ids):
+    person = ids.person()
+    born = birth_date_of(person, int(person[2:4]) % 40)
+    organisation = ids.company()
+    items = [
+        ReportItem(person, OWNER, (born - timedelta(days=1)).isoformat()),
+        ReportItem(organisation, OWNER, "1899-12-31"),
+    ]
+    with pytest.raises(InvalidArgument) as raised:
+        register.report(by(BANK), items)
+    assert [(v.field, v.code) for v in raised.value.rejections] == [
+        ("relationships[0].start_date", "START_BEFORE_BIRTH"),
+        ("relationships[1].start_date", "START_TOO_EARLY"),
+    ]
+    assert person not in str(raised.value)
+    items = [
+        ReportItem(person, OWNER, born.isoformat()),
+        ReportItem(organisation, OWNER, "1900-01-01"),
+    ]
+    assert register.report(by(BANK), items).registered == 2
 
 
 def test_a_state_conflict_late_in_the_request_rolls_back_earlier_items(register, ids):

@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.dev import pki, tokens
 from tests.support import (
+    AGENCY_ORG,
     INSTITUTION_ORG,
+    MANDATE,
     OTHER_INSTITUTION_ORG,
     READ_SCOPE,
     VENDOR_ORG,
@@ -265,6 +267,38 @@ def test_vendor_writing_for_an_institution_other_than_the_consumer(server, ids):
     error = refused_report(server, ids, token=token, identity=vendor, org=OTHER_INSTITUTION_ORG)
     assert error.code() is StatusCode.PERMISSION_DENIED
     assert "is not the organisation" in error.details()
+
+
+def test_a_vendor_may_not_look_up_for_an_agency_unless_the_agency_allows_it(server, ids):
+    vendor = server.pki.vendor
+    token = server.token(vendor, consumer=AGENCY_ORG, supplier=VENDOR_ORG, scope=READ_SCOPE)
+    error = rpc_error(lookup, server.client(vendor, token=token), ids.person())
+    assert error.code() is StatusCode.PERMISSION_DENIED
+    assert "does not take lookups made for it by a vendor" in error.details()
+
+    from kfr_grpc.auth.authenticator import Caller
+    from kfr_grpc.auth.policy import AccessPolicy
+    from kfr_grpc.config import AgencyConfig
+
+    allowing = AgencyConfig(org_number=AGENCY_ORG, mandates=[MANDATE], allow_suppliers=True)
+    policy = AccessPolicy([allowing])
+    caller = Caller(AGENCY_ORG, VENDOR_ORG, supplier=VENDOR_ORG)
+    assert policy.agency(caller).allow_suppliers
+    # Allowed, the vendor is named in the lookup counters.
+    from kfr_grpc.api.observability import FinishedCall
+    from kfr_grpc.api.recording import LOOKUP_SERVICE, RegisterRecorder
+
+    counted = []
+
+    class Statistics:
+        def count(self, agency: str, mandate: str, status: str) -> None:
+            counted.append((agency, mandate, status))
+
+    call = FinishedCall(f"/{LOOKUP_SERVICE}/Lookup", "00000000-0000-0000-0000-000000000000")
+    call.caller = caller
+    call.request = pb.LookupRequest(legal_mandate=MANDATE)
+    RegisterRecorder(None, Statistics(), policy, None).record(call)
+    assert counted == [(AGENCY_ORG, f"{MANDATE} (supplier {VENDOR_ORG})", "OK")]
 
 
 def test_vendor_without_delegation_acts_for_itself_only(server, ids):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 
 import grpc
 import pytest
@@ -139,6 +140,26 @@ def test_an_unregistered_institution_is_denied(server, ids):
     assert error.code() is StatusCode.PERMISSION_DENIED
     assert "not registered" in error.details()
     assert server.relationship_count() == 0
+
+
+def test_refused_calls_of_an_unregistered_organisation_leave_no_request_records(server, ids):
+    """A certificate and a token of the right scope, but no registered institution: its
+    refused calls are not kept (else anyone with a token could flood the request log);
+    a registered institution's refused call is."""
+    from datetime import datetime, timedelta
+
+    def records() -> int:
+        far = datetime.now(UTC) + timedelta(days=3650)
+        with server.server.store.read() as view:
+            return view.count_request_records_before(far)
+
+    stranger = server.client(server.pki.unregistered)
+    for _ in range(30):
+        rpc_error(report, stranger, UNREGISTERED_ORG, (ids.person(), OWNER, ""))
+    assert records() == 0
+    member = server.client(server.pki.institution)
+    rpc_error(report, member, INSTITUTION_ORG, ("12345678901", OWNER, ""))
+    assert records() == 1
 
 
 def test_organization_identifier_certificates_are_understood(server, ids):

@@ -6,6 +6,7 @@ import http.server
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from kfr_grpc.clock import FixedClock
 from kfr_grpc.dev import pki, tokens
 from kfr_grpc.errors import Unauthenticated
 from kfr_grpc.watched import WatchedFiles
-from tests.support import TODAY
+from tests.support import TODAY, wait_for
 
 ISSUER = "https://issuer.test/"
 ORG = "311000004"
@@ -143,11 +144,14 @@ class _JwksServer:
     def __init__(self, certificate: Path, key: Path) -> None:
         self.document: dict = {"keys": []}
         self.fetches = 0
+        self.hang = False  # answer nothing for as long as it stays set
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.fetches += 1
+                while outer.hang:
+                    time.sleep(0.05)
                 body = json.dumps(outer.document).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -191,16 +195,21 @@ def test_https_jwks_refreshes_once_per_interval_on_unknown_kids(jwks_server, clo
     monotonic.now += 31
     with pytest.raises(Unauthenticated, match="JWKS does not hold"):
         verifier.verify(new_token)  # the issuer has not published k2 yet
-    assert server.fetches == 2
+    wait_for(lambda: server.fetches == 2, "the fetch the unknown kid asked for")
     for n in range(20):  # a flood of made-up kids costs no further fetches
         with pytest.raises(Unauthenticated):
             verifier.verify(mint(rotated, clock, kid=f"bogus-{n}"))
+    time.sleep(0.2)
     assert server.fetches == 2
 
     server.document = {"keys": [tokens.jwk_of(key, "k1"), tokens.jwk_of(rotated, "k2")]}
     monotonic.now += 31
+    with pytest.raises(Unauthenticated):  # asks for the fetch; the key is there next time
+        verifier.verify(new_token)
+    wait_for(lambda: server.fetches == 3, "the next fetch")
+    wait_for(lambda: source.key("k2") is not None, "the fetched key")
     assert verifier.verify(new_token).consumer == ORG
-    assert server.fetches == 3
+    source.close()
 
 
 def test_https_jwks_failing_at_start_is_retried_later(jwks_server, key, caplog):
@@ -212,7 +221,33 @@ def test_https_jwks_failing_at_start_is_retried_later(jwks_server, key, caplog):
     assert any("fetching JWKS" in r.getMessage() for r in caplog.records)
     server.document = {"keys": [tokens.jwk_of(key, "k1")]}
     monotonic.now += 31
-    assert source.key("k1") is not None
+    assert source.key("k1") is None  # asked for; fetched by the source's thread
+    wait_for(lambda: source.key("k1") is not None, "the key once fetched")
+    source.close()
+
+
+def test_a_hanging_issuer_delays_no_verification(jwks_server, clock, key):
+    """The issuer's JWKS URL stops answering: verifying a token under a known key, or
+    refusing one under an unknown key, takes no longer than before."""
+    server, ca_file = jwks_server
+    server.document = {"keys": [tokens.jwk_of(key, "k1")]}
+    monotonic = FakeMonotonic()
+    source = JwksSource(server.url, ca_file=ca_file, min_refresh_seconds=0,
+                        max_age_seconds=0, monotonic=monotonic)  # fmt: skip
+    verifier = TokenVerifier(TokenSettings(ISSUER, None, 30, 100), source, clock)
+    server.hang = True
+    try:
+        monotonic.now += 3600  # the keys are old: a fetch is due on every use
+        stranger = mint(tokens.new_signing_key(), clock, kid="k9")
+        started = time.monotonic()
+        for _ in range(5):
+            assert verifier.verify(mint(key, clock)).consumer == ORG
+            with pytest.raises(Unauthenticated):
+                verifier.verify(stranger)
+        assert time.monotonic() - started < 1.0
+    finally:
+        server.hang = False
+        source.close()
 
 
 def test_a_bad_jwks_ca_file_is_a_config_error(tmp_path: Path):

@@ -15,10 +15,12 @@ from typing import Any, Protocol
 
 import grpc
 
+from kfr_grpc._proto import kfr_pb2
 from kfr_grpc.auth.authenticator import Caller
 from kfr_grpc.errors import Rejection
 
 log = logging.getLogger("kfr.requests")
+_LOOKUP_SERVICE = kfr_pb2.DESCRIPTOR.services_by_name["LookupService"].full_name
 
 
 class FinishedCall:
@@ -110,13 +112,17 @@ class CallObserver:
     def _log(call: FinishedCall) -> None:
         org = call.caller.org_number if call.caller else None
         supplier = call.caller.supplier if call.caller else None
+        # A lookup's duration grows a little with what it found: its line carries none
+        # (the latency histogram in the metrics, over many calls, does).
+        timed = call.service != _LOOKUP_SERVICE
+        duration = f"{call.seconds * 1000:.2f}" if timed else "-"
         fields = {
             "method": call.method,
             "caller": org,
             "supplier": supplier,
             "correlation_id": call.correlation_id,
             "status": call.code.name,
-            "duration_ms": round(call.seconds * 1000, 3),
+            "duration_ms": round(call.seconds * 1000, 3) if timed else None,
         }
         detail = ""
         if call.code is not grpc.StatusCode.OK and call.message:
@@ -124,13 +130,13 @@ class CallObserver:
             fields["detail"] = call.message
             detail = f" detail={call.message!r}"
         log.info(
-            "request method=%s caller=%s%s correlation_id=%s status=%s duration_ms=%.2f%s",
+            "request method=%s caller=%s%s correlation_id=%s status=%s duration_ms=%s%s",
             call.method,
             org or "-",
             f" via={supplier}" if supplier else "",
             call.correlation_id,
             call.code.name,
-            call.seconds * 1000,
+            duration,
             detail,
             extra=fields,
         )

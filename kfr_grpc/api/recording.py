@@ -69,9 +69,11 @@ class RegisterRecorder:
         assert call.caller is not None
         if not self._policy.is_agency(call.caller):
             return UNKNOWN_MANDATE
-        if self._policy.allows_mandate(call.caller, mandate.strip()):
-            return mandate.strip()
-        return NOT_ALLOWED_MANDATE
+        if not self._policy.allows_mandate(call.caller, mandate.strip()):
+            return NOT_ALLOWED_MANDATE
+        if call.caller.supplier is not None:  # a vendor acting for the agency is named
+            return f"{mandate.strip()} (supplier {call.caller.supplier})"
+        return mandate.strip()
 
 
 class MetricsRecorder:

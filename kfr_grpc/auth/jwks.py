@@ -4,8 +4,12 @@ Keys are picked by ``kid``. A token naming a kid we do not know makes the source
 again (re-read the file, or fetch the URL), at most once per ``min_refresh_seconds``
 however many such tokens arrive, so a key rotated in at the issuer is picked up without
 a restart and a flood of made-up kids cannot hammer the issuer. A fetched JWKS older
-than ``max_age_seconds`` is fetched again on next use, so keys the issuer retired stop
-being trusted.
+than ``max_age_seconds`` is fetched again, so keys the issuer retired stop being trusted.
+
+A URL is fetched by a thread of the source's own, never on a call's path: a call that
+finds its kid unknown (or the keys old) asks for a fetch and goes on with the keys there
+are, so an issuer that hangs delays no call (a token under a brand-new key is refused
+until the fetch is done, a moment later).
 """
 
 from __future__ import annotations
@@ -75,12 +79,18 @@ class JwksSource:
         self._fetched_at = float("-inf")
         self._keys: Keys = {}
         self._file: WatchedFiles[Keys] | None = None
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._fetcher: threading.Thread | None = None
         if location.startswith("https://"):
             try:
                 self._context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
             except (OSError, ssl.SSLError) as error:
                 raise ConfigError(f"tokens.jwks_ca {ca_file} cannot be used: {error}") from None
             self._fetch()
+            self._fetcher = threading.Thread(target=self._fetch_when_wanted, daemon=True,
+                                             name="kfr-jwks")  # fmt: skip
+            self._fetcher.start()
         elif "://" in location:
             raise ConfigError(f"tokens.jwks must be a file path or an https URL, not {location}")
         else:
@@ -103,19 +113,27 @@ class JwksSource:
         return self._keys
 
     def key(self, kid: str) -> RSAPublicKey | None:
+        """The key ``kid``; None if unknown (a URL's fetch is then asked for, and the key
+        is there for the next call once the issuer published it)."""
         key = self.keys.get(kid)
         if key is None and self._refresh_if_allowed():
             key = self.keys.get(kid)
         return key
 
     def refresh_now(self) -> None:
-        """Looks at the JWKS at once, whatever the rate limit (SIGHUP)."""
+        """Looks at the JWKS soon, whatever the rate limit (SIGHUP); never waits on it."""
         if self._file is not None:
             self._file.check()
         else:
-            self._fetch()
+            self._wanted.set()
+
+    def close(self) -> None:
+        """Stops the fetching thread (it may finish a fetch under way by itself)."""
+        self._stopping = True
+        self._wanted.set()
 
     def _refresh_if_allowed(self) -> bool:
+        """Re-reads a file now (True if it changed); asks for a URL's fetch (False)."""
         with self._lock:
             now = self._monotonic()
             if now - self._refreshed_at < self._min_refresh:
@@ -123,7 +141,16 @@ class JwksSource:
             self._refreshed_at = now
         if self._file is not None:
             return self._file.check()
-        return self._fetch()
+        self._wanted.set()
+        return False
+
+    def _fetch_when_wanted(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            self._fetch()
 
     def _fetch(self) -> bool:
         try:

@@ -49,6 +49,12 @@ class AccessPolicy:
             raise PermissionDenied(
                 f"organisation {caller.org_number} is not registered as an agency that may look up"
             )
+        if caller.supplier is not None and not agency.allow_suppliers:
+            raise PermissionDenied(
+                f"agency {caller.org_number} does not take lookups made for it by a vendor "
+                f"(the token names supplier {caller.supplier}); call with the agency's own "
+                "token, or set allow_suppliers for it"
+            )
         return agency
 
     def allows_mandate(self, caller: Caller, legal_mandate: str) -> bool:

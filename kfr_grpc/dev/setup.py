@@ -25,6 +25,7 @@ TEST_AGENCY_NAME = "Testetaten KFR"
 TEST_MANDATE = "Skatteforvaltningsloven § 10-2"
 
 TEST_ISSUER = "https://maskinporten.dev.kfr.invalid/"
+TEST_AUDIENCE = "https://kfr.dev.invalid/"
 TEST_SIGNING_KID = "kfr-dev-1"
 
 CONFIG_NAME = "kfr.toml"
@@ -152,6 +153,7 @@ crls = ["{shared}ca.crl"]  # `kfr dev revoke CERT` adds to it; re-read when it c
 # A stand-in for Maskinporten: `kfr dev token` signs with token-signing.key, whose
 # public half is in jwks.json (re-read when it changes).
 issuer = "{TEST_ISSUER}"
+audience = "{TEST_AUDIENCE}"  # tokens must be meant for this service
 jwks = "{shared}jwks.json"
 
 [metrics]

@@ -57,7 +57,8 @@ def synthetic_org_number(rng: random.Random) -> str:
 
 def _person_id(rng: random.Random, *, month_offset: int, d_number: bool) -> str:
     while True:
-        birth = date(1930, 1, 1) + timedelta(days=rng.randrange(365 * 75))
+        # Born 1930 to 1999: adults, so relationships from 2000 on may start at any date.
+        birth = date(1930, 1, 1) + timedelta(days=rng.randrange(365 * 70))
         individual = _individual_number(rng, birth.year)
         day = birth.day + (_D_NUMBER_DAY_OFFSET if d_number else 0)
         body = f"{day:02d}{birth.month + month_offset:02d}{birth.year % 100:02d}{individual:03d}"

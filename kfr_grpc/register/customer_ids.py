@@ -55,6 +55,13 @@ def parse_customer_id(raw: str, *, allow_synthetic: bool, today: date) -> Custom
 
     Raises ``InvalidValue`` with a reason that never contains the ID.
     """
+    return parse_customer(raw, allow_synthetic=allow_synthetic, today=today)[0]
+
+
+def parse_customer(
+    raw: str, *, allow_synthetic: bool, today: date
+) -> tuple[CustomerId, date | None]:
+    """``parse_customer_id``, and a person's date of birth (None for an organisation)."""
     compact = raw if raw.isdigit() else "".join(raw.split())
     if not compact:
         raise InvalidValue("is required", "CUSTOMER_ID_MISSING")
@@ -62,13 +69,12 @@ def parse_customer_id(raw: str, *, allow_synthetic: bool, today: date) -> Custom
         raise InvalidValue("must contain only digits (and spaces)", "CUSTOMER_ID_MALFORMED")
     if len(compact) == 9:
         try:
-            return CustomerId(parse_org_number(compact), CustomerKind.ORGANISATION)
+            return CustomerId(parse_org_number(compact), CustomerKind.ORGANISATION), None
         except InvalidValue as error:
             raise InvalidValue(str(error), "CUSTOMER_ID_CHECKSUM") from None
     if len(compact) == 11:
-        return CustomerId(
-            _validate_person_number(compact, allow_synthetic, today), CustomerKind.PERSON
-        )
+        born = _validate_person_number(compact, allow_synthetic, today)
+        return CustomerId(compact, CustomerKind.PERSON), born
     raise InvalidValue(
         "must be 11 digits (fødselsnummer or D-number) or 9 digits (organisation number)",
         "CUSTOMER_ID_MALFORMED",
@@ -85,7 +91,8 @@ def parse_org_number(raw: str) -> str:
         ) from None
 
 
-def _validate_person_number(compact: str, allow_synthetic: bool, today: date) -> str:
+def _validate_person_number(compact: str, allow_synthetic: bool, today: date) -> date:
+    """Checks a person number; returns its date of birth."""
     day, month = int(compact[0:2]), int(compact[2:4])
     if month > _SYNTHETIC_MONTH_OFFSET:
         if not allow_synthetic:
@@ -113,7 +120,7 @@ def _validate_person_number(compact: str, allow_synthetic: bool, today: date) ->
         )
     if birth_date > today:
         raise InvalidValue("has a date of birth in the future", "CUSTOMER_ID_BIRTH_DATE")
-    return compact
+    return birth_date
 
 
 def check_digits_hold(number: str) -> bool:

@@ -15,7 +15,7 @@ from datetime import date
 from typing import TypeVar
 
 from kfr_grpc.errors import InvalidArgument, Rejection
-from kfr_grpc.register.customer_ids import CustomerId, CustomerKind, parse_customer_id
+from kfr_grpc.register.customer_ids import CustomerId, CustomerKind, parse_customer
 from kfr_grpc.register.model import Role, RoleChoice, UnknownRole
 from kfr_grpc.register.values import InvalidValue, parse_date
 
@@ -25,6 +25,9 @@ _DISPONENT_MUST_BE_PERSON = (
     "ROLE_DISPONENT needs a person (fødselsnummer or D-number), not an organisation number"
 )
 
+# No relationship starts before this day (nor a person's before their date of birth).
+EARLIEST_START = date(1900, 1, 1)
+_EARLIEST_START_ORDINAL = EARLIEST_START.toordinal()
 MAX_ITEMS_PER_CALL = 1000
 # The write transaction of a chunk is held in memory until it commits: this bounds the
 # server's memory whatever a client sends (see README, Performance).
@@ -80,8 +83,9 @@ def validate_rows(
     rejections: list[Rejection] = []
     for index, (raw_id, role_row, raw_start) in enumerate(rows):
         found_before = len(rejections)
+        born = None
         try:
-            customer = parse_customer_id(raw_id, allow_synthetic=allow_synthetic, today=today)
+            customer, born = parse_customer(raw_id, allow_synthetic=allow_synthetic, today=today)
         except InvalidValue as error:
             rejections.append(Rejection("customer_id", str(error), error.code, index))
             customer = None
@@ -89,6 +93,10 @@ def validate_rows(
             start = dates.ordinal(raw_start)
         except InvalidValue as error:
             rejections.append(Rejection("start_date", str(error), error.code, index))
+        else:
+            early = _early_start(start, customer, born)
+            if early is not None:
+                rejections.append(Rejection("start_date", *early, index))
         role = ROLE_OF_VALUE.get(role_row) if isinstance(role_row, str) else role_of_row(role_row)
         role_problem = _role_problem(role, customer)
         if role_problem is not None:
@@ -99,6 +107,20 @@ def validate_rows(
         else:
             parsed.append(None)
     return parsed, rejections
+
+
+def _early_start(
+    start: int, customer: CustomerId | None, born: date | None
+) -> tuple[str, str] | None:
+    """(reason, code) when a relationship would start before its customer was born, or
+    (an organisation) before the earliest start the register takes."""
+    if start >= _EARLIEST_START_ORDINAL and (born is None or start >= born.toordinal()):
+        return None
+    if born is not None and start < born.toordinal():
+        return "is before the customer's date of birth", "START_BEFORE_BIRTH"
+    if customer is not None:
+        return f"is before {EARLIEST_START.isoformat()}, the earliest start", "START_TOO_EARLY"
+    return None
 
 
 def _role_problem(role: RoleChoice, customer: CustomerId | None) -> tuple[str, str] | None:

@@ -187,9 +187,16 @@ class Register:
     def record_refusal(
         self, call: CallInfo, status: str, message: str, rejected: tuple[Rejection, ...] = ()
     ) -> None:
-        """Records a call that was refused (and so changed nothing), in its own transaction."""
+        """Records a call that was refused (and so changed nothing), in its own transaction,
+        if it was made for a registered institution: an organisation that is not one gets
+        no record (it could never read it, and could flood the log with refused calls)."""
         record = call.record(self._clock.now(), status, message, rejected=rejected)
-        self._storage.write(lambda txn: txn.put_request_record(record))
+
+        def work(txn: WriteTxn) -> None:
+            if txn.institution(call.institution) is not None:
+                txn.put_request_record(record)
+
+        self._storage.write(work)
 
     # --- bulk load ----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -28,12 +29,21 @@ Check = Callable[[Path], CopySummary]
 
 def backup(copy: Callable[[Path], None], destination: Path, check: Check) -> CopySummary:
     """Copies the live store (``copy`` writes it) into ``destination``, a new or empty
-    directory, and checks the copy opens."""
+    directory, and checks the copy opens.
+
+    The copy is written inside a directory of mode 0700 made for it (LMDB creates the
+    file with the process's umask), made 0600, and only then moved into ``destination``:
+    so no other user can read it while it is written, whatever ``destination``'s mode."""
     if destination.exists() and any(destination.iterdir()):
         raise ConfigError(f"backup destination {destination} is not empty")
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
-    copy(destination)
-    os.chmod(destination / DATA_FILE, 0o600)
+    staging = Path(tempfile.mkdtemp(prefix=".kfr-backup-", dir=destination))  # mode 0700
+    try:
+        copy(staging)
+        os.chmod(staging / DATA_FILE, 0o600)
+        os.replace(staging / DATA_FILE, destination / DATA_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return check(destination)
 
 
