@@ -109,7 +109,9 @@ def test_rs256_token_with_a_forged_signature(server, ids):
 
 def test_unknown_kid_then_jwks_rotation_accepts_the_same_token(server, ids):
     new_key = tokens.new_signing_key()
-    rotated = tokens.TokenIssuer(new_key, "rotated-key-2", server.issuer.issuer)
+    rotated = tokens.TokenIssuer(
+        new_key, "rotated-key-2", server.issuer.issuer, server.issuer.audience
+    )
     token = rotated.mint(INSTITUTION_ORG, WRITE_SCOPE, now=server.clock.now())
     error = refused_report(server, ids, token=token)
     assert error.code() is StatusCode.UNAUTHENTICATED

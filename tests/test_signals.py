@@ -159,7 +159,8 @@ def test_sighup_reloads_certificates_crl_jwks_and_agencies(served_factory, ids):
     served.server.signal(signal.SIGHUP)
     served.wait_for_log("reloaded: server certificate")
 
-    rotated = tokens.TokenIssuer(new_key, "rotated-2", setup.token_issuer().issuer)
+    dev_issuer = setup.token_issuer()
+    rotated = tokens.TokenIssuer(new_key, "rotated-2", dev_issuer.issuer, dev_issuer.audience)
     token = rotated.mint(TEST_AGENCY_ORG, READ, now=SystemClock().now())
     agency_identity = setup.identity("agency")
     agency = served.clients.client(
