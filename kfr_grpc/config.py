@@ -111,6 +111,8 @@ class TokenConfig(_Table):
     institution_scope: str = "bits:kundeforhold.write"
     agency_scope: str = "bits:kundeforhold.read"
     leeway_seconds: int = MAX_LEEWAY_SECONDS
+    # Tokens valid for longer (exp minus iat) are refused; Maskinporten's default is 120 s.
+    max_lifetime_seconds: Annotated[float, Field(gt=0)] = 300.0
     jwks_ca: ConfigPath | None = None
     jwks_min_refresh_seconds: Seconds = 30.0
     cache_size: Positive = 10_000
@@ -175,6 +177,24 @@ class MaintenanceConfig(_Table):
     lookup_counts_flush_seconds: Seconds = 60.0  # lookup counters are stored this often
 
 
+class RateLimitConfig(_Table):
+    """Calls per second one organisation may make (a token bucket per organisation):
+    the service level is 10 calls per second for the whole of a reporting API."""
+
+    calls_per_second: Annotated[float, Field(gt=0)] = 100.0  # on average
+    burst: Annotated[float, Field(ge=1)] = 200.0  # at once, after a quiet spell
+
+
+class EnumerationConfig(_Table):
+    """When an agency's lookups look like someone trying IDs one after another: a
+    warning in the log and ``kfr_enumeration_suspected_total`` (no call is refused)."""
+
+    window_seconds: Annotated[float, Field(gt=0)] = 60.0  # lookups are counted per window
+    max_lookups: Positive = 3000  # more in one window from one agency is suspect
+    min_lookups: Positive = 200  # from this many in a window, the share of empty answers
+    max_empty_share: Annotated[float, Field(gt=0, le=1)] = 0.9  # above this is suspect
+
+
 class MetricsConfig(_Table):
     listen: Address | None = None  # host:port of the Prometheus endpoint; None: off
 
@@ -211,6 +231,8 @@ class AgencyConfig(_Table):
     mandates: frozenset[str]
     owner_only: bool = False
     allow_suppliers: bool = False  # whether a vendor's token (supplier) may look up for it
+    calls_per_second: Annotated[float, Field(gt=0)] | None = None  # else [rate_limits]
+    burst: Annotated[float, Field(ge=1)] | None = None  # else [rate_limits]
 
     @field_validator("mandates", mode="before")
     @classmethod
@@ -234,6 +256,8 @@ class Config(_Table):
     store: StoreConfig = StoreConfig()
     server: ServerConfig = Field(default_factory=ServerConfig)
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    enumeration: EnumerationConfig = EnumerationConfig()
     metrics: MetricsConfig = MetricsConfig()
     cluster: ClusterConfig | None = None  # none: one node on its own LMDB store
     agencies: Annotated[tuple[AgencyConfig, ...], BeforeValidator(_tuple)] = ()

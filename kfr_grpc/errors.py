@@ -115,6 +115,15 @@ class Overloaded(KfrError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class RateLimited(Overloaded):
+    """An organisation called more often than its rate allows; ``retry_after`` seconds
+    from now it may call again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class MessageTooLarge(KfrError):
     """A request message over the server's size limit."""
 

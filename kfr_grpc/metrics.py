@@ -50,7 +50,16 @@ class Metrics:
             "When the server's TLS certificate expires (Unix time).",
             registry=self.registry,
         )
+        self._enumeration = Counter(
+            "kfr_enumeration_suspected",
+            "Windows in which an agency's lookups looked like trying IDs one after another, "
+            "by agency and reason (rate, empty_share).",
+            ["agency", "reason"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(_StoreCollector(storage, usage))
+
+    def enumeration_suspected(self, agency: str, reason: str) -> None:
+        self._enumeration.labels(agency, reason).inc()
 
     def observe_calls_in_progress(self, count: Callable[[], int]) -> None:
         """``kfr_calls_in_progress``: the calls the server has taken in and not ended."""

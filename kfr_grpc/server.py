@@ -48,6 +48,7 @@ from kfr_grpc.keyring import Keyring, KeyringFile
 from kfr_grpc.lifetime import exit_when_orphaned
 from kfr_grpc.maintenance import Maintenance
 from kfr_grpc.metrics import Metrics
+from kfr_grpc.register.enumeration import EnumerationSettings, EnumerationWatch, Suspicion
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register
 from kfr_grpc.register.statistics import LookupStatistics
@@ -112,6 +113,7 @@ def build_authenticator(
             audience=tokens.audience,
             leeway_seconds=tokens.leeway_seconds,
             cache_size=tokens.cache_size,
+            max_lifetime_seconds=tokens.max_lifetime_seconds,
         ),
         jwks,
         clock,
@@ -288,7 +290,7 @@ async def build_server(
         statistics = LookupStatistics(store, clock)
         metrics = Metrics(store, store.usage)
         metrics.observe_certificate(tls.certificate_pem)
-        policy = AccessPolicy(config.agencies)
+        policy = AccessPolicy(config.agencies, config.rate_limits)
         admission = Admission(
             Limits(
                 max_calls=settings.max_concurrent_calls,
@@ -298,6 +300,7 @@ async def build_server(
                     REPORT_STREAM: (settings.max_bulk_streams, "server.max_bulk_streams"),
                     REFLECTION: (MAX_REFLECTION_STREAMS, "reflection streams at once"),
                 },
+                rate_of=policy.rate_of,
             )
         )
         metrics.observe_calls_in_progress(lambda: admission.calls)
@@ -320,7 +323,8 @@ async def build_server(
             maximum_concurrent_rpcs=settings.max_concurrent_calls * _HARD_LIMIT_FACTOR,
             options=_grpc_options(settings, shared_port),
         )
-        health_servicer = _add_services(grpc_server, register, policy, blocking, validation)
+        watch = _enumeration_watch(config, metrics)
+        health_servicer = _add_services(grpc_server, register, policy, blocking, validation, watch)
         port = _bind(grpc_server, config.listen, tls)
         maintenance = Maintenance(
             config.maintenance,
@@ -366,18 +370,38 @@ def _grpc_options(settings: ServerConfig, shared_port: bool) -> list[tuple[str, 
     ]
 
 
+def _enumeration_watch(config: Config, metrics: Metrics) -> EnumerationWatch:
+    """Warns in the log and counts in the metrics when lookups look like enumeration."""
+    settings = config.enumeration
+
+    def notify(suspicion: Suspicion) -> None:
+        log.warning("possible enumeration: %s", suspicion.describe())
+        metrics.enumeration_suspected(suspicion.agency, suspicion.reason)
+
+    return EnumerationWatch(
+        EnumerationSettings(
+            window_seconds=settings.window_seconds,
+            max_lookups=settings.max_lookups,
+            min_lookups=settings.min_lookups,
+            max_empty_share=settings.max_empty_share,
+        ),
+        notify,
+    )
+
+
 def _add_services(
     grpc_server: grpc.aio.Server,
     register: Register,
     policy: AccessPolicy,
     blocking: Blocking,
     validation: ProcessPoolExecutor | None,
+    watch: EnumerationWatch,
 ) -> HealthServicer:
     kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
         InstitutionServicer(register, policy, blocking, validation), grpc_server
     )
     kfr_pb2_grpc.add_LookupServiceServicer_to_server(
-        LookupServicer(register, policy, blocking), grpc_server
+        LookupServicer(register, policy, blocking, watch), grpc_server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

@@ -192,9 +192,12 @@ def server_factory(
         validation_processes: int = 0,
         metrics: bool = False,
         cluster_toml: str = "",
+        rate_limits_toml: str = "",
+        enumeration_toml: str = "",
     ) -> RunningServer:
         """A started server; the ``*_toml`` lines go into its [tokens], [maintenance],
-        [store] and (if given) [cluster]."""
+        [store], [rate_limits] (else none to speak of), [enumeration] and (if given)
+        [cluster]."""
         directory = tmp_path / f"server{len(servers)}"
         directory.mkdir()
         config_path = write_config(
@@ -208,6 +211,8 @@ def server_factory(
             validation_processes=validation_processes,
             metrics=metrics,
             cluster=cluster_toml,
+            rate_limits=rate_limits_toml,
+            enumeration=enumeration_toml,
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)

@@ -34,6 +34,8 @@ VENDOR_ORG = "316000002"
 TEST_ISSUER = "https://maskinporten.test.kfr.invalid/"
 TEST_AUDIENCE = "https://kfr.test.invalid/"
 WRITE_SCOPE = "bits:kundeforhold.write"
+# Tests call as fast as they can; the rate limits have tests of their own.
+UNLIMITED_RATE = "calls_per_second = 1000000\nburst = 1000000"
 READ_SCOPE = "bits:kundeforhold.read"
 
 
@@ -243,6 +245,8 @@ def write_config(
     validation_processes: int = 0,
     metrics: bool = False,
     cluster: str = "",
+    rate_limits: str = "",
+    enumeration: str = "",
 ) -> Path:
     path = directory / "kfr.toml"
     metrics = 'listen = "127.0.0.1:0"' if metrics else ""
@@ -273,6 +277,12 @@ validation_processes = {validation_processes}
 [maintenance]
 {maintenance}
 
+[rate_limits]
+{rate_limits or UNLIMITED_RATE}
+
+[enumeration]
+{enumeration}
+
 [store]
 {store}
 
@@ -302,14 +312,14 @@ owner_only = true
 
 def dump_store(store) -> dict[tuple[bytes, bytes], bytes]:
     """Every record of every database, sealed values opened: (database, key) -> bytes."""
-    from kfr_grpc.store.layout import DATABASES, META, SEALED_DATABASES, associated_data
+    from kfr_grpc.store.layout import DATABASES, META, SEALED_DATABASES
 
     records = {}
     with store.read() as view:
-        txn, sealer = view._txn, view._crypto.sealer
+        txn = view._txn
         for name in (*DATABASES, META):
             for key, value in txn.cursor(db=store._databases[name]):
                 if name in SEALED_DATABASES:
-                    value = sealer.open(value, associated_data(name, key))
+                    value = view._open(name, key, value)
                 records[(name, key)] = value
     return records

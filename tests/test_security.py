@@ -156,6 +156,24 @@ def test_expired(server, ids):
     accepted_report(server, ids, token=just_expired, identity=identity)
 
 
+def test_a_token_valid_for_longer_than_the_maximum_lifetime_is_refused(server_factory, ids):
+    server = server_factory(tokens_toml="max_lifetime_seconds = 600")
+    long_lived = server.token(server.pki.institution, ttl=601)
+    error = refused_report(server, ids, token=long_lived)
+    assert error.code() is StatusCode.UNAUTHENTICATED
+    assert "tokens.max_lifetime_seconds" in error.details()
+    # A year-9999 expiry is no way around it; a token just within the maximum passes.
+    forever = server.token(server.pki.institution, exp=253402300799)
+    assert refused_report(server, ids, token=forever).code() is StatusCode.UNAUTHENTICATED
+    accepted_report(server, ids, token=server.token(server.pki.institution, ttl=600))
+
+
+def test_the_maximum_token_lifetime_is_five_minutes_by_default(server, ids):
+    error = refused_report(server, ids, token=server.token(server.pki.institution, ttl=301))
+    assert "300 s" in error.details()
+    accepted_report(server, ids, token=server.token(server.pki.institution, ttl=300))
+
+
 def test_not_yet_valid(server, ids):
     now = int(server.clock.now().timestamp())
     error = refused_report(server, ids, token=server.token(server.pki.institution, nbf=now + 300))

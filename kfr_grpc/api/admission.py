@@ -1,6 +1,6 @@
 """Admission: how many calls the server takes at once, in all, per connection, and of
-bulk loads, so that no caller, however idle, slow or many, can take the server from the
-others.
+bulk loads, and how many per second from one organisation (a token bucket each), so
+that no caller, however idle, slow, many or fast, can take the server from the others.
 
 A call over a limit is refused at once with RESOURCE_EXHAUSTED, naming the limit and how
 to retry, and (like every refusal) counted in the metrics and logged. The counts live on
@@ -10,9 +10,16 @@ the event loop's thread: no lock.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from kfr_grpc.errors import Overloaded
+from kfr_grpc.auth.policy import Rate
+from kfr_grpc.errors import Overloaded, RateLimited
+
+# Buckets kept at most; past it, those that have filled up again (callers gone quiet)
+# are dropped: a full bucket is what a new caller gets anyway.
+_MAX_BUCKETS = 10_000
 
 
 @dataclass(frozen=True)
@@ -24,15 +31,18 @@ class Limits:
     # name, with the setting that says so: ReportStream (server.max_bulk_streams),
     # reflection.
     per_method: dict[str, tuple[int, str]]
+    rate_of: Callable[[str], Rate]  # an organisation's rate (the agencies' may change)
 
 
 class Admission:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._limits = limits
+        self._monotonic = monotonic
         self._calls = 0
         self._per_method: dict[str, int] = {}
         self._per_connection: dict[str, int] = {}
         self._per_caller: dict[str, int] = {}
+        self._buckets: dict[str, list[float]] = {}  # organisation -> [tokens, when]
 
     def admit(self, method: str, connection: str) -> Admitted:
         """Takes the call in, or raises ``Overloaded`` saying which limit it met."""
@@ -69,7 +79,35 @@ class Admission:
                 f"your organisation has {limit} calls in progress, its limit "
                 "(server.max_calls_per_caller); wait for some to finish"
             )
+        self._take_token(organisation)
         self._per_caller[organisation] = calls + 1
+
+    def _take_token(self, organisation: str) -> None:
+        """One call from ``organisation``'s bucket, or ``RateLimited``."""
+        rate = self._limits.rate_of(organisation)
+        now = self._monotonic()
+        bucket = self._buckets.get(organisation)
+        if bucket is None:
+            if len(self._buckets) >= _MAX_BUCKETS:
+                self._drop_full_buckets(now)
+            bucket = self._buckets[organisation] = [rate.burst, now]
+        tokens = min(rate.burst, bucket[0] + (now - bucket[1]) * rate.per_second)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            wait = (1 - tokens) / rate.per_second
+            raise RateLimited(
+                f"your organisation calls more often than its limit of {rate.per_second:g} "
+                f"calls per second ({rate.setting}); retry in {wait:.2f} s",
+                retry_after=wait,
+            )
+        bucket[0] = tokens - 1
+
+    def _drop_full_buckets(self, now: float) -> None:
+        for organisation, (tokens, when) in list(self._buckets.items()):
+            rate = self._limits.rate_of(organisation)
+            if tokens + (now - when) * rate.per_second >= rate.burst:
+                del self._buckets[organisation]
 
     def _release(self, connection: str, capped: str | None, caller: str | None) -> None:
         self._calls -= 1

@@ -42,7 +42,7 @@ from kfr_grpc.api.calls import (
 from kfr_grpc.api.deadlines import ReadDeadlines
 from kfr_grpc.api.observability import CallObserver, FinishedCall, service_of
 from kfr_grpc.api.status import refusal_for
-from kfr_grpc.errors import InvalidArgument, KfrError, MessageTooLarge
+from kfr_grpc.errors import InvalidArgument, KfrError, MessageTooLarge, Overloaded
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
@@ -238,6 +238,7 @@ class _Calls:
         except Exception as error:
             admitted.release()
             call.refusal = error
+            call.over_limit = isinstance(error, Overloaded)
             return call, _NOT_ADMITTED, None
         return call, admitted, RequestContext(context, call.caller, correlation_id, self._method)
 

@@ -14,16 +14,24 @@ from kfr_grpc.api.calls import RequestContext
 from kfr_grpc.api.convert import institution_to_pb, role_to_pb
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.errors import InvalidArgument
+from kfr_grpc.register.enumeration import EnumerationWatch
 from kfr_grpc.register.service import Register
 
 _ROLE_FILTERS = {pb.ROLE_FILTER_UNSPECIFIED, pb.ROLE_FILTER_ALL, pb.ROLE_FILTER_OWNER_ONLY}
 
 
 class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
-    def __init__(self, register: Register, policy: AccessPolicy, blocking: Blocking) -> None:
+    def __init__(
+        self,
+        register: Register,
+        policy: AccessPolicy,
+        blocking: Blocking,
+        watch: EnumerationWatch,
+    ) -> None:
         self._register = register
         self._policy = policy
         self._blocking = blocking
+        self._watch = watch
 
     async def Lookup(self, request: pb.LookupRequest, context: RequestContext) -> pb.LookupResponse:
         """Answered on the event loop: the store read takes tens of microseconds."""
@@ -45,6 +53,7 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
             relations = await self._blocking.run(self._register.lookup, query)
         else:
             relations = self._register.lookup(query)
+        self._watch.record(agency.org_number, found=bool(relations))
         return pb.LookupResponse(
             institutions=[
                 pb.InstitutionRelation(
@@ -71,6 +80,7 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
             institutions = await self._blocking.run(self._register.lookup_collection_account, query)
         else:
             institutions = self._register.lookup_collection_account(query)
+        self._watch.record(agency.org_number, found=bool(institutions))
         return pb.LookupCollectionAccountResponse(
             institutions=[institution_to_pb(i) for i in institutions]
         )

@@ -31,8 +31,8 @@ class FinishedCall:
     """
 
     __slots__ = (
-        "_finished", "caller", "code", "correlation_id", "message", "method", "refusal",
-        "rejections", "request", "seconds", "service", "started",
+        "_finished", "caller", "code", "correlation_id", "message", "method", "over_limit",
+        "refusal", "rejections", "request", "seconds", "service", "started",
     )  # fmt: skip
 
     def __init__(self, method: str, correlation_id: str, service: str = "") -> None:
@@ -47,6 +47,7 @@ class FinishedCall:
         self.rejections: tuple[Rejection, ...] = ()
         self.seconds = 0.0  # how long the call took
         self.refusal: BaseException | None = None  # why the call is refused, until it is
+        self.over_limit = False  # refused by a limit on calls (at once, per second)
         self._finished = False
 
     @property

@@ -4,7 +4,9 @@
   in the transaction of their changes. A call refused before or inside the register
   (and so changing nothing) is recorded here, in its own transaction: time, method,
   institution, status, message and the positions and reasons of rejected items. Never a
-  customer ID.
+  customer ID. Not recorded: calls of an organisation that is no registered institution
+  (the register's rule) and calls refused by a limit on calls, so that a flood of calls
+  is not a flood of disk writes.
 - LookupService calls: one tick of a counter per agency, mandate and outcome. Nothing
   about the person looked up, not the ID and not its pseudonym.
 - Every call: a count and a latency in the metrics, by method and status.
@@ -50,7 +52,8 @@ class RegisterRecorder:
     def record(self, call: FinishedCall) -> Awaitable[None] | None:
         if call.caller is None:
             return None  # no identity: nobody could ever ask for this record
-        if call.service == INSTITUTION_SERVICE and call.code is not grpc.StatusCode.OK:
+        refused = call.code is not grpc.StatusCode.OK
+        if call.service == INSTITUTION_SERVICE and refused and not call.over_limit:
             info = CallInfo(
                 call.correlation_id, call.method, call.caller.org_number, call.caller.supplier
             )

@@ -2,7 +2,8 @@
 
 A ``KfrError`` names its status (``error.status``, a canonical code name); its message
 goes to the caller as it is, and an ``INVALID_ARGUMENT`` also carries a
-``google.rpc.BadRequest`` detail with one field violation per rejection. Anything else
+``google.rpc.BadRequest`` detail with one field violation per rejection, a rate limit a
+``google.rpc.RetryInfo`` saying when to call again. Anything else
 is a bug or a corrupt record: the caller gets ``INTERNAL`` with the correlation-id to
 quote, and the details go to the operator's log.
 """
@@ -18,7 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from kfr_grpc.errors import CorruptRecord, KfrError, Rejection
+from kfr_grpc.errors import CorruptRecord, KfrError, RateLimited, Rejection
 
 log = logging.getLogger("kfr.requests")
 
@@ -35,17 +36,32 @@ class Refusal:
     code: grpc.StatusCode
     message: str
     rejections: tuple[Rejection, ...] = ()
+    retry_after: float | None = None  # seconds, for a RetryInfo detail
 
     async def abort(self, context: grpc.aio.ServicerContext) -> None:
         """Ends the call with this status (raises, as ``context.abort`` does)."""
         # (the trailing metadata set before, the correlation-id, goes along)
         trailing = tuple(context.trailing_metadata() or ())
-        if self.code is grpc.StatusCode.INVALID_ARGUMENT and self.rejections:
-            detail = self._bad_request()
+        details = self._details()
+        if details:
+            status = status_pb2.Status(
+                code=self.code.value[0], message=self.message, details=details
+            )
+            detail = rpc_status.to_status(status)
             await context.abort(detail.code, detail.details, trailing + detail.trailing_metadata)
         await context.abort(self.code, self.message, trailing)
 
-    def _bad_request(self) -> grpc.Status:
+    def _details(self) -> list[any_pb2.Any]:
+        details = []
+        if self.code is grpc.StatusCode.INVALID_ARGUMENT and self.rejections:
+            details.append(_packed(self._bad_request()))
+        if self.retry_after is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
+            details.append(_packed(retry))
+        return details
+
+    def _bad_request(self) -> error_details_pb2.BadRequest:
         bad_request = error_details_pb2.BadRequest()
         for rejection in self.rejections:
             violation = error_details_pb2.BadRequest.FieldViolation(
@@ -54,10 +70,13 @@ class Refusal:
             if bad_request.ByteSize() + violation.ByteSize() > _MAX_DETAIL_BYTES:
                 break
             bad_request.field_violations.append(violation)
-        detail = any_pb2.Any()
-        detail.Pack(bad_request)
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
-        return rpc_status.to_status(status)
+        return bad_request
+
+
+def _packed(message: object) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)
+    return detail
 
 
 def refusal_for(error: Exception, correlation_id: str) -> Refusal:
@@ -65,7 +84,8 @@ def refusal_for(error: Exception, correlation_id: str) -> Refusal:
     if isinstance(error, KfrError) and not isinstance(error, CorruptRecord):
         code = grpc.StatusCode[error.status]
         if code is not grpc.StatusCode.INTERNAL:
-            return Refusal(code, str(error), error.rejections)
+            retry_after = error.retry_after if isinstance(error, RateLimited) else None
+            return Refusal(code, str(error), error.rejections, retry_after)
     if isinstance(error, KfrError):
         log.error("%s correlation_id=%s: %s", type(error).__name__, correlation_id, error)
     else:

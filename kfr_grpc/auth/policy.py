@@ -6,26 +6,55 @@
   the register's rule.
 - Only configured agencies may look up, and only under a legal mandate allowed to them;
   an owner-only agency sees owner relationships only.
+- Every organisation may call so often per second: an agency's own rate where it has
+  one, else the common one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from kfr_grpc.auth.authenticator import Caller
-from kfr_grpc.config import AgencyConfig
+from kfr_grpc.config import AgencyConfig, RateLimitConfig
 from kfr_grpc.errors import InvalidArgument, PermissionDenied
 from kfr_grpc.register.customer_ids import parse_org_number
 from kfr_grpc.register.values import InvalidValue
 
 
+@dataclass(frozen=True)
+class Rate:
+    """Calls per second an organisation may make, on average, and in a burst."""
+
+    per_second: float
+    burst: float
+    setting: str  # where it is configured, for the refusal's message
+
+
 class AccessPolicy:
-    def __init__(self, agencies: Iterable[AgencyConfig]) -> None:
+    def __init__(
+        self, agencies: Iterable[AgencyConfig], rates: RateLimitConfig | None = None
+    ) -> None:
+        rates = rates or RateLimitConfig()
+        self._common_rate = Rate(rates.calls_per_second, rates.burst, "rate_limits")
         self.replace_agencies(agencies)
 
     def replace_agencies(self, agencies: Iterable[AgencyConfig]) -> None:
         """Takes a new agency list (SIGHUP); calls in flight keep the one they started with."""
         self._agencies = {agency.org_number: agency for agency in agencies}
+        self._rates = {
+            agency.org_number: Rate(
+                agency.calls_per_second or self._common_rate.per_second,
+                agency.burst or self._common_rate.burst,
+                f"calls_per_second of agency {agency.org_number}",
+            )
+            for agency in self._agencies.values()
+            if agency.calls_per_second is not None or agency.burst is not None
+        }
+
+    def rate_of(self, organisation: str) -> Rate:
+        """How often ``organisation`` may call."""
+        return self._rates.get(organisation, self._common_rate)
 
     def acting_institution(self, caller: Caller, institution_org_number: str) -> str:
         """The institution a request acts for, after checking the caller may act for it."""

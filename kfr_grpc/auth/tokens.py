@@ -4,7 +4,9 @@ The verifier accepts RS256 only (never ``none``, never HS*, so a token "signed" 
 issuer's public key as an HMAC secret goes nowhere), takes the key named by ``kid``
 from the JWKS, checks ``iss``, ``aud`` (when configured) and the times (``exp``,
 ``nbf``, ``iat``, with the configured leeway of at most 30 s) against the register's
-clock, and reads ``consumer``, ``supplier``, ``scope`` and ``cnf``.
+clock, refuses tokens valid for longer than the configured maximum lifetime (a
+stolen long-lived token would be a long-lived key), and reads ``consumer``,
+``supplier``, ``scope`` and ``cnf``.
 
 Verified tokens are remembered (bounded LRU) until they expire, so a client reusing its
 token pays for the signature check once; the memory is dropped whenever the JWKS
@@ -39,6 +41,7 @@ class TokenSettings:
     audience: str | None
     leeway_seconds: int
     cache_size: int
+    max_lifetime_seconds: float = 300.0  # from iat (or nbf) to exp
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,13 @@ class TokenVerifier:
             raise _rejected("it is issued in the future (iat)")
         if now + leeway < not_before:
             raise _rejected("it is not valid yet (nbf)")
+        lifetime = expires - max(issued, not_before)
+        if lifetime > self._settings.max_lifetime_seconds:
+            raise _rejected(
+                f"it is valid for {lifetime:.0f} s, longer than the "
+                f"{self._settings.max_lifetime_seconds:.0f} s this service accepts "
+                "(tokens.max_lifetime_seconds); ask the issuer for a shorter-lived token"
+            )
 
 
 def _rejected(why: str) -> Unauthenticated:

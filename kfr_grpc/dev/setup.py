@@ -155,6 +155,14 @@ crls = ["{shared}ca.crl"]  # `kfr dev revoke CERT` adds to it; re-read when it c
 issuer = "{TEST_ISSUER}"
 audience = "{TEST_AUDIENCE}"  # tokens must be meant for this service
 jwks = "{shared}jwks.json"
+# Benchmarks and load tests hold one token for a whole run; production: the default 300.
+max_lifetime_seconds = 7200
+
+[rate_limits]
+# Per organisation. The benchmarks call thousands of times a second as one organisation;
+# in production keep the defaults (100 a second, bursts of 200) or set an agency's own.
+calls_per_second = 100000
+burst = 100000
 
 [metrics]
 # Prometheus metrics, plain HTTP on loopback: http://{metrics}/metrics
