@@ -23,7 +23,7 @@ from kfr_grpc.clock import Clock, SystemClock
 from kfr_grpc.config import Config, host_port, load_config
 from kfr_grpc.errors import KfrError
 from kfr_grpc.keyring import Keyring
-from kfr_grpc.store.lmdb_store import summarise
+from kfr_grpc.store.lmdb_store import summarise, verify
 
 _EXPIRY_WARNING = timedelta(days=30)
 _FREE_DISK_WARNING = 0.10
@@ -61,9 +61,11 @@ def examine(
     clock: Clock | None = None,
     *,
     target: str | None = None,
+    verify_store: bool = False,
 ) -> list[Finding]:
     """Every check's findings; certificate validity is judged at ``clock``'s now. The
-    server asked is at ``target`` (default: the configuration's listen address)."""
+    server asked is at ``target`` (default: the configuration's listen address).
+    ``verify_store``: walk the whole store for inconsistencies too."""
     now = (clock or SystemClock()).now()
     try:
         config = load_config(config_path)
@@ -71,7 +73,10 @@ def examine(
         return [Finding(Status.FAIL, "config", str(error))]
     findings = [Finding(Status.OK, "config", f"{config.path} reads cleanly")]
     keyring = _keyring(config, findings)
-    for check in (_data_dir, _server_certificate, _client_trust, _jwks):
+    checks = [_data_dir, _server_certificate, _client_trust, _jwks]
+    if verify_store:
+        checks.insert(1, _integrity)
+    for check in checks:
         findings.extend(_guarded(check, config, keyring, now))
     findings.extend(_guarded(_health, config, client, target))
     return findings
@@ -118,6 +123,16 @@ def _data_dir(config: Config, keyring: Keyring | None, *_: object) -> Iterator[F
     free = usage.free / usage.total
     status = Status.WARN if free < _FREE_DISK_WARNING else Status.OK
     yield Finding(status, "disk", f"{usage.free / 1e9:,.1f} GB free ({free:.0%}) under {directory}")
+
+
+def _integrity(config: Config, keyring: Keyring | None, *_: object) -> Iterator[Finding]:
+    if keyring is None or not (config.data_dir / "data.mdb").is_file():
+        return
+    problems = verify(config.data_dir, keyring)
+    for problem in problems:
+        yield Finding(Status.FAIL, "store integrity", problem)
+    if not problems:
+        yield Finding(Status.OK, "store integrity", "every record, index entry and count agrees")
 
 
 def _server_certificate(config: Config, _: object, now: datetime) -> Iterator[Finding]:

@@ -15,12 +15,15 @@ in one JSON file, mode 0600, outside the data directory: ``kfr keys init PATH``.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import stat
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -123,6 +126,19 @@ class Keyring:
             raise ConfigError(f"keyring {path} already exists; refusing to overwrite it") from None
         self._write(descriptor)
 
+    @classmethod
+    def update(cls, path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
+        """Reads the keyring file, changes it and writes it back, holding a lock on it
+        throughout, so that two rotations at once cannot both add "the next" version
+        and one of the two keys be lost with whatever it sealed. Returns the new keyring
+        (the file is left alone if ``change`` returns the keyring it was given)."""
+        with keyring_lock(path):
+            keyring = cls.load(path)
+            changed = change(keyring)
+            if changed is not keyring:
+                changed.replace_file(path)
+            return changed
+
     def replace_file(self, path: Path) -> None:
         """Replaces the keyring file at ``path`` in one step (for rotation and retirement).
 
@@ -180,6 +196,18 @@ class Keyring:
             seal=KeySet.from_json(document.get("seal", {}), "seal"),
             pseudonym=KeySet.from_json(document.get("pseudonym", {}), "pseudonym"),
         )
+
+
+@contextmanager
+def keyring_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the keyring at ``path`` (a lock file beside it), across
+    processes; released when the block ends or the process dies."""
+    descriptor = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 class KeyringProvider(Protocol):

@@ -383,10 +383,10 @@ def test_report_file_loads_a_batch_file_and_names_the_lines_it_rejected(
 
 def test_doctor_checks_a_deployment(served: Served):
     config = str(served.directory / "kfr.toml")
-    healthy = run("doctor", "--config", config, "--target", served.server.target)
+    healthy = run("doctor", "--config", config, "--target", served.server.target, "--verify")
     assert healthy.exit_code == 0, healthy.output
-    for subject in ("config", "keyring", "data directory", "server certificate",
-                    "client CA bundle", "token keys", "server"):  # fmt: skip
+    for subject in ("config", "keyring", "data directory", "store integrity",
+                    "server certificate", "client CA bundle", "token keys", "server"):  # fmt: skip
         assert f"OK   {subject}:" in healthy.output
     assert "says SERVING" in healthy.output
     served.terminate()

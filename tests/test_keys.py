@@ -197,3 +197,37 @@ def test_the_server_answers_correctly_while_keys_rotate(server, ids):
     assert during and all(during)
     assert everything() == before
     report(institution, INSTITUTION_ORG, (ids.person(), pb.ROLE_OWNER, ""))  # writes still work
+
+
+def test_two_rotations_at_once_each_add_a_version_and_lose_no_key(store, keyring_path, monkeypatch):
+    """Both read the keyring, then write it back with "the next" version: without the
+    keyring's lock, one of the two keys (and whatever it sealed) would be lost."""
+    import threading
+    import time
+
+    load = Keyring.load
+
+    def slow_load(path: Path) -> Keyring:
+        keyring = load(path)
+        time.sleep(0.2)  # both rotations would have read the same keyring by now
+        return keyring
+
+    monkeypatch.setattr(Keyring, "load", staticmethod(slow_load))
+    versions: list[int] = []
+    rotations = [
+        threading.Thread(
+            target=lambda: versions.append(
+                rotation.rotate(store.write, keyring_path, pseudonym=False)
+            )
+        )
+        for _ in range(2)
+    ]
+    for thread in rotations:
+        thread.start()
+    for thread in rotations:
+        thread.join(timeout=10)
+    monkeypatch.undo()
+    assert sorted(versions) == [2, 3]
+    keyring = Keyring.load(keyring_path)
+    assert set(keyring.seal.keys) == {1, 2, 3} and keyring.seal.primary == 3
+    assert store.write(lambda txn: txn.seal_version) == 3

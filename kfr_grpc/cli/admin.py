@@ -36,6 +36,7 @@ from kfr_grpc.lifetime import stop_when_orphaned
 from kfr_grpc.readiness import remove_ready, write_ready
 from kfr_grpc.register.digest import content_digest
 from kfr_grpc.server import build_server
+from kfr_grpc.store.lmdb_store import compact as compact_store
 from kfr_grpc.store.lmdb_store import restore as restore_store
 from kfr_grpc.supervisor import Supervisor
 
@@ -286,13 +287,17 @@ def institutions_collection_accounts(
     "--target", envvar="KFR_TARGET", default=None,
     help="host:port of the server to ask; default the config's listen address.",
 )  # fmt: skip
+@click.option(
+    "--verify", "verify_store", is_flag=True,
+    help="Also walk the whole store: every record, index entry and count (server may run).",
+)  # fmt: skip
 def doctor(config_path: Path, ca: Path | None, cert: Path | None, key: Path | None,
-           token: str | None, target: str | None) -> None:  # fmt: skip
+           token: str | None, target: str | None, verify_store: bool) -> None:  # fmt: skip
     """Check a deployment: config, keyring, data directory, certificates, token keys, and
     (given a client identity, or in a dev setup) that the server answers health checks.
     Exit status 1 if anything failed."""
     identity = _doctor_identity(config_path, ca, cert, key, token)
-    findings = examine(config_path, identity, target=target)
+    findings = examine(config_path, identity, target=target, verify_store=verify_store)
     for finding in findings:
         click.echo(str(finding))
     if any(finding.status is Status.FAIL for finding in findings):
@@ -364,6 +369,25 @@ def restore(source: Path, config_path: Path) -> None:
     click.echo(
         f"restored {result.relationships} relationships and {result.institutions} institutions "
         f"into {config.data_dir}"
+    )
+
+
+@main.command()
+@CONFIG_OPTION
+def compact(config_path: Path) -> None:
+    """Rewrite the store with only what is live (stop the server first).
+
+    LMDB keeps freed pages and the unused room in pages: what purges, closures, re-sealing
+    and re-pseudonymisation removed stays in the data file until then. In a cluster,
+    compact one node at a time while the others serve.
+    """
+    config = load(config_path)
+    with kfr_errors():
+        keyring = Keyring.load(config.keyring)
+        result, before = compact_store(config.data_dir, keyring)
+    click.echo(
+        f"compacted {config.data_dir}: {before} -> {result.bytes} bytes, "
+        f"{result.relationships} relationships, {result.institutions} institutions"
     )
 
 

@@ -1,7 +1,8 @@
 """Backups and restores of the LMDB environment.
 
-A backup is LMDB's own consistent, compacted copy, taken from a read transaction while
-the server runs and writes: everything committed before the copy began is in it. It is
+A backup is a live copy (``compaction.copy_live``: what is live, nothing freed), taken
+from a read transaction while the server runs and writes: everything committed before
+the copy began is in it, nothing purged or replaced before it is. It is
 exactly as protected as the live store (pseudonymised keys, sealed values) and never
 holds the keyring. A restore needs the server stopped and the same keyring.
 """
@@ -20,6 +21,7 @@ from kfr_grpc.errors import ConfigError
 from kfr_grpc.register.storage import CopySummary
 
 DATA_FILE = "data.mdb"
+LOCK_FILE = "lock.mdb"
 
 
 # Opens a copy of the store read-only and says what it holds (refusing one the
@@ -73,7 +75,7 @@ def restore(source: Path, data_dir: Path, check: Check) -> tuple[CopySummary, Pa
 
 def _in_use(data_dir: Path) -> bool:
     """True when some process has the LMDB environment open (it holds lock.mdb's lock)."""
-    lock_file = data_dir / "lock.mdb"
+    lock_file = data_dir / LOCK_FILE
     if not lock_file.exists():
         return False
     descriptor = os.open(lock_file, os.O_RDWR)

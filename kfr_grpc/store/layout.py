@@ -15,12 +15,17 @@ Sub-databases (key and value layouts in ``codec``):
 - ``request_log`` (+ ``request_log_by_time``): sealed records of institutions' calls.
 - ``lookup_counts``: sealed per-day counters of lookups by agency and mandate.
 
-Every value outside ``meta`` and the indexes is sealed with ``database name || key`` as
-associated data. Opening an existing store writes nothing.
+Every value outside ``meta`` and the indexes is padded to a size class (``pad``) and
+sealed with ``database name || 0x01 || key`` as associated data (``sealed_place``), so a
+value copied to another key does not open and its length tells little (not a person
+from an organisation, not one period from three). Store format 3 sealed values without
+padding under ``database name || 0x00 || key``: those still open, and ``kfr keys reseal``
+pads them. Opening an existing store writes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,12 @@ import lmdb
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring, SealError
 
-STORE_FORMAT = b"3"
+log = logging.getLogger("kfr.store")
+
+STORE_FORMAT = b"4"
+# Format 3 differs only in values sealed without padding (still read; resealing pads).
+UNPADDED_FORMAT = b"3"
+READABLE_FORMATS = (STORE_FORMAT, UNPADDED_FORMAT)
 META = b"meta"
 INSTITUTIONS = b"institutions"
 RELATIONSHIPS = b"relationships"
@@ -58,7 +68,33 @@ Databases = dict[bytes, Any]
 
 
 def associated_data(database: bytes, key: bytes) -> bytes:
+    """Where an unpadded value (the canary, and values of format 3) is sealed."""
     return database + b"\x00" + key
+
+
+def sealed_place(database: bytes, key: bytes) -> bytes:
+    """Where a padded value is sealed."""
+    return database + b"\x01" + key
+
+
+# Sizes a padded plaintext takes: the smallest class it fits, then multiples of 1 KiB.
+_SIZE_CLASSES = (32, 64, 128, 256, 512, 1024)
+_PAD_MARK = b"\x80"
+
+
+def pad(plaintext: bytes) -> bytes:
+    """``plaintext``, a 0x80 byte and zeros up to its size class (ISO/IEC 7816-4)."""
+    length = len(plaintext) + 1
+    size = next((c for c in _SIZE_CLASSES if length <= c), -(-length // 1024) * 1024)
+    return plaintext + _PAD_MARK + bytes(size - length)
+
+
+def unpad(padded: bytes) -> bytes:
+    """The plaintext ``pad`` padded."""
+    end = len(padded.rstrip(b"\x00")) - 1
+    if end < 0 or padded[end : end + 1] != _PAD_MARK:
+        raise ValueError("padding is malformed")
+    return padded[:end]
 
 
 def meta_number(txn: lmdb.Transaction, databases: Databases, key: bytes) -> int:
@@ -130,10 +166,17 @@ def _initialise(env: lmdb.Environment, keyring: Keyring) -> None:
 
 def _verify_meta(txn: lmdb.Transaction, meta: Any, path: Path, keyring: Keyring) -> None:
     store_format = txn.get(FORMAT_KEY, db=meta)
-    if store_format != STORE_FORMAT:
+    if store_format not in READABLE_FORMATS:
         raise ConfigError(
             f"{path} has store format {store_format!r}; this version of kfr reads "
-            f"{STORE_FORMAT!r}. Restore a backup made by a matching version, or start afresh."
+            f"{b' and '.join(READABLE_FORMATS)!r}. Restore a backup made by a matching "
+            "version, or start afresh."
+        )
+    if store_format == UNPADDED_FORMAT:
+        log.warning(
+            "%s holds values sealed without padding (store format 3), whose lengths say more "
+            "than they should: run `kfr keys reseal --config …` once (online) to pad them",
+            path,
         )
     written_under = (txn.get(KEYRING_ID_KEY, db=meta) or b"").decode("ascii", "replace")
     if written_under != keyring.id:

@@ -24,9 +24,10 @@ import lmdb
 from kfr_grpc.errors import ConfigError, CorruptRecord, StoreFull
 from kfr_grpc.keyring import FixedKeyring, Keyring, KeyringProvider
 from kfr_grpc.register.storage import CopySummary, MigrationResult, Progress, StoreUsage
-from kfr_grpc.store import backup, rotation
+from kfr_grpc.store import backup, compaction, rotation
 from kfr_grpc.store.changes import RecordingTransaction, decode_changes, encode_changes
 from kfr_grpc.store.institutions import InstitutionReads, InstitutionWrites
+from kfr_grpc.store.integrity import IntegrityReads
 from kfr_grpc.store.layout import (
     ACTIVE_KEY,
     LOG_POSITION_KEY,
@@ -61,7 +62,7 @@ _STORE_FULL_AT_MAXIMUM = (
 )
 
 
-class LmdbReadTxn(RelationshipReads, InstitutionReads, RecordReads):
+class LmdbReadTxn(RelationshipReads, InstitutionReads, RecordReads, IntegrityReads):
     """Reads within one LMDB read transaction."""
 
 
@@ -335,7 +336,7 @@ class LmdbStore:
             )
 
     def backup(self, destination: Path) -> CopySummary:
-        """A consistent, compacted copy in ``destination`` while the store is in use."""
+        """A consistent live copy in ``destination`` while the store is in use."""
         keyring = self.keyring
         return backup.backup(
             self._copy_to, destination, lambda copy: summarise(copy, keyring, live=False)
@@ -343,7 +344,7 @@ class LmdbStore:
 
     def _copy_to(self, destination: Path) -> None:
         with self._map.transaction(lambda: None):
-            self._env.copy(str(destination), compact=True)
+            compaction.copy_live(self._env, destination)
 
     def usage(self) -> StoreUsage:
         used, size = self._map.usage()
@@ -365,6 +366,32 @@ def summarise(directory: Path, keyring: Keyring, *, live: bool) -> CopySummary:
             )
     finally:
         copy.close()
+
+
+def compact(data_dir: Path, keyring: Keyring) -> tuple[CopySummary, int]:
+    """Replaces the (stopped) store in ``data_dir`` with a live copy of itself, so that
+    nothing purged, closed, re-sealed or moved to a new pseudonym is left in the data
+    file; returns what the store holds and the file's size before."""
+
+    def open_source(directory: Path) -> lmdb.Environment:
+        size = (directory / backup.DATA_FILE).stat().st_size
+        return open_environment(directory, map_size=max(size, 1 << 20), readonly=True, shared=False)
+
+    return compaction.compact(
+        data_dir, open_source, lambda copy: summarise(copy, keyring, live=False)
+    )
+
+
+def verify(directory: Path, keyring: Keyring) -> list[str]:
+    """Every inconsistency in the store in ``directory`` (``integrity``), read from one
+    snapshot beside a running server."""
+    size = (directory / backup.DATA_FILE).stat().st_size
+    store = LmdbStore.open(directory, keyring, map_size=max(size, 1 << 20), readonly=True)
+    try:
+        with store.read() as view:
+            return list(view.problems())
+    finally:
+        store.close()
 
 
 def restore(source: Path, data_dir: Path, keyring: Keyring) -> tuple[CopySummary, Path | None]:

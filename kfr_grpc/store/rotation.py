@@ -17,17 +17,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from kfr_grpc.keyring import Keyring, sealed_version
+from kfr_grpc.keyring import Keyring, keyring_lock, sealed_version
 from kfr_grpc.register.model import is_active
 from kfr_grpc.register.storage import MigrationResult, Progress
 from kfr_grpc.store.layout import (
     CANARY,
     CANARY_KEY,
+    FORMAT_KEY,
     META,
     PSEUDONYM_VERSION_KEY,
     RELATIONSHIPS,
     SEAL_VERSION_KEY,
     SEALED_DATABASES,
+    STORE_FORMAT,
     associated_data,
 )
 from kfr_grpc.store.relationships import RelationshipWrites
@@ -52,7 +54,8 @@ class RotationWrites(RelationshipWrites):
     def reseal_batch(
         self, database: bytes, after: bytes | None, limit: int
     ) -> tuple[bytes | None, int, int]:
-        """Re-seals values not under the current seal version, from the key after ``after``.
+        """Re-seals values not under the current seal version, or sealed without padding
+        (store format 3), from the key after ``after``.
 
         Returns the last key looked at (None once the database is done), how many values
         were looked at and how many were re-sealed.
@@ -64,11 +67,19 @@ class RotationWrites(RelationshipWrites):
                 more = True
                 break
             batch.append(item)
-        stale = [(k, v) for k, v in batch if sealed_version(v) != self.seal_version]
-        for key, sealed in stale:
-            self._put(database, key, self._open(database, key, sealed))
+        resealed = 0
+        for key, sealed in batch:
+            plaintext, padded = self._open_marked(database, key, sealed)
+            if padded and sealed_version(sealed) == self.seal_version:
+                continue
+            self._put(database, key, plaintext)
+            resealed += 1
         last = batch[-1][0] if batch and more else None
-        return last, len(batch), len(stale)
+        return last, len(batch), resealed
+
+    def mark_padded(self) -> None:
+        """Every value is padded now (after a whole re-seal): the store is format 4."""
+        self._txn.put(FORMAT_KEY, STORE_FORMAT, db=self._db[META])
 
     def seal_versions_in_use(self) -> set[int]:
         """Every seal key version some value is sealed with (a scan of the whole store)."""
@@ -111,19 +122,21 @@ class RotationWrites(RelationshipWrites):
 
 
 def rotate(write: Writer, keyring_path: Path, *, pseudonym: bool) -> int:
-    """Adds a new seal (or pseudonym) key version and makes new writes use it."""
-    keyring = Keyring.load(keyring_path)
-    if pseudonym:
-        rotated = Keyring(keyring.id, keyring.seal, keyring.pseudonym.rotated())
-        version = rotated.pseudonym.primary
-    else:
-        rotated = Keyring(keyring.id, keyring.seal.rotated(), keyring.pseudonym)
-        version = rotated.seal.primary
-    rotated.replace_file(keyring_path)
-    if pseudonym:
-        write(lambda txn: txn.set_write_versions(pseudonym=version))
-    else:
-        write(lambda txn: txn.set_write_versions(seal=version))
+    """Adds a new seal (or pseudonym) key version and makes new writes use it; under the
+    keyring's lock, so that rotations at once add one version each, in order."""
+    with keyring_lock(keyring_path):
+        keyring = Keyring.load(keyring_path)
+        if pseudonym:
+            keyring = Keyring(keyring.id, keyring.seal, keyring.pseudonym.rotated())
+            version = keyring.pseudonym.primary
+        else:
+            keyring = Keyring(keyring.id, keyring.seal.rotated(), keyring.pseudonym)
+            version = keyring.seal.primary
+        keyring.replace_file(keyring_path)
+        if pseudonym:
+            write(lambda txn: txn.set_write_versions(pseudonym=version))
+        else:
+            write(lambda txn: txn.set_write_versions(seal=version))
     return version
 
 
@@ -143,6 +156,7 @@ def reseal(write: Writer, keyring_path: Path, progress: Progress) -> MigrationRe
             progress(scanned)
             if after is None:
                 break
+    write(lambda txn: txn.mark_padded())
     retired = write(lambda txn: _retire_seal_versions(txn, keyring_path))
     return MigrationResult(examined, changed, retired, finished=True)
 
@@ -150,13 +164,16 @@ def reseal(write: Writer, keyring_path: Path, progress: Progress) -> MigrationRe
 def _retire_seal_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[int, ...]:
     txn.reseal_canary()
     in_use = txn.seal_versions_in_use()
-    keyring = Keyring.load(keyring_path)
-    unused = set(keyring.seal.keys) - in_use - {txn.seal_version, keyring.seal.primary}
-    if unused:
-        Keyring(keyring.id, keyring.seal.without(unused), keyring.pseudonym).replace_file(
-            keyring_path
-        )
-    return tuple(sorted(unused))
+    retired: set[int] = set()
+
+    def without_unused(keyring: Keyring) -> Keyring:
+        retired.update(set(keyring.seal.keys) - in_use - {txn.seal_version, keyring.seal.primary})
+        if not retired:
+            return keyring
+        return Keyring(keyring.id, keyring.seal.without(retired), keyring.pseudonym)
+
+    Keyring.update(keyring_path, without_unused)
+    return tuple(sorted(retired))
 
 
 def repseudonymise(
@@ -197,8 +214,13 @@ def _move_batch(txn: LmdbWriteTxn, batch: int) -> int:
 def _retire_pseudonym_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[int, ...] | None:
     if txn.relationships_under_old_pseudonyms(1):
         return None
-    keyring = Keyring.load(keyring_path)
-    old = set(keyring.pseudonym.keys) - {txn.pseudonym_version, keyring.pseudonym.primary}
-    if old:
-        Keyring(keyring.id, keyring.seal, keyring.pseudonym.without(old)).replace_file(keyring_path)
+    old: set[int] = set()
+
+    def without_old(keyring: Keyring) -> Keyring:
+        old.update(set(keyring.pseudonym.keys) - {txn.pseudonym_version, keyring.pseudonym.primary})
+        if not old:
+            return keyring
+        return Keyring(keyring.id, keyring.seal, keyring.pseudonym.without(old))
+
+    Keyring.update(keyring_path, without_old)
     return tuple(sorted(old))

@@ -14,7 +14,7 @@ import lmdb
 
 from kfr_grpc.errors import CorruptRecord
 from kfr_grpc.keyring import Keyring, MissingKeyVersion, Pseudonymiser, Sealer, SealError
-from kfr_grpc.store.layout import Databases, associated_data
+from kfr_grpc.store.layout import Databases, associated_data, pad, sealed_place, unpad
 
 
 class Crypto:
@@ -73,16 +73,33 @@ class TxnBase:
             positioned = cursor.next()
 
     def _open(self, database: bytes, key: bytes, sealed: bytes) -> bytes:
+        return self._open_marked(database, key, sealed)[0]
+
+    def _open_marked(self, database: bytes, key: bytes, sealed: bytes) -> tuple[bytes, bool]:
+        """The plaintext, and whether it was padded (store format 4) or not (format 3)."""
         try:
-            return self._crypto.sealer.open(sealed, associated_data(database, key))
+            return self._unsealed(database, key, sealed)
         except MissingKeyVersion:
             self._crypto = self._refresh_crypto()  # a newer keyring may have it
         except SealError as error:
-            raise CorruptRecord(f"a {database.decode()} record failed to open: {error}") from None
+            raise _corrupt(database, error) from None
         try:
-            return self._crypto.sealer.open(sealed, associated_data(database, key))
+            return self._unsealed(database, key, sealed)
         except SealError as error:
-            raise CorruptRecord(f"a {database.decode()} record failed to open: {error}") from None
+            raise _corrupt(database, error) from None
+
+    def _unsealed(self, database: bytes, key: bytes, sealed: bytes) -> tuple[bytes, bool]:
+        sealer = self._crypto.sealer
+        try:
+            padded = sealer.open(sealed, sealed_place(database, key))
+        except MissingKeyVersion:
+            raise
+        except SealError:
+            return sealer.open(sealed, associated_data(database, key)), False
+        try:
+            return unpad(padded), True
+        except ValueError as error:
+            raise _corrupt(database, error) from None
 
     def _get_opened(self, database: bytes, key: bytes) -> bytes | None:
         sealed = self._txn.get(key, db=self._db[database])
@@ -100,7 +117,7 @@ class WriteTxnBase(TxnBase):
 
     def _put(self, database: bytes, key: bytes, plaintext: bytes) -> None:
         sealed = self._crypto.sealer.seal(
-            plaintext, associated_data(database, key), self.seal_version
+            pad(plaintext), sealed_place(database, key), self.seal_version
         )
         self._txn.put(key, sealed, db=self._db[database])
 
@@ -109,3 +126,7 @@ class WriteTxnBase(TxnBase):
 
     def _delete(self, database: bytes, key: bytes) -> None:
         self._txn.delete(key, db=self._db[database])
+
+
+def _corrupt(database: bytes, error: Exception) -> CorruptRecord:
+    return CorruptRecord(f"a {database.decode()} record failed to open: {error}")

@@ -1,0 +1,121 @@
+"""``kfr doctor --verify``: every inconsistency between records, indexes and counts is
+found, each tampering with its own line; a clean store has none (the control)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from kfr_grpc.clock import FixedClock
+from kfr_grpc.keyring import Keyring
+from kfr_grpc.register.operations import Operations
+from kfr_grpc.register.service import Register, ReportItem
+from kfr_grpc.store import LmdbStore
+from kfr_grpc.store.layout import (
+    ACTIVE_KEY,
+    BY_INSTITUTION,
+    ENDED_BY_DATE,
+    INSTITUTIONS,
+    META,
+    RELATIONSHIPS,
+)
+from kfr_grpc.store.lmdb_store import verify
+from tests.support import by
+from tests.test_lifecycle import BANK, OTHER_BANK, OWNER, report_and_end
+
+Tamper = Callable[[lmdb.Transaction, dict], None]
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path, ids) -> tuple[Path, Keyring]:
+    keyring = Keyring.generate()
+    store = LmdbStore.open(tmp_path / "data", keyring, map_size=1 << 26)
+    clock = FixedClock.on(date(2026, 6, 15))
+    operations = Operations(store, clock)
+    operations.add_institution(BANK, "Testbanken")
+    operations.add_institution(OTHER_BANK, "Andre bank")
+    register = Register(store, clock, test_mode=True)
+    for _ in range(20):
+        report_and_end(register, ids.person(), "2010-01-01", "2020-01-01")
+        register.report(by(OTHER_BANK), [ReportItem(ids.person(), OWNER, "2015-01-01")])
+    store.close()
+    return tmp_path / "data", keyring
+
+
+def _tampered(directory: Path, tamper: Tamper) -> None:
+    env = lmdb.open(str(directory), max_dbs=16)
+    databases = {
+        name: env.open_db(name, create=False)
+        for name in (META, INSTITUTIONS, RELATIONSHIPS, BY_INSTITUTION, ENDED_BY_DATE)
+    }
+    with env.begin(write=True) as txn:
+        tamper(txn, databases)
+    env.close()
+
+
+def _first(txn: lmdb.Transaction, database) -> tuple[bytes, bytes]:
+    cursor = txn.cursor(db=database)
+    assert cursor.first()
+    return cursor.item()
+
+
+def _delete_ended(txn, db):
+    txn.delete(_first(txn, db[ENDED_BY_DATE])[0], db=db[ENDED_BY_DATE])
+
+
+def _point_elsewhere(txn, db):
+    cursor = txn.cursor(db=db[BY_INSTITUTION])
+    cursor.first()
+    first_key = cursor.key()
+    cursor.next()
+    txn.put(first_key, cursor.value(), db=db[BY_INSTITUTION])
+
+
+def _add_bogus_slot(txn, db):
+    key, value = _first(txn, db[BY_INSTITUTION])
+    txn.put(key[:4] + b"\xff" * 8, value, db=db[BY_INSTITUTION])
+
+
+def _change_count(txn, db):
+    txn.put(ACTIVE_KEY, b"7", db=db[META])
+
+
+def _flip_a_bit(txn, db):
+    key, value = _first(txn, db[RELATIONSHIPS])
+    txn.put(key, value[:-1] + bytes([value[-1] ^ 1]), db=db[RELATIONSHIPS])
+
+
+def _move_a_value(txn, db):
+    cursor = txn.cursor(db=db[RELATIONSHIPS])
+    cursor.first()
+    value = cursor.value()
+    cursor.next()
+    txn.put(cursor.key(), value, db=db[RELATIONSHIPS])
+
+
+def _drop_an_institution(txn, db):
+    txn.delete(_first(txn, db[INSTITUTIONS])[0], db=db[INSTITUTIONS])
+
+
+@pytest.mark.parametrize(
+    ("tamper", "found"),
+    [
+        (_delete_ended, "ended_by_date: 1 ended periods missing from it (retention would never"),
+        (_point_elsewhere, "by_institution: 1 entries naming another relationship"),
+        (_add_bogus_slot, "by_institution: 1 entries without their relationship"),
+        (_change_count, "meta: the active count says 7, the records 20"),
+        (_flip_a_bit, "relationships: 1 value(s) do not open"),
+        (_move_a_value, "relationships: 1 value(s) do not open"),
+        (_drop_an_institution, "relationships: 1 institution(s) that are not registered"),
+    ],
+)
+def test_each_tampering_is_found(store_dir, tamper: Tamper, found: str):
+    directory, keyring = store_dir
+    assert verify(directory, keyring) == []  # the control
+    _tampered(directory, tamper)
+    problems = verify(directory, keyring)
+    assert any(problem.startswith(found) for problem in problems), problems

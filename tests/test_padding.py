@@ -1,0 +1,129 @@
+"""Sealed values are padded to size classes, so their length no longer tells a person
+from an organisation or one period from a few; a store of format 3 (unpadded) still
+opens, says how to migrate, and ``kfr keys reseal`` pads it online."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from kfr_grpc.clock import FixedClock
+from kfr_grpc.keyring import KeyringFile
+from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
+from kfr_grpc.register.model import Period, Role
+from kfr_grpc.register.operations import Operations
+from kfr_grpc.register.service import Register, ReportItem
+from kfr_grpc.store import LmdbStore
+from kfr_grpc.store.layout import (
+    FORMAT_KEY,
+    META,
+    RELATIONSHIPS,
+    SEALED_DATABASES,
+    UNPADDED_FORMAT,
+    associated_data,
+    pad,
+    unpad,
+)
+from tests.support import by, dump_store
+
+BANK = "311000004"
+
+
+@pytest.mark.parametrize("length", [0, 1, 30, 31, 32, 63, 64, 500, 1023, 1024, 5000])
+def test_padding_round_trips_to_a_size_class(length: int):
+    plaintext = bytes(range(256)) * 20
+    plaintext = plaintext[:length]
+    padded = pad(plaintext)
+    assert len(padded) in (32, 64, 128, 256, 512, 1024) or len(padded) % 1024 == 0
+    assert len(padded) > length and unpad(padded) == plaintext
+
+
+def _open(directory: Path, keyring_path: Path) -> LmdbStore:
+    return LmdbStore.open(
+        directory, KeyringFile(keyring_path, check_seconds=0), map_size=1 << 26,
+        keyring_path=keyring_path,
+    )  # fmt: skip
+
+
+def _relationship_value_lengths(store: LmdbStore) -> set[int]:
+    with store.read() as view:
+        return {
+            len(v)
+            for v in view._txn.cursor(db=store._databases[RELATIONSHIPS]).iternext(keys=False)
+        }
+
+
+def test_persons_and_organisations_and_a_few_periods_look_alike(tmp_path, keyring_path, ids):
+    store = _open(tmp_path / "data", keyring_path)
+    clock = FixedClock.on(date(2026, 6, 15))
+    Operations(store, clock).add_institution(BANK, "Testbanken")
+    register = Register(store, clock, test_mode=True)
+    register.report(by(BANK), [ReportItem(ids.person(), Role.OWNER, "2020-01-01")])
+    register.report(by(BANK), [ReportItem(ids.company(), Role.OWNER, "2020-01-01")])
+    one_period = _relationship_value_lengths(store)
+    assert len(one_period) == 1  # a person's 11 digits and a company's 9 in the same size
+    customer = ids.person()
+    periods = [Period(date(2000 + 2 * n, 1, 1), date(2001 + 2 * n, 1, 1)) for n in range(5)]
+    for count in (2, 5):
+        history = tuple(periods[:count])
+        store.write(lambda txn, h=history: txn.put_history(_id(customer), BANK, Role.OWNER, h))
+        assert len(_relationship_value_lengths(store) - one_period) == 1
+    store.close()
+
+
+def _id(digits: str) -> CustomerId:
+    return CustomerId(digits, CustomerKind.PERSON)
+
+
+def _unpadded(store: LmdbStore) -> None:
+    """Turns ``store`` into a store of format 3: every value sealed without padding."""
+
+    def legacy(txn) -> None:
+        sealer = txn._crypto.sealer
+        for database in SEALED_DATABASES:
+            for key, sealed in list(txn._txn.cursor(db=txn._db[database])):
+                plaintext = txn._open(database, key, sealed)
+                legacy_value = sealer.seal(plaintext, associated_data(database, key))
+                txn._txn.put(key, legacy_value, db=txn._db[database])
+        txn._txn.put(FORMAT_KEY, UNPADDED_FORMAT, db=txn._db[META])
+
+    store.write(legacy)
+
+
+def _content(store: LmdbStore) -> dict:
+    """Every record opened, but ``meta`` (the format, a canary sealed again)."""
+    return {entry: value for entry, value in dump_store(store).items() if entry[0] != META}
+
+
+def test_a_format_3_store_opens_says_how_to_migrate_and_reseal_pads_it(
+    tmp_path, keyring_path, ids, caplog
+):
+    store = _open(tmp_path / "data", keyring_path)
+    clock = FixedClock.on(date(2026, 6, 15))
+    Operations(store, clock).add_institution(BANK, "Testbanken")
+    register = Register(store, clock, test_mode=True)
+    for _ in range(30):
+        register.report(by(BANK), [ReportItem(ids.person(), Role.OWNER, "2020-01-01")])
+    before = _content(store)
+    _unpadded(store)
+    store.close()
+
+    caplog.set_level(logging.WARNING, "kfr.store")
+    store = _open(tmp_path / "data", keyring_path)
+    assert "run `kfr keys reseal --config …` once" in caplog.text
+    assert _content(store) == before  # every value still opens
+    result = store.reseal(lambda _: None)
+    assert result.finished and result.changed >= 31  # 30 relationships, the institution...
+    with store.read() as view:
+        assert view._txn.get(FORMAT_KEY, db=store._databases[META]) == b"4"
+        for database in SEALED_DATABASES:
+            for key, sealed in view._txn.cursor(db=store._databases[database]):
+                assert view._open_marked(database, key, sealed)[1], database
+    assert _content(store) == before
+    store.close()
+    caplog.clear()
+    _open(tmp_path / "data", keyring_path).close()
+    assert "kfr keys reseal" not in caplog.text
