@@ -101,6 +101,19 @@ def _keyring(config: Config, findings: list[Finding]) -> Keyring | None:
     mode = stat.filemode(config.keyring.stat().st_mode)
     versions = f"seal v{sorted(keyring.seal.keys)}, pseudonym v{sorted(keyring.pseudonym.keys)}"
     findings.append(Finding(Status.OK, "keyring", f"{config.keyring} ({mode}), {versions}"))
+    if keyring.kek is None:
+        findings.append(
+            Finding(
+                Status.WARN,
+                "keyring encryption",
+                "its keys are in clear: a copy of the file is every secret; seal them under "
+                "a key kept elsewhere (`kfr keys kek PATH`, `kfr keys encrypt --kek file:PATH`)",
+            )
+        )
+    else:
+        findings.append(
+            Finding(Status.OK, "keyring encryption", f"sealed under {keyring.kek.spec}")
+        )
     return keyring
 
 

@@ -9,7 +9,8 @@
 
 Both kinds of key are versioned. ``kfr keys rotate`` adds a version; the old versions
 stay until nothing uses them. Callers never handle raw keys or nonces. The keyring lives
-in one JSON file, mode 0600, outside the data directory: ``kfr keys init PATH``.
+in one JSON file, mode 0600, outside the data directory: ``kfr keys init PATH``. Its keys
+may be sealed under a key-encryption key kept elsewhere (``kek``), which the file names.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kfr_grpc.errors import ConfigError
+from kfr_grpc.kek import KeyEncryptionKey, kek_from
 from kfr_grpc.watched import WatchedFiles
 
 KEYRING_FORMAT = 1
@@ -97,11 +99,13 @@ class KeySet:
 
 @dataclass(frozen=True)
 class Keyring:
-    """All secrets of one register. ``id`` ties a data directory to its keyring."""
+    """All secrets of one register. ``id`` ties a data directory to its keyring; ``kek``,
+    when set, seals the keys in the file (and goes along when a rotation changes them)."""
 
     id: str
     seal: KeySet
     pseudonym: KeySet
+    kek: KeyEncryptionKey | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def generate(cls) -> Keyring:
@@ -155,13 +159,19 @@ class Keyring:
         finally:
             os.close(directory)
 
+    def with_kek(self, kek: KeyEncryptionKey | None) -> Keyring:
+        """The same keys, to be sealed under ``kek`` (None: in clear) when written."""
+        return replace(self, kek=kek)
+
     def _write(self, descriptor: int) -> None:
-        document = {
-            "kfr_keyring": KEYRING_FORMAT,
-            "id": self.id,
-            "seal": self.seal.to_json(),
-            "pseudonym": self.pseudonym.to_json(),
-        }
+        keys = {"seal": self.seal.to_json(), "pseudonym": self.pseudonym.to_json()}
+        document: dict = {"kfr_keyring": KEYRING_FORMAT, "id": self.id}
+        if self.kek is None:
+            document.update(keys)
+        else:
+            wrapped = self.kek.wrap(json.dumps(keys).encode("utf-8"), _kek_context(self.id))
+            document["kek"] = self.kek.spec
+            document["sealed_keys"] = base64.b64encode(wrapped).decode("ascii")
         with os.fdopen(descriptor, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=2)
             out.write("\n")
@@ -191,11 +201,32 @@ class Keyring:
         keyring_id = document.get("id")
         if not isinstance(keyring_id, str) or not keyring_id:
             raise ConfigError(f"keyring {path} has no id")
+        kek = None
+        if "kek" in document:
+            kek = kek_from(str(document["kek"]), path)
+            document = _unwrapped(document, kek, keyring_id, path)
         return cls(
             id=keyring_id,
             seal=KeySet.from_json(document.get("seal", {}), "seal"),
             pseudonym=KeySet.from_json(document.get("pseudonym", {}), "pseudonym"),
+            kek=kek,
         )
+
+
+def _kek_context(keyring_id: str) -> bytes:
+    return b"kfr keyring " + keyring_id.encode("ascii")
+
+
+def _unwrapped(document: dict, kek: KeyEncryptionKey, keyring_id: str, path: Path) -> dict:
+    """The keys of a keyring file sealed under ``kek``."""
+    try:
+        wrapped = base64.b64decode(document.get("sealed_keys", ""), validate=True)
+    except (ValueError, TypeError):
+        raise ConfigError(f"keyring {path} has no readable sealed keys") from None
+    keys = json.loads(kek.unwrap(wrapped, _kek_context(keyring_id)))
+    if not isinstance(keys, dict):
+        raise ConfigError(f"keyring {path} has no readable sealed keys")
+    return keys
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from kfr_grpc.cluster.status import cluster_status
 from kfr_grpc.config import Config, host_port
 from kfr_grpc.dev.setup import SIGNING_KEY_NAME, TEST_AGENCY_ORG, DevSetup
 from kfr_grpc.doctor import ClientIdentity, Status, examine
+from kfr_grpc.kek import kek_from, write_new_kek
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.lifetime import stop_when_orphaned
 from kfr_grpc.readiness import remove_ready, write_ready
@@ -126,15 +127,49 @@ def keys() -> None:
     """Manage the keyring (the register's secrets) and rotate keys."""
 
 
+KEK_OPTION = click.option(
+    "--kek", "kek_spec", metavar="file:PATH|env:NAME",
+    help="Seal the keys under this key-encryption key (`kfr keys kek PATH` makes a file).",
+)  # fmt: skip
+
+
 @keys.command("init")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-def keys_init(path: Path) -> None:
+@KEK_OPTION
+def keys_init(path: Path, kek_spec: str | None) -> None:
     """Create a new keyring file at PATH (mode 0600). Keep it outside the data directory."""
-    keyring = Keyring.generate()
     with kfr_errors():
+        keyring = Keyring.generate()
+        if kek_spec:
+            keyring = keyring.with_kek(kek_from(kek_spec, path))
         keyring.save(path)
-    click.echo(f"keyring {keyring.id} written to {path}")
+    sealed = f", its keys sealed under {kek_spec}" if kek_spec else ""
+    click.echo(f"keyring {keyring.id} written to {path}{sealed}")
     click.echo("Back it up apart from the data: without it the data cannot be read.")
+
+
+@keys.command("kek")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def keys_kek(path: Path) -> None:
+    """Write a new key-encryption key to PATH (mode 0600): keep it apart from the keyring."""
+    with kfr_errors():
+        spec = write_new_kek(path)
+    click.echo(f"key-encryption key written; seal the keyring under it with --kek {spec}")
+
+
+@keys.command("encrypt")
+@click.option("--kek", "kek_spec", metavar="file:PATH|env:NAME", required=True,
+              help="The key-encryption key to seal the keyring's keys under.")  # fmt: skip
+@CONFIG_OPTION
+def keys_encrypt(kek_spec: str, config_path: Path) -> None:
+    """Seal the configured keyring's keys under a key-encryption key (or under a new one:
+    re-wrapping). The server keeps running; it re-reads the file."""
+    config = load(config_path)
+    with kfr_errors():
+        kek = kek_from(kek_spec, config.keyring)
+        Keyring.update(config.keyring, lambda keyring: keyring.with_kek(kek))
+    click.echo(f"keyring {config.keyring}: keys sealed under {kek_spec}")
+    click.echo("Back up the keyring file and the key-encryption key, apart from each other.")
 
 
 @keys.command("rotate")

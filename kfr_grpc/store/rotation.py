@@ -14,6 +14,7 @@ write transaction that first proves nothing uses them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -127,10 +128,10 @@ def rotate(write: Writer, keyring_path: Path, *, pseudonym: bool) -> int:
     with keyring_lock(keyring_path):
         keyring = Keyring.load(keyring_path)
         if pseudonym:
-            keyring = Keyring(keyring.id, keyring.seal, keyring.pseudonym.rotated())
+            keyring = replace(keyring, pseudonym=keyring.pseudonym.rotated())
             version = keyring.pseudonym.primary
         else:
-            keyring = Keyring(keyring.id, keyring.seal.rotated(), keyring.pseudonym)
+            keyring = replace(keyring, seal=keyring.seal.rotated())
             version = keyring.seal.primary
         keyring.replace_file(keyring_path)
         if pseudonym:
@@ -170,7 +171,7 @@ def _retire_seal_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[int, .
         retired.update(set(keyring.seal.keys) - in_use - {txn.seal_version, keyring.seal.primary})
         if not retired:
             return keyring
-        return Keyring(keyring.id, keyring.seal.without(retired), keyring.pseudonym)
+        return replace(keyring, seal=keyring.seal.without(retired))
 
     Keyring.update(keyring_path, without_unused)
     return tuple(sorted(retired))
@@ -220,7 +221,7 @@ def _retire_pseudonym_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[i
         old.update(set(keyring.pseudonym.keys) - {txn.pseudonym_version, keyring.pseudonym.primary})
         if not old:
             return keyring
-        return Keyring(keyring.id, keyring.seal, keyring.pseudonym.without(old))
+        return replace(keyring, pseudonym=keyring.pseudonym.without(old))
 
     Keyring.update(keyring_path, without_old)
     return tuple(sorted(old))
