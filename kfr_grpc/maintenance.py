@@ -1,9 +1,12 @@
-"""The server's periodic work in one background thread: storing the lookup counters
-and, once per ``purge_interval_seconds`` (first soon after start), retention.
+"""The server's periodic work in one background thread: storing the lookup counters;
+once per ``purge_interval_seconds`` (first soon after start), retention; and once per
+``integrity_check_seconds``, a walk over the store for inconsistencies (a deleted index
+entry would otherwise stop retention without a sound).
 
 Every process stores its own counters (they add up). Retention runs in one process: of
 several workers, the one told so; in a cluster, only while its node holds the scheduler
-lease (``runs_retention`` is asked each time)."""
+lease (``runs_retention`` is asked each time). The integrity walk runs in that worker,
+on every node (each checks its own copy)."""
 
 from __future__ import annotations
 
@@ -30,8 +33,10 @@ class Maintenance:
         metrics: Metrics,
         *,
         runs_retention: Callable[[], bool] = lambda: True,
+        problems: Callable[[], list[str]] | None = None,
     ) -> None:
         self._config = config
+        self._problems = problems
         self._metrics = metrics
         self._runs_retention = runs_retention
         self._operations = operations
@@ -50,13 +55,23 @@ class Maintenance:
         self._flush()
 
     def _run(self) -> None:
-        next_purge = time.monotonic() + min(60.0, self._config.purge_interval_seconds)
-        tick = min(self._config.lookup_counts_flush_seconds, self._config.purge_interval_seconds)
+        config = self._config
+        next_purge = time.monotonic() + min(60.0, config.purge_interval_seconds)
+        checking = self._problems is not None and config.integrity_check_seconds > 0
+        next_check = time.monotonic() + min(300.0, config.integrity_check_seconds)
+        tick = min(
+            config.lookup_counts_flush_seconds,
+            config.purge_interval_seconds,
+            config.integrity_check_seconds if checking else float("inf"),
+        )
         while not self._stopping.wait(max(tick, 0.05)):
             self._flush()
             if time.monotonic() >= next_purge and self._runs_retention():
                 self._purge()
-                next_purge = time.monotonic() + self._config.purge_interval_seconds
+                next_purge = time.monotonic() + config.purge_interval_seconds
+            if checking and time.monotonic() >= next_check:
+                self._check_integrity()
+                next_check = time.monotonic() + config.integrity_check_seconds
 
     def _flush(self) -> None:
         try:
@@ -84,3 +99,19 @@ class Maintenance:
             result.request_records_removed,
             result.cutoff.isoformat(),
         )
+
+    def _check_integrity(self) -> None:
+        assert self._problems is not None
+        try:
+            problems = self._problems()
+        except KfrError as error:
+            log.warning("the integrity walk failed (it runs again at the next interval): %s", error)
+            return
+        except Exception:
+            log.exception("the integrity walk failed; it runs again at the next interval")
+            return
+        self._metrics.integrity_problems.set(len(problems))
+        for problem in problems:
+            log.error("store integrity: %s (kfr doctor --verify lists them all)", problem)
+        if not problems:
+            log.info("store integrity: every record, index entry and count agrees")

@@ -56,6 +56,11 @@ class Metrics:
             "by agency and reason (rate, empty_share).",
             ["agency", "reason"], registry=self.registry,
         )  # fmt: skip
+        self.integrity_problems = Gauge(
+            "kfr_store_integrity_problems",
+            "Inconsistencies the last walk over the store found (kfr doctor --verify's).",
+            registry=self.registry,
+        )
         self.registry.register(_StoreCollector(storage, usage))
 
     def enumeration_suspected(self, agency: str, reason: str) -> None:

@@ -332,6 +332,7 @@ async def build_server(
             statistics,
             metrics,
             runs_retention=lambda: run_retention and store.runs_scheduled_jobs,
+            problems=store.problems if run_retention else None,
         )
         undo.pop_all()
     return KfrServer(

@@ -3,6 +3,7 @@ found, each tampering with its own line; a clean store has none (the control).""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -119,3 +120,26 @@ def test_each_tampering_is_found(store_dir, tamper: Tamper, found: str):
     _tampered(directory, tamper)
     problems = verify(directory, keyring)
     assert any(problem.startswith(found) for problem in problems), problems
+
+
+def test_the_server_walks_its_store_on_a_schedule_and_raises_the_alarm(server_factory, ids, caplog):
+    from tests.support import INSTITUTION_ORG, wait_for
+    from tests.test_server import OWNER as WIRE_OWNER
+    from tests.test_server import end, report
+
+    server = server_factory(
+        metrics=True,
+        maintenance_toml="integrity_check_seconds = 0.3\nlookup_counts_flush_seconds = 0.1",
+    )
+    caplog.set_level(logging.INFO, "kfr.server")
+    client = server.client(server.pki.institution)
+    customer = ids.person()
+    report(client, INSTITUTION_ORG, (customer, WIRE_OWNER, "2015-01-01"))
+    end(client, INSTITUTION_ORG, (customer, WIRE_OWNER, "2020-01-01"))
+    wait_for(lambda: "every record, index entry and count agrees" in caplog.text, "a clean walk")
+    assert "kfr_store_integrity_problems 0.0" in server.metrics()
+    store = server.server.store
+    with store._env.begin(write=True) as txn:  # retention quietly stopped
+        _delete_ended(txn, store._databases)
+    wait_for(lambda: "kfr_store_integrity_problems 1.0" in server.metrics(), "the alarm")
+    assert "store integrity: ended_by_date: 1 ended periods missing" in caplog.text

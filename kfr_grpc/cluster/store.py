@@ -266,6 +266,9 @@ class ReplicatedStore:
     def backup(self, destination: Path) -> CopySummary:
         return self._local.backup(destination)
 
+    def problems(self) -> list[str]:
+        return self._local.problems()  # this node's copy
+
     def usage(self) -> StoreUsage:
         return self._local.usage()
 

@@ -346,6 +346,10 @@ class LmdbStore:
         with self._map.transaction(lambda: None):
             compaction.copy_live(self._env, destination)
 
+    def problems(self) -> list[str]:
+        with self.read() as view:
+            return list(view.problems())
+
     def usage(self) -> StoreUsage:
         used, size = self._map.usage()
         return StoreUsage(used_bytes=used, capacity_bytes=size)
@@ -388,8 +392,7 @@ def verify(directory: Path, keyring: Keyring) -> list[str]:
     size = (directory / backup.DATA_FILE).stat().st_size
     store = LmdbStore.open(directory, keyring, map_size=max(size, 1 << 20), readonly=True)
     try:
-        with store.read() as view:
-            return list(view.problems())
+        return store.problems()
     finally:
         store.close()
 
