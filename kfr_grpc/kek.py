@@ -6,7 +6,8 @@ without the data) opens nothing. The keyring file names where its KEK is, so eve
 command that reads the keyring finds it without more configuration:
 
 - ``file:/path/to/kek``: a file of 32 random bytes, base64, readable by its owner only,
-  not in the keyring's directory (``kfr keys kek PATH`` makes one);
+  not in or under the keyring's directory, kept as an absolute path (``kfr keys kek
+  PATH`` makes one);
 - ``env:NAME``: the same, base64, in an environment variable (systemd credentials, a
   secret manager's injector).
 
@@ -70,6 +71,9 @@ def kek_from(spec: str, keyring_path: Path) -> KeyEncryptionKey:
     load = _SCHEMES.get(scheme)
     if load is None or not where:
         raise ConfigError(f"unknown key-encryption key {spec!r}: give file:PATH or env:NAME")
+    if scheme == "file":  # written into the keyring as every reader must find it
+        where = str(Path(where).expanduser().resolve())
+        spec = f"file:{where}"
     encoded = load(where, keyring_path)
     try:
         key = base64.b64decode(encoded.strip(), validate=True)
@@ -90,6 +94,11 @@ def write_new_kek(path: Path) -> str:
         out.write(base64.b64encode(os.urandom(_KEK_BYTES)).decode("ascii") + "\n")
         out.flush()
         os.fsync(out.fileno())
+    directory = os.open(path.resolve().parent, os.O_RDONLY)  # the file outlives a power cut
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return f"file:{path.resolve()}"
 
 
@@ -104,10 +113,11 @@ def _from_file(where: str, keyring_path: Path) -> str:
             f"the key-encryption key file {path} is accessible to group or others; "
             f"run `chmod 600 {path}`"
         )
-    if path.resolve().parent == keyring_path.resolve().parent:
+    if path.resolve().is_relative_to(keyring_path.resolve().parent):
         raise ConfigError(
-            f"the key-encryption key file {path} lies beside the keyring: keep it apart "
-            "(another directory, another disk or a secret store), or a copy of one carries both"
+            f"the key-encryption key file {path} lies in the keyring's directory: keep it "
+            "apart (another directory, another disk or a secret store), or a copy of one "
+            "carries both"
         )
     return path.read_text(encoding="ascii")
 

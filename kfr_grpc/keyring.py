@@ -137,11 +137,17 @@ class Keyring:
         and one of the two keys be lost with whatever it sealed. Returns the new keyring
         (the file is left alone if ``change`` returns the keyring it was given)."""
         with keyring_lock(path):
-            keyring = cls.load(path)
-            changed = change(keyring)
-            if changed is not keyring:
-                changed.replace_file(path)
-            return changed
+            return cls.change_file(path, change)
+
+    @classmethod
+    def change_file(cls, path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
+        """``update`` for a caller already holding the keyring's lock (``keyring_lock``,
+        taken before any store transaction: the order every taker follows)."""
+        keyring = cls.load(path)
+        changed = change(keyring)
+        if changed is not keyring:
+            changed.replace_file(path)
+        return changed
 
     def replace_file(self, path: Path) -> None:
         """Replaces the keyring file at ``path`` in one step (for rotation and retirement).

@@ -43,7 +43,8 @@ def _retry_delay(error: grpc.RpcError) -> float:
 def test_an_organisation_over_its_rate_is_refused_with_a_retry_hint_and_no_record(
     server_factory, ids
 ):
-    server = server_factory(rate_limits_toml="calls_per_second = 2\nburst = 5")
+    # (slow enough that the calls below, however slow the machine, earn no new one)
+    server = server_factory(rate_limits_toml="calls_per_second = 0.5\nburst = 5")
     institution = server.client(server.pki.institution)
     # A refused call of a registered institution is recorded (the control) ...
     rpc_error(report, institution, INSTITUTION_ORG, ("12345678901", OWNER, ""))
@@ -60,7 +61,7 @@ def test_an_organisation_over_its_rate_is_refused_with_a_retry_hint_and_no_recor
     assert "calls per second (rate_limits)" in errors[0].details()
     assert _request_records(server) == records
     delay = _retry_delay(errors[-1])
-    assert 0 < delay <= 0.5
+    assert 0 < delay <= 2.0
     # Another organisation has a bucket of its own.
     assert lookup(server.client(server.pki.agency), ids.person()) == []
     # After the hinted delay the institution is served again.
@@ -103,10 +104,11 @@ def test_an_agency_can_have_a_rate_of_its_own_and_buckets_refill_at_the_rate():
     clock[0] += 1.0
     assert _calls_admitted(admission, AGENCY_ORG, 150) == 50
     assert _calls_admitted(admission, INSTITUTION_ORG, 150) == 10  # 100/s, burst 10
-    # A new agency list (SIGHUP) brings new rates.
-    policy.replace_agencies([_agency(calls_per_second=1)])
+    # A new agency list (SIGHUP) brings new rates; a rate without a burst gets two
+    # seconds' worth.
+    policy.replace_agencies([_agency(calls_per_second=4)])
     clock[0] += 1000
-    assert _calls_admitted(admission, AGENCY_ORG, 500) == 10  # the common burst
+    assert _calls_admitted(admission, AGENCY_ORG, 500) == 8
 
 
 def test_lookups_that_mostly_find_nobody_raise_a_warning_and_a_metric(server_factory, ids, caplog):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -167,3 +168,68 @@ def test_kfr_compact_refuses_a_running_server_and_compacts_a_stopped_one(server,
     assert "20 relationships" in done.stdout
     server.start()
     assert server.relationship_count() == 20
+
+
+_WAITING_OPENER = """
+import sys, lmdb
+names = [name.encode() for name in sys.argv[2:]]
+
+def entries(env):
+    databases = [env.open_db(name, create=False) for name in names]
+    with env.begin() as txn:
+        return sum(txn.stat(database)["entries"] for database in databases)
+
+env = lmdb.open(sys.argv[1], max_dbs=16, map_size=1 << 27)  # waits for the compaction
+first = entries(env)
+meta = env.open_db(b"meta", create=False)
+with env.begin(write=True) as txn:  # a write, as a server started meanwhile would make
+    txn.put(b"probe", b"1", db=meta)
+env.close()
+env = lmdb.open(sys.argv[1], max_dbs=16, map_size=1 << 27)
+print(first, entries(env) - 1)
+"""
+
+
+def _entries(store: LmdbStore) -> int:
+    with store.read() as view:
+        return sum(view._txn.stat(store._databases[name])["entries"] for name in (*DATABASES, META))
+
+
+@pytest.mark.parametrize("extra_transactions", [0, 1])
+def test_a_process_opening_the_store_during_compaction_waits_and_loses_nothing(
+    populated, tmp_path: Path, keyring_path: Path, extra_transactions: int
+):
+    """LMDB's lock file carries the old file's transaction id: an opener that waited
+    through the swap must not take it for the new file's (it could pick an older meta
+    page, and its first write overwrite the newer one). Run with both parities of the
+    old file's transaction id."""
+    from kfr_grpc.store import compaction
+    from kfr_grpc.store.layout import open_environment
+    from kfr_grpc.store.lmdb_store import summarise
+
+    store = populated[0]
+    for _ in range(extra_transactions):
+        store.write(lambda txn: txn._txn.put(b"parity", b"", db=txn._db[META]))
+    expected = _entries(store)
+    store.close()
+    data_dir = tmp_path / "data"
+    keyring = Keyring.load(keyring_path)
+    names = [name.decode() for name in (*DATABASES, META)]
+    opener: list[subprocess.Popen] = []
+
+    def open_source(directory: Path):
+        opener.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WAITING_OPENER, str(directory), *names],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+        time.sleep(1.0)  # it is waiting for the lock by now
+        assert opener[0].poll() is None, "the opener did not wait"
+        return open_environment(directory, map_size=1 << 27, readonly=True, shared=False)
+
+    compaction.compact(data_dir, open_source, lambda d: summarise(d, keyring, live=False))
+    output, _ = opener[0].communicate(timeout=60)
+    assert output.split() == [str(expected)] * 2, output

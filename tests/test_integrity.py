@@ -106,7 +106,7 @@ def _drop_an_institution(txn, db):
     ("tamper", "found"),
     [
         (_delete_ended, "ended_by_date: 1 ended periods missing from it (retention would never"),
-        (_point_elsewhere, "by_institution: 1 entries naming another relationship"),
+        (_point_elsewhere, "by_institution: entries that do not match their relationships"),
         (_add_bogus_slot, "by_institution: 1 entries without their relationship"),
         (_change_count, "meta: the active count says 7, the records 20"),
         (_flip_a_bit, "relationships: 1 value(s) do not open"),

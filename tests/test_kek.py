@@ -76,8 +76,12 @@ def test_an_environment_kek(places, monkeypatch):
 def test_a_kek_beside_the_keyring_or_readable_by_others_is_refused(places):
     keyring_path, kek_path = places
     beside = keyring_path.with_name("keyring.kek")
-    with pytest.raises(ConfigError, match="lies beside the keyring"):
+    with pytest.raises(ConfigError, match="lies in the keyring's directory"):
         kek_from(write_new_kek(beside), keyring_path)
+    (keyring_path.parent / "sub").mkdir()
+    below = keyring_path.parent / "sub" / "keyring.kek"
+    with pytest.raises(ConfigError, match="lies in the keyring's directory"):
+        kek_from(write_new_kek(below), keyring_path)
     spec = write_new_kek(kek_path)
     kek_path.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
@@ -103,7 +107,7 @@ def test_rotation_keeps_the_keyring_sealed(places, tmp_path: Path):
     assert set(Keyring.load(keyring_path).seal.keys) == {1, 2}
 
 
-def test_the_cli_makes_a_kek_and_seals_a_running_deployments_keyring(tmp_path: Path):
+def test_the_cli_makes_a_kek_seals_a_deployments_keyring_and_every_command_reads_it(tmp_path: Path):
     setup = tmp_path / "dev"
     assert run("dev", "init", str(setup), "--listen", "127.0.0.1:0").exit_code == 0
     config = str(setup / "kfr.toml")
@@ -112,9 +116,10 @@ def test_the_cli_makes_a_kek_and_seals_a_running_deployments_keyring(tmp_path: P
     kek = tmp_path / "secrets" / "keyring.kek"
     made = run("keys", "kek", str(kek))
     assert made.exit_code == 0 and f"file:{kek}" in made.output
-    sealed = run("keys", "encrypt", "--kek", f"file:{kek}", "--config", config)
+    relative = os.path.relpath(kek)  # stored as an absolute path, whoever reads it
+    sealed = run("keys", "encrypt", "--kek", f"file:{relative}", "--config", config)
     assert sealed.exit_code == 0, sealed.output
-    assert "sealed_keys" in (setup / "keyring.json").read_text()
+    assert json.loads((setup / "keyring.json").read_text())["kek"] == f"file:{kek}"
     assert Keyring.load(setup / "keyring.json") == before  # the same keys
     listed = run("institutions", "list", "--config", config)
     assert listed.exit_code == 0, listed.output

@@ -165,6 +165,10 @@ def test_a_token_valid_for_longer_than_the_maximum_lifetime_is_refused(server_fa
     # A year-9999 expiry is no way around it; a token just within the maximum passes.
     forever = server.token(server.pki.institution, exp=253402300799)
     assert refused_report(server, ids, token=forever).code() is StatusCode.UNAUTHENTICATED
+    # Issued long ago with a fresh nbf is no way around it either.
+    now = int(server.clock.now().timestamp())
+    dormant = server.token(server.pki.institution, iat=now - 86400, nbf=now, exp=now + 300)
+    assert "tokens.max_lifetime_seconds" in refused_report(server, ids, token=dormant).details()
     accepted_report(server, ids, token=server.token(server.pki.institution, ttl=600))
 
 

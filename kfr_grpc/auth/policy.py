@@ -31,6 +31,11 @@ class Rate:
     setting: str  # where it is configured, for the refusal's message
 
 
+def _burst_for(per_second: float | None, common: Rate) -> float:
+    """An agency with a rate of its own and no burst: two seconds' worth of calls."""
+    return max(1.0, 2 * per_second) if per_second else common.burst
+
+
 class AccessPolicy:
     def __init__(
         self, agencies: Iterable[AgencyConfig], rates: RateLimitConfig | None = None
@@ -45,7 +50,7 @@ class AccessPolicy:
         self._rates = {
             agency.org_number: Rate(
                 agency.calls_per_second or self._common_rate.per_second,
-                agency.burst or self._common_rate.burst,
+                agency.burst or _burst_for(agency.calls_per_second, self._common_rate),
                 f"calls_per_second of agency {agency.org_number}",
             )
             for agency in self._agencies.values()

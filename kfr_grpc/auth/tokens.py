@@ -173,7 +173,7 @@ class TokenVerifier:
             raise _rejected("it is issued in the future (iat)")
         if now + leeway < not_before:
             raise _rejected("it is not valid yet (nbf)")
-        lifetime = expires - max(issued, not_before)
+        lifetime = expires - issued  # from iat: a later nbf makes no dormant long-lived token
         if lifetime > self._settings.max_lifetime_seconds:
             raise _rejected(
                 f"it is valid for {lifetime:.0f} s, longer than the "

@@ -143,7 +143,7 @@ def keys_init(path: Path, kek_spec: str | None) -> None:
         if kek_spec:
             keyring = keyring.with_kek(kek_from(kek_spec, path))
         keyring.save(path)
-    sealed = f", its keys sealed under {kek_spec}" if kek_spec else ""
+    sealed = f", its keys sealed under {keyring.kek.spec}" if keyring.kek else ""
     click.echo(f"keyring {keyring.id} written to {path}{sealed}")
     click.echo("Back it up apart from the data: without it the data cannot be read.")
 
@@ -168,7 +168,7 @@ def keys_encrypt(kek_spec: str, config_path: Path) -> None:
     with kfr_errors():
         kek = kek_from(kek_spec, config.keyring)
         Keyring.update(config.keyring, lambda keyring: keyring.with_kek(kek))
-    click.echo(f"keyring {config.keyring}: keys sealed under {kek_spec}")
+    click.echo(f"keyring {config.keyring}: keys sealed under {kek.spec}")
     click.echo("Back up the keyring file and the key-encryption key, apart from each other.")
 
 

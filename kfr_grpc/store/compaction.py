@@ -31,6 +31,7 @@ from kfr_grpc.store.backup import DATA_FILE, LOCK_FILE
 from kfr_grpc.store.layout import DATABASES, META, open_environment
 
 _BATCH = 50_000  # entries per write transaction of the copy (LMDB bounds a transaction)
+_STAGING_PREFIX = ".kfr-compact-"
 
 
 def copy_live(source: lmdb.Environment, destination: Path) -> None:
@@ -86,8 +87,9 @@ def compact(
     it closes. The old file is replaced in one step, after the copy has been written,
     synced and found to hold the same relationships and institutions."""
     with _store_to_ourselves(data_dir):
+        _remove_leftovers(data_dir)
         before = summarise(data_dir)
-        staging = Path(tempfile.mkdtemp(prefix=".kfr-compact-", dir=data_dir))  # mode 0700
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=data_dir))  # mode 0700
         try:
             source = open_source(data_dir)
             try:
@@ -105,7 +107,25 @@ def compact(
             _sync_directory(data_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return summarise(data_dir), before.bytes
+        compacted = summarise(data_dir)  # before the lock goes: nobody else has it yet
+        _reset_lock_file(data_dir)  # (closing it releases this process's lock)
+        return compacted, before.bytes
+
+
+def _remove_leftovers(data_dir: Path) -> None:
+    """A compaction killed half way left its copy: it may hold what was purged since."""
+    for leftover in data_dir.glob(f"{_STAGING_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _reset_lock_file(data_dir: Path) -> None:
+    """Opens the new file once with LMDB's locking, in this process (whose exclusive
+    lock LMDB then shares): LMDB sets up its lock file afresh from the new file. A
+    process waiting to open the store would otherwise take the old file's transaction
+    id from the lock file and could pick the new file's older meta page, and its first
+    write overwrite the newer one."""
+    size = (data_dir / DATA_FILE).stat().st_size
+    open_environment(data_dir, map_size=max(size, 1 << 20), readonly=False, shared=True).close()
 
 
 @contextmanager

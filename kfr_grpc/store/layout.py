@@ -18,9 +18,9 @@ Sub-databases (key and value layouts in ``codec``):
 Every value outside ``meta`` and the indexes is padded to a size class (``pad``) and
 sealed with ``database name || 0x01 || key`` as associated data (``sealed_place``), so a
 value copied to another key does not open and its length tells little (not a person
-from an organisation, not one period from three). Store format 3 sealed values without
-padding under ``database name || 0x00 || key``: those still open, and ``kfr keys reseal``
-pads them. Opening an existing store writes nothing.
+from an organisation; one period, two to five, six to thirteen...). Store format 3
+sealed values without padding under ``database name || 0x00 || key``: those still open,
+and ``kfr keys reseal`` pads them. Opening an existing store writes nothing.
 """
 
 from __future__ import annotations

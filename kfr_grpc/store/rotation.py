@@ -158,7 +158,8 @@ def reseal(write: Writer, keyring_path: Path, progress: Progress) -> MigrationRe
             if after is None:
                 break
     write(lambda txn: txn.mark_padded())
-    retired = write(lambda txn: _retire_seal_versions(txn, keyring_path))
+    with keyring_lock(keyring_path):  # before the write, as rotate takes them: no deadlock
+        retired = write(lambda txn: _retire_seal_versions(txn, keyring_path))
     return MigrationResult(examined, changed, retired, finished=True)
 
 
@@ -173,7 +174,7 @@ def _retire_seal_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[int, .
             return keyring
         return replace(keyring, seal=keyring.seal.without(retired))
 
-    Keyring.update(keyring_path, without_unused)
+    Keyring.change_file(keyring_path, without_unused)
     return tuple(sorted(retired))
 
 
@@ -199,7 +200,8 @@ def repseudonymise(
         progress(count)
         if count < batch:
             break
-    retired = write(lambda txn: _retire_pseudonym_versions(txn, keyring_path))
+    with keyring_lock(keyring_path):  # before the write, as rotate takes them: no deadlock
+        retired = write(lambda txn: _retire_pseudonym_versions(txn, keyring_path))
     if retired is None:
         return MigrationResult(moved, moved, (), finished=False)  # a writer was faster
     return MigrationResult(moved, moved, retired, finished=True)
@@ -223,5 +225,5 @@ def _retire_pseudonym_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[i
             return keyring
         return replace(keyring, pseudonym=keyring.pseudonym.without(old))
 
-    Keyring.update(keyring_path, without_old)
+    Keyring.change_file(keyring_path, without_old)
     return tuple(sorted(old))
