@@ -173,8 +173,8 @@ class MaintenanceConfig(_Table):
     """The server's own periodic work."""
 
     request_log_days: Positive = DEFAULT_REQUEST_LOG_DAYS  # institutions' request records
-    purge_interval_seconds: Seconds = 86400.0  # retention runs this often (daily)
-    lookup_counts_flush_seconds: Seconds = 60.0  # lookup counters are stored this often
+    purge_interval_seconds: Annotated[float, Field(gt=0)] = 86400.0  # retention: this often
+    lookup_counts_flush_seconds: Annotated[float, Field(gt=0)] = 60.0  # counters stored so often
     # The store is walked for inconsistencies this often (0: never); each node its own copy.
     integrity_check_seconds: Seconds = 604800.0
 

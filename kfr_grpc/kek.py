@@ -90,6 +90,11 @@ def write_new_kek(path: Path) -> str:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ConfigError(f"{path} already exists; refusing to overwrite it") from None
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write {path}: {error.strerror} (make its directory first, mode 0700, "
+            "owned by the service user)"
+        ) from None
     with os.fdopen(descriptor, "w", encoding="ascii") as out:
         out.write(base64.b64encode(os.urandom(_KEK_BYTES)).decode("ascii") + "\n")
         out.flush()

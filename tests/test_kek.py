@@ -129,3 +129,9 @@ def test_the_cli_makes_a_kek_seals_a_deployments_keyring_and_every_command_reads
     broken = run("institutions", "list", "--config", config)
     assert broken.exit_code == 1 and "does not exist" in broken.output
     assert "Traceback" not in broken.output
+
+
+def test_kfr_keys_kek_into_a_missing_directory_says_so_without_a_traceback(tmp_path: Path):
+    result = run("keys", "kek", str(tmp_path / "missing" / "keyring.kek"))
+    assert result.exit_code == 1
+    assert "make its directory first" in result.output and "Traceback" not in result.output

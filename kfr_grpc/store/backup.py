@@ -62,7 +62,14 @@ def restore(source: Path, data_dir: Path, check: Check) -> tuple[CopySummary, Pa
     if data_dir.exists() and any(data_dir.iterdir()):
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         kept_aside = data_dir.with_name(f"{data_dir.name}.before-restore-{stamp}")
-        data_dir.rename(kept_aside)
+        try:
+            data_dir.rename(kept_aside)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot move the current store aside to {kept_aside}: {error.strerror}. The "
+                "data directory must be a directory of its own under a writable parent (not a "
+                "mount point itself); nothing was changed"
+            ) from None
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = data_dir / f"{DATA_FILE}.restoring"
     shutil.copyfile(source / DATA_FILE, temporary)
