@@ -230,6 +230,11 @@ def test_a_process_opening_the_store_during_compaction_waits_and_loses_nothing(
         assert opener[0].poll() is None, "the opener did not wait"
         return open_environment(directory, map_size=1 << 27, readonly=True, shared=False)
 
-    compaction.compact(data_dir, open_source, lambda d: summarise(d, keyring, live=False))
-    output, _ = opener[0].communicate(timeout=60)
+    try:
+        compaction.compact(data_dir, open_source, lambda d: summarise(d, keyring, live=False))
+        output, _ = opener[0].communicate(timeout=60)
+    finally:
+        for process in opener:  # gone when the test ends, whatever happened
+            process.kill()
+            process.wait()
     assert output.split() == [str(expected)] * 2, output
