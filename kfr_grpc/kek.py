@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kfr_grpc.durable import require_private, sync_directory
 from kfr_grpc.errors import ConfigError
 
 _KEK_BYTES = 32
@@ -99,25 +99,13 @@ def write_new_kek(path: Path) -> str:
         out.write(base64.b64encode(os.urandom(_KEK_BYTES)).decode("ascii") + "\n")
         out.flush()
         os.fsync(out.fileno())
-    directory = os.open(path.resolve().parent, os.O_RDONLY)  # the file outlives a power cut
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    sync_directory(path.resolve().parent)  # the file outlives a power cut
     return f"file:{path.resolve()}"
 
 
 def _from_file(where: str, keyring_path: Path) -> str:
     path = Path(where).expanduser()
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"the key-encryption key file {path} does not exist") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"the key-encryption key file {path} is accessible to group or others; "
-            f"run `chmod 600 {path}`"
-        )
+    require_private(path, "the key-encryption key file")
     if path.resolve().is_relative_to(keyring_path.resolve().parent):
         raise ConfigError(
             f"the key-encryption key file {path} lies in the keyring's directory: keep it "

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import secrets
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kfr_grpc.durable import require_private, sync_directory
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.kek import KeyEncryptionKey, kek_from
 from kfr_grpc.watched import WatchedFiles
@@ -159,11 +159,7 @@ class Keyring:
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         self._write(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        sync_directory(path.parent)
 
     def with_kek(self, kek: KeyEncryptionKey | None) -> Keyring:
         """The same keys, to be sealed under ``kek`` (None: in clear) when written."""
@@ -187,17 +183,7 @@ class Keyring:
     @classmethod
     def load(cls, path: Path) -> Keyring:
         """Reads a keyring file, refusing one that others than its owner can read."""
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            raise ConfigError(
-                f"keyring {path} does not exist; create one with `kfr keys init {path}`"
-            ) from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"keyring {path} is accessible to group or others (mode {stat.filemode(mode)}); "
-                f"run `chmod 600 {path}`"
-            )
+        require_private(path, "keyring", f"; create one with `kfr keys init {path}`")
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:

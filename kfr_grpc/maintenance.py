@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from kfr_grpc.config import MaintenanceConfig
 from kfr_grpc.errors import KfrError
@@ -74,21 +75,12 @@ class Maintenance:
                 next_check = time.monotonic() + config.integrity_check_seconds
 
     def _flush(self) -> None:
-        try:
-            self._statistics.flush()
-        except KfrError as error:  # the store cannot take them now (cluster: etcd away)
-            log.warning("storing the lookup counters failed (kept for the next try): %s", error)
-        except Exception:
-            log.exception("storing the lookup counters failed; they are kept for the next try")
+        # (a KfrError: the store cannot take them now, e.g. etcd away in a cluster)
+        _attempted(self._statistics.flush, "storing the lookup counters", "kept for the next try")
 
     def _purge(self) -> None:
-        try:
-            result = self._operations.purge()
-        except KfrError as error:
-            log.warning("retention failed (it runs again at the next interval): %s", error)
-            return
-        except Exception:
-            log.exception("retention failed; it runs again at the next interval")
+        result = _attempted(self._operations.purge, "retention", _NEXT_INTERVAL)
+        if result is None:
             return
         self._metrics.purge_runs.inc()
         self._metrics.purged_periods.inc(result.periods_removed)
@@ -102,16 +94,27 @@ class Maintenance:
 
     def _check_integrity(self) -> None:
         assert self._problems is not None
-        try:
-            problems = self._problems()
-        except KfrError as error:
-            log.warning("the integrity walk failed (it runs again at the next interval): %s", error)
-            return
-        except Exception:
-            log.exception("the integrity walk failed; it runs again at the next interval")
+        problems = _attempted(self._problems, "the integrity walk", _NEXT_INTERVAL)
+        if problems is None:
             return
         self._metrics.integrity_problems.set(len(problems))
         for problem in problems:
             log.error("store integrity: %s (kfr doctor --verify lists them all)", problem)
         if not problems:
             log.info("store integrity: every record, index entry and count agrees")
+
+
+_NEXT_INTERVAL = "it runs again at the next interval"
+_T = TypeVar("_T")
+
+
+def _attempted(job: Callable[[], _T], what: str, then: str) -> _T | None:
+    """``job()``, or None after logging why it failed: a known refusal as a warning, a
+    bug with its traceback. Periodic work never stops the thread that runs it."""
+    try:
+        return job()
+    except KfrError as error:
+        log.warning("%s failed (%s): %s", what, then, error)
+    except Exception:
+        log.exception("%s failed; %s", what, then)
+    return None

@@ -41,7 +41,7 @@ class TokenSettings:
     audience: str | None
     leeway_seconds: int
     cache_size: int
-    max_lifetime_seconds: float = 300.0  # from iat (or nbf) to exp
+    max_lifetime_seconds: float = 300.0  # from iat to exp
 
 
 @dataclass(frozen=True, slots=True)

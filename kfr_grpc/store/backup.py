@@ -81,17 +81,24 @@ def restore(source: Path, data_dir: Path, check: Check) -> tuple[CopySummary, Pa
 
 
 def _in_use(data_dir: Path) -> bool:
-    """True when some process has the LMDB environment open (it holds lock.mdb's lock)."""
-    lock_file = data_dir / LOCK_FILE
-    if not lock_file.exists():
+    """True when some process has the LMDB environment open."""
+    if not (data_dir / LOCK_FILE).exists():
         return False
-    descriptor = os.open(lock_file, os.O_RDWR)
+    descriptor = locked_exclusively(data_dir)
+    if descriptor is None:
+        return True
+    os.close(descriptor)
+    return False
+
+
+def locked_exclusively(data_dir: Path) -> int | None:
+    """A descriptor of the store's lock file holding LMDB's lock on it exclusively (every
+    process with the store open holds it shared; one that opens it meanwhile waits), or
+    None if some process has the store open. Closing the descriptor releases the lock."""
+    descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
     except OSError:
-        return True
-    else:
-        fcntl.lockf(descriptor, fcntl.LOCK_UN, 1, 0)
-        return False
-    finally:
         os.close(descriptor)
+        return None
+    return descriptor

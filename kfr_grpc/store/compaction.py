@@ -15,7 +15,6 @@ holds LMDB's lock file while it works, so a server started meanwhile waits for i
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -25,10 +24,11 @@ from pathlib import Path
 
 import lmdb
 
+from kfr_grpc.durable import sync_directory
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.register.storage import CopySummary
-from kfr_grpc.store.backup import DATA_FILE, LOCK_FILE
-from kfr_grpc.store.layout import DATABASES, META, open_environment
+from kfr_grpc.store.backup import DATA_FILE, locked_exclusively
+from kfr_grpc.store.layout import DATABASES, META, existing_map_size, open_environment
 
 _BATCH = 50_000  # entries per write transaction of the copy (LMDB bounds a transaction)
 _STAGING_PREFIX = ".kfr-compact-"
@@ -104,7 +104,7 @@ def compact(
                 raise ConfigError("the compacted copy differs from the store; store left as it was")
             os.chmod(staging / DATA_FILE, 0o600)
             os.replace(staging / DATA_FILE, data_dir / DATA_FILE)
-            _sync_directory(data_dir)
+            sync_directory(data_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         compacted = summarise(data_dir)  # before the lock goes: nobody else has it yet
@@ -124,8 +124,8 @@ def _reset_lock_file(data_dir: Path) -> None:
     process waiting to open the store would otherwise take the old file's transaction
     id from the lock file and could pick the new file's older meta page, and its first
     write overwrite the newer one."""
-    size = (data_dir / DATA_FILE).stat().st_size
-    open_environment(data_dir, map_size=max(size, 1 << 20), readonly=False, shared=True).close()
+    map_size = existing_map_size(data_dir)
+    open_environment(data_dir, map_size=map_size, readonly=False, shared=True).close()
 
 
 @contextmanager
@@ -135,23 +135,13 @@ def _store_to_ourselves(data_dir: Path) -> Iterator[None]:
     waits until the block ends."""
     if not (data_dir / DATA_FILE).is_file():
         raise ConfigError(f"{data_dir} holds no KFR store (no {DATA_FILE})")
-    descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    descriptor = locked_exclusively(data_dir)
+    if descriptor is None:
+        raise ConfigError(
+            f"{data_dir} is in use (is the server running?); stop it first "
+            "(in a cluster, compact one node at a time while the others serve)"
+        )
     try:
-        try:
-            fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-        except OSError:
-            raise ConfigError(
-                f"{data_dir} is in use (is the server running?); stop it first "
-                "(in a cluster, compact one node at a time while the others serve)"
-            ) from None
         yield
     finally:
         os.close(descriptor)  # releases the lock
-
-
-def _sync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

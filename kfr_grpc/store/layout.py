@@ -101,6 +101,11 @@ def meta_number(txn: lmdb.Transaction, databases: Databases, key: bytes) -> int:
     return int(txn.get(key, db=databases[META]))
 
 
+def existing_map_size(path: Path) -> int:
+    """A map size to open the store in ``path`` with: its data file's size (1 MiB at least)."""
+    return max((path / "data.mdb").stat().st_size, 1 << 20)
+
+
 def open_environment(
     path: Path, *, map_size: int, readonly: bool, shared: bool
 ) -> lmdb.Environment:

@@ -37,6 +37,7 @@ from kfr_grpc.store.layout import (
     SEALED_DATABASES,
     Databases,
     check_or_initialise,
+    existing_map_size,
     meta_number,
     open_environment,
 )
@@ -361,7 +362,7 @@ def summarise(directory: Path, keyring: Keyring, *, live: bool) -> CopySummary:
     else a copy no one else opens (a backup)."""
     size = (directory / backup.DATA_FILE).stat().st_size
     copy = LmdbStore.open(
-        directory, keyring, map_size=max(size, 1 << 20), readonly=True, shared=live
+        directory, keyring, map_size=existing_map_size(directory), readonly=True, shared=live
     )
     try:
         with copy.read() as view:
@@ -378,8 +379,8 @@ def compact(data_dir: Path, keyring: Keyring) -> tuple[CopySummary, int]:
     file; returns what the store holds and the file's size before."""
 
     def open_source(directory: Path) -> lmdb.Environment:
-        size = (directory / backup.DATA_FILE).stat().st_size
-        return open_environment(directory, map_size=max(size, 1 << 20), readonly=True, shared=False)
+        map_size = existing_map_size(directory)
+        return open_environment(directory, map_size=map_size, readonly=True, shared=False)
 
     return compaction.compact(
         data_dir, open_source, lambda copy: summarise(copy, keyring, live=False)
@@ -389,8 +390,7 @@ def compact(data_dir: Path, keyring: Keyring) -> tuple[CopySummary, int]:
 def verify(directory: Path, keyring: Keyring) -> list[str]:
     """Every inconsistency in the store in ``directory`` (``integrity``), read from one
     snapshot beside a running server."""
-    size = (directory / backup.DATA_FILE).stat().st_size
-    store = LmdbStore.open(directory, keyring, map_size=max(size, 1 << 20), readonly=True)
+    store = LmdbStore.open(directory, keyring, map_size=existing_map_size(directory), readonly=True)
     try:
         return store.problems()
     finally:
