@@ -97,11 +97,14 @@ def _measure(store, args) -> None:
     customers = [CustomerId(row[0], CustomerKind.PERSON) for r in validated for row in r[0]]
     history = (Period(date(2020, 1, 1)),)
     org = TEST_INSTITUTION_ORG
-    keys = [
-        codec.relationship_key(1, pseudonymiser.pseudonym(c.digits), org, Role.OWNER)
-        for c in customers
-    ]
-    encoded = [codec.encode_relationship(c, history, 1) for c in customers]
+
+    def key_of(customer: CustomerId) -> bytes:
+        pseudonym = pseudonymiser.pseudonym(customer.digits)
+        tag = pseudonymiser.tag(codec.relationship_tag_data(pseudonym, org, Role.OWNER))
+        return codec.relationship_key(1, pseudonym, tag)
+
+    keys = [key_of(c) for c in customers]
+    encoded = [codec.encode_relationship(c, org, Role.OWNER, history, 1) for c in customers]
 
     def parse() -> None:
         for data in sample:
@@ -121,11 +124,11 @@ def _measure(store, args) -> None:
 
     def pseudonyms() -> None:
         for customer in customers:
-            pseudonymiser.pseudonym(customer.digits)
+            key_of(customer)
 
     def encoding() -> None:
         for customer in customers:
-            codec.encode_relationship(customer, history, 1)
+            codec.encode_relationship(customer, org, Role.OWNER, history, 1)
 
     def sealing() -> None:
         for value, key in zip(encoded, keys, strict=True):
@@ -145,7 +148,7 @@ def _measure(store, args) -> None:
         ("wire: the chunk as rows", as_rows),
         ("validation: check digits, birth dates, dates, roles", validation),
         ("validation: its result pickled and unpickled", pickling),
-        ("store: pseudonym (HMAC-SHA-256)", pseudonyms),
+        ("store: pseudonym and key tag (2 x HMAC-SHA-256)", pseudonyms),
         ("store: record encoded", encoding),
         ("store: record padded and sealed (AES-256-GCM)", sealing),
         ("store: LMDB read of a record not there yet", lambda: _rolled_back(store, reads)),

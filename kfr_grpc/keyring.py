@@ -42,6 +42,9 @@ _KEY_BYTES = 32
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 PSEUDONYM_CONTEXT = b"kfr/customer-id/v1\x00"
+# Tags stand in for what a store key would otherwise show in clear (an institution, a
+# collection account, an agency and mandate): HMAC under the same key, another context.
+TAG_CONTEXT = b"kfr/index-tag/v1\x00"
 _SHA256_BLOCK = 64
 
 
@@ -284,7 +287,8 @@ def _same_id(keyring: Keyring, expected: str, path: Path) -> Keyring:
 
 class Pseudonymiser:
     """Turns a customer ID into a 32-byte pseudonym; the same ID always gives the same one:
-    HMAC-SHA-256 (RFC 2104) under the pseudonym key, of a fixed context and the digits."""
+    HMAC-SHA-256 (RFC 2104) under the pseudonym key, of a fixed context and the digits.
+    ``tag`` does the same for any bytes under another context (the store's key tags)."""
 
     def __init__(self, key: bytes) -> None:
         # HMAC's inner hash, keyed and past the context, and its outer one, keyed, copied
@@ -293,12 +297,23 @@ class Pseudonymiser:
         if len(key) > _SHA256_BLOCK:
             key = hashlib.sha256(key).digest()
         padded = key.ljust(_SHA256_BLOCK, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded) + PSEUDONYM_CONTEXT)
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self._inner = inner.copy()
+        self._inner.update(PSEUDONYM_CONTEXT)
+        self._tag_inner = inner
+        self._tag_inner.update(TAG_CONTEXT)
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
 
     def pseudonym(self, customer_digits: str) -> bytes:
-        inner = self._inner.copy()
-        inner.update(customer_digits.encode("ascii"))
+        return self._mac(self._inner, customer_digits.encode("ascii"))
+
+    def tag(self, data: bytes) -> bytes:
+        """HMAC-SHA-256 of the tag context and ``data`` (32 bytes; callers may shorten it)."""
+        return self._mac(self._tag_inner, data)
+
+    def _mac(self, keyed_inner, data: bytes) -> bytes:
+        inner = keyed_inner.copy()
+        inner.update(data)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()

@@ -312,14 +312,14 @@ owner_only = true
 
 def dump_store(store) -> dict[tuple[bytes, bytes], bytes]:
     """Every record of every database, sealed values opened: (database, key) -> bytes."""
-    from kfr_grpc.store.layout import DATABASES, META, SEALED_DATABASES
+    from kfr_grpc.store.layout import DATABASES, META, SEALED_DATABASES, is_unsealed_entry
 
     records = {}
     with store.read() as view:
         txn = view._txn
         for name in (*DATABASES, META):
             for key, value in txn.cursor(db=store._databases[name]):
-                if name in SEALED_DATABASES:
+                if name in SEALED_DATABASES and not is_unsealed_entry(name, key):
                     value = view._open(name, key, value)
                 records[(name, key)] = value
     return records

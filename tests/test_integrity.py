@@ -78,7 +78,7 @@ def _point_elsewhere(txn, db):
 
 def _add_bogus_slot(txn, db):
     key, value = _first(txn, db[BY_INSTITUTION])
-    txn.put(key[:4] + b"\xff" * 8, value, db=db[BY_INSTITUTION])
+    txn.put(key[:9] + b"\xff" * 8, value, db=db[BY_INSTITUTION])  # version, tag, slot
 
 
 def _change_count(txn, db):

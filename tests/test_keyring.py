@@ -13,6 +13,7 @@ import pytest
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import (
     PSEUDONYM_CONTEXT,
+    TAG_CONTEXT,
     Keyring,
     KeySet,
     Pseudonymiser,
@@ -85,6 +86,8 @@ def test_a_pseudonym_is_hmac_sha256_of_the_context_and_the_digits(ids, key_lengt
     for digits in (ids.person(), ids.company(), ""):
         expected = hmac.new(key, PSEUDONYM_CONTEXT + digits.encode(), hashlib.sha256).digest()
         assert pseudonymiser.pseudonym(digits) == expected
+        tag = hmac.new(key, TAG_CONTEXT + digits.encode(), hashlib.sha256).digest()
+        assert pseudonymiser.tag(digits.encode()) == tag != expected
 
 
 def test_sealed_value_opens_only_at_its_own_place():

@@ -1,10 +1,9 @@
 """Sealed values are padded to size classes, so their length no longer tells a person
 from an organisation or one period from a few; a store of format 3 (unpadded) still
-opens, says how to migrate, and ``kfr keys reseal`` pads it online."""
+opens (``_unpadded`` makes one; tests/test_migration.py migrates it)."""
 
 from __future__ import annotations
 
-import logging
 from datetime import date
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from kfr_grpc.store.layout import (
     SEALED_DATABASES,
     UNPADDED_FORMAT,
     associated_data,
+    is_unsealed_entry,
     pad,
     unpad,
 )
@@ -88,6 +88,8 @@ def _unpadded(store: LmdbStore) -> None:
         sealer = txn._crypto.sealer
         for database in SEALED_DATABASES:
             for key, sealed in list(txn._txn.cursor(db=txn._db[database])):
+                if is_unsealed_entry(database, key):
+                    continue
                 plaintext = txn._open(database, key, sealed)
                 legacy_value = sealer.seal(plaintext, associated_data(database, key))
                 txn._txn.put(key, legacy_value, db=txn._db[database])
@@ -99,34 +101,3 @@ def _unpadded(store: LmdbStore) -> None:
 def _content(store: LmdbStore) -> dict:
     """Every record opened, but ``meta`` (the format, a canary sealed again)."""
     return {entry: value for entry, value in dump_store(store).items() if entry[0] != META}
-
-
-def test_a_format_3_store_opens_says_how_to_migrate_and_reseal_pads_it(
-    tmp_path, keyring_path, ids, caplog
-):
-    store = _open(tmp_path / "data", keyring_path)
-    clock = FixedClock.on(date(2026, 6, 15))
-    Operations(store, clock).add_institution(BANK, "Testbanken")
-    register = Register(store, clock, test_mode=True)
-    for _ in range(30):
-        register.report(by(BANK), [ReportItem(ids.person(), Role.OWNER, "2020-01-01")])
-    before = _content(store)
-    _unpadded(store)
-    store.close()
-
-    caplog.set_level(logging.WARNING, "kfr.store")
-    store = _open(tmp_path / "data", keyring_path)
-    assert "run `kfr keys reseal --config …` once" in caplog.text
-    assert _content(store) == before  # every value still opens
-    result = store.reseal(lambda _: None)
-    assert result.finished and result.changed >= 31  # 30 relationships, the institution...
-    with store.read() as view:
-        assert view._txn.get(FORMAT_KEY, db=store._databases[META]) == b"4"
-        for database in SEALED_DATABASES:
-            for key, sealed in view._txn.cursor(db=store._databases[database]):
-                assert view._open_marked(database, key, sealed)[1], database
-    assert _content(store) == before
-    store.close()
-    caplog.clear()
-    _open(tmp_path / "data", keyring_path).close()
-    assert "kfr keys reseal" not in caplog.text

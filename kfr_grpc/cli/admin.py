@@ -37,6 +37,7 @@ from kfr_grpc.lifetime import stop_when_orphaned
 from kfr_grpc.readiness import remove_ready, write_ready
 from kfr_grpc.register.digest import content_digest
 from kfr_grpc.server import build_server
+from kfr_grpc.store.layout import STORE_FORMAT
 from kfr_grpc.store.lmdb_store import compact as compact_store
 from kfr_grpc.store.lmdb_store import restore as restore_store
 from kfr_grpc.supervisor import Supervisor
@@ -215,6 +216,25 @@ def keys_repseudonymise(config_path: Path) -> None:
     click.echo(f"moved {result.changed} relationships to the current pseudonym key")
     if not result.finished:
         fail("new writes under old keys arrived meanwhile; run the command again to finish")
+    click.echo(f"retired pseudonym key versions: {_versions(result.retired)}")
+
+
+@main.command("migrate")
+@CONFIG_OPTION
+def migrate(config_path: Path) -> None:
+    """Bring the store to this version's format, online and resumable: pad values of
+    format 3, move clear keys of formats 3 and 4 to tags (format 5)."""
+    config = load(config_path)
+    with opened_store(config) as store, kfr_errors():
+        with store.read() as view:
+            total = view.relationship_count()
+        with click.progressbar(length=total, label="migrating", file=sys.stderr) as bar:
+            result = store.migrate(bar.update)
+    if not result.finished:
+        fail("writes under old keys arrived meanwhile; run the command again to finish")
+    click.echo(
+        f"moved {result.changed} records to tagged keys; store format {STORE_FORMAT.decode()}"
+    )
     click.echo(f"retired pseudonym key versions: {_versions(result.retired)}")
 
 

@@ -260,6 +260,9 @@ class ReplicatedStore:
             self.write, self._local.keyring_file(), progress, stop_after_batches=stop_after_batches
         )
 
+    def migrate(self, progress: Progress) -> MigrationResult:
+        return rotation.migrate(self.write, self._local.keyring_file(), progress)
+
     def sealed_value_count(self) -> int:
         return self._local.sealed_value_count()
 

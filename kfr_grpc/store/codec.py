@@ -1,21 +1,36 @@
 """Byte layouts of the store's keys and (unsealed) values.
 
-Relationship key (38 bytes): ``pseudonym key version (u8) | pseudonym (32) |
-institution org number (u32 BE) | role (u8)``. All relationships of one customer under
-one pseudonym key are adjacent, so Lookup and ListOwn are range reads.
+Keys show no institution, role, account, agency or mandate in clear: where a key must
+be found again from those, it holds a *tag*, an HMAC of them under the pseudonym key of
+the version named in the key (``Pseudonymiser.tag``), and the sealed value holds them.
 
-Relationship value: ``format (u8) | id length (u8) | customer ID digits | slot (u64) |
-period count (u16) | periods (start, end as u32 date ordinals; end 0 while active)``.
-The customer ID is kept inside the sealed value so that the index can be rebuilt under
-a new pseudonym key.
+Relationship key (41 bytes): ``pseudonym key version (u8) | pseudonym (32) | tag (8) of
+(pseudonym, institution, role)``. All relationships of one customer under one pseudonym
+key are adjacent, so Lookup and ListOwn are range reads; the raw key says how many
+relationships a pseudonym has, not where.
 
-Indexes:
-- by institution: ``org (u32 BE) | slot (u64 BE)`` -> relationship key. Slots are handed
-  out in increasing order per institution, so a bulk load appends to the index instead
-  of writing to a random page per item; the record keeps its slot.
-- ended by date: ``end date ordinal (u32 BE) | relationship key`` -> empty, one per ended
-  period
+Relationship value: ``format 3 (u8) | id length (u8) | customer ID digits | institution
+(u32) | role (u8) | slot (u64) | period count (u16) | periods (start, end as u32 date
+ordinals; end 0 while active)``. The customer ID is kept inside the sealed value so that
+the index can be rebuilt under a new pseudonym key.
+
+Indexes (their values sealed, so an entry links to no relationship without the keys):
+- by institution: ``version (u8) | tag (8) of the institution | slot (u64 BE)`` ->
+  relationship key. Slots are handed out in increasing order per institution, so a bulk
+  load appends to the index instead of writing to a random page per item; the record
+  keeps its slot.
+- ended by date: ``end date ordinal (u32 BE) | tag (8) of (relationship key, date)`` ->
+  relationship key, one per ended period
 - request log by time: ``time ns (u64 BE) | correlation id (16) | sequence, random (4)``
+
+Collection accounts: ``version | tag (16) of the account`` -> "account org". Lookup
+counters: ``day (u32 BE) | version | tag (16) of (agency, mandate)`` -> agency, mandate
+and counts.
+
+Store format 4 and older (``LEGACY_*``) kept institution and role in relationship keys
+(38 bytes, record format 2), ``org (u32) | slot`` -> relationship key and ``day |
+relationship key`` -> empty in the indexes, accounts and (day, agency, mandate) as keys.
+Those are still read, and moved to the tagged layout by ``kfr migrate``.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ import json
 import os
 import struct
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -32,9 +48,16 @@ from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
 from kfr_grpc.register.model import History, Institution, Period, RequestRecord, Role
 
 PSEUDONYM_BYTES = 32
-RELATIONSHIP_KEY_BYTES = 38
+RELATIONSHIP_TAG_BYTES = 8
+RELATIONSHIP_KEY_BYTES = 1 + PSEUDONYM_BYTES + RELATIONSHIP_TAG_BYTES
+LEGACY_RELATIONSHIP_KEY_BYTES = 38
+INDEX_TAG_BYTES = 8
+LEGACY_SLOT_KEY_BYTES = 12
+LEGACY_ENDED_KEY_BYTES = 4 + LEGACY_RELATIONSHIP_KEY_BYTES
+NAME_TAG_BYTES = 16
 _ORG = struct.Struct(">I")
-_RELATIONSHIP_KEY = struct.Struct(">B32sIB")
+_LEGACY_RELATIONSHIP_KEY = struct.Struct(">B32sIB")
+_PLACE = struct.Struct(">IB")  # institution, role
 _DAY = struct.Struct(">I")
 _TIME = struct.Struct(">Q")
 _SEQUENCE = struct.Struct(">H")
@@ -42,7 +65,8 @@ _HEADER = struct.Struct(">BB")
 _COUNT = struct.Struct(">H")
 _PERIOD = struct.Struct(">II")
 _SLOT = struct.Struct(">Q")
-_RELATIONSHIP_FORMAT = 2
+_RELATIONSHIP_FORMAT = 3
+_LEGACY_RELATIONSHIP_FORMAT = 2
 _OPEN_END = 0
 # The byte that stands for each role in a relationship key: part of the store format.
 _ROLE_BYTES = {Role.OWNER: 1, Role.DISPONENT: 2}
@@ -60,26 +84,44 @@ def org_from_key(key: bytes) -> str:
     return f"{_ORG.unpack(key[:4])[0]:09d}"
 
 
-def relationship_key(version: int, pseudonym: bytes, org_number: str, role: Role) -> bytes:
-    return _RELATIONSHIP_KEY.pack(version, pseudonym, int(org_number), _ROLE_BYTES[role])
+def relationship_tag_data(pseudonym: bytes, org_number: str, role: Role) -> bytes:
+    """What a relationship key's tag is made of."""
+    return b"relationship\x00" + pseudonym + _PLACE.pack(int(org_number), _ROLE_BYTES[role])
 
 
-def relationship_prefix(version: int, pseudonym: bytes, org_number: str | None = None) -> bytes:
-    prefix = bytes((version,)) + pseudonym
-    return prefix if org_number is None else prefix + org_key(org_number)
+def relationship_key(version: int, pseudonym: bytes, tag: bytes) -> bytes:
+    return bytes((version,)) + pseudonym + tag[:RELATIONSHIP_TAG_BYTES]
 
 
-def split_relationship_key(key: bytes) -> tuple[int, str, Role]:
-    """The pseudonym key version, institution and role of a relationship key."""
-    version, _, org, role = _RELATIONSHIP_KEY.unpack(key)
-    return version, f"{org:09d}", _ROLES_BY_BYTE[role]
+def legacy_relationship_key(version: int, pseudonym: bytes, org_number: str, role: Role) -> bytes:
+    return _LEGACY_RELATIONSHIP_KEY.pack(version, pseudonym, int(org_number), _ROLE_BYTES[role])
 
 
-def encode_relationship(customer: CustomerId, history: History, slot: int) -> bytes:
+def is_legacy_relationship(key: bytes) -> bool:
+    return len(key) == LEGACY_RELATIONSHIP_KEY_BYTES
+
+
+def relationship_prefix(version: int, pseudonym: bytes) -> bytes:
+    return bytes((version,)) + pseudonym
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRelationship:
+    customer: CustomerId
+    institution: str
+    role: Role
+    history: History
+    slot: int
+
+
+def encode_relationship(
+    customer: CustomerId, institution: str, role: Role, history: History, slot: int
+) -> bytes:
     digits = customer.digits.encode("ascii")
     parts = [
         _HEADER.pack(_RELATIONSHIP_FORMAT, len(digits)),
         digits,
+        _PLACE.pack(int(institution), _ROLE_BYTES[role]),
         _SLOT.pack(slot),
         _COUNT.pack(len(history)),
     ]
@@ -89,14 +131,20 @@ def encode_relationship(customer: CustomerId, history: History, slot: int) -> by
     return b"".join(parts)
 
 
-def decode_relationship(value: bytes) -> tuple[CustomerId, History, int]:
-    """The customer, the history and the by-institution slot of a relationship value."""
+def decode_relationship(key: bytes, value: bytes) -> DecodedRelationship:
+    """A relationship record; a legacy one (format 2) has its institution and role in
+    its key."""
     record_format, id_length = _HEADER.unpack_from(value)
-    if record_format != _RELATIONSHIP_FORMAT:
-        raise ValueError(f"unknown relationship record format {record_format}")
     offset = _HEADER.size
     digits = value[offset : offset + id_length].decode("ascii")
     offset += id_length
+    if record_format == _RELATIONSHIP_FORMAT:
+        org, role_byte = _PLACE.unpack_from(value, offset)
+        offset += _PLACE.size
+    elif record_format == _LEGACY_RELATIONSHIP_FORMAT:
+        _, _, org, role_byte = _LEGACY_RELATIONSHIP_KEY.unpack(key)
+    else:
+        raise ValueError(f"unknown relationship record format {record_format}")
     (slot,) = _SLOT.unpack_from(value, offset)
     offset += _SLOT.size
     (count,) = _COUNT.unpack_from(value, offset)
@@ -106,16 +154,8 @@ def decode_relationship(value: bytes) -> tuple[CustomerId, History, int]:
         for start, end in _PERIOD.iter_unpack(value[offset : offset + count * _PERIOD.size])
     )
     kind = CustomerKind.PERSON if len(digits) == 11 else CustomerKind.ORGANISATION
-    return CustomerId(digits, kind), history, slot
-
-
-def ended_keys(relationship: bytes, history: History) -> set[bytes]:
-    """The ended-by-date index keys of ``history``'s ended periods."""
-    return {
-        _DAY.pack(period.end.toordinal()) + relationship
-        for period in history
-        if period.end is not None
-    }
+    customer = CustomerId(digits, kind)
+    return DecodedRelationship(customer, f"{org:09d}", _ROLES_BY_BYTE[role_byte], history, slot)
 
 
 def day_key(day: date) -> bytes:
@@ -127,18 +167,42 @@ def day_of(index_key: bytes) -> date:
     return date.fromordinal(_DAY.unpack(index_key[:4])[0])
 
 
-def slot_key(relationship: bytes, slot: int) -> bytes:
-    """The by-institution index key of a relationship (its org is in its key)."""
-    return relationship[33:37] + _SLOT.pack(slot)
+def ended_tag_data(relationship: bytes, day: date) -> bytes:
+    return b"ended\x00" + relationship + day_key(day)
+
+
+def ended_key(day: date, tag: bytes) -> bytes:
+    return day_key(day) + tag[:INDEX_TAG_BYTES]
+
+
+def legacy_ended_key(day: date, relationship: bytes) -> bytes:
+    return day_key(day) + relationship
+
+
+def is_legacy_ended_key(index_key: bytes) -> bool:
+    return len(index_key) == LEGACY_ENDED_KEY_BYTES
+
+
+def institution_tag_data(org_number: str) -> bytes:
+    return b"institution\x00" + org_key(org_number)
+
+
+def institution_prefix(version: int, tag: bytes) -> bytes:
+    return bytes((version,)) + tag[:INDEX_TAG_BYTES]
+
+
+def slot_key(prefix: bytes, slot: int) -> bytes:
+    """A by-institution index key: the institution's prefix (tagged, or a legacy org key)
+    and the slot."""
+    return prefix + _SLOT.pack(slot)
 
 
 def slot_of(slot_key: bytes) -> int:
-    return _SLOT.unpack(slot_key[4:12])[0]
+    return _SLOT.unpack(slot_key[-_SLOT.size :])[0]
 
 
-def relationship_of_index_key(index_key: bytes) -> bytes:
-    """The relationship key at the end of an ended-by-date index key."""
-    return index_key[-RELATIONSHIP_KEY_BYTES:]
+def is_legacy_slot_key(index_key: bytes) -> bool:
+    return len(index_key) == LEGACY_SLOT_KEY_BYTES
 
 
 # --- institutions ---------------------------------------------------------------------------
@@ -232,20 +296,63 @@ def decode_request(value: bytes) -> RequestRecord:
     )
 
 
+# --- collection accounts ---------------------------------------------------------------
+
+
+def collection_tag_data(account: str) -> bytes:
+    return b"collection account\x00" + account.encode("ascii")
+
+
+def collection_key(version: int, tag: bytes) -> bytes:
+    return bytes((version,)) + tag[:NAME_TAG_BYTES]
+
+
+def encode_collection_account(account: str, org_number: str) -> bytes:
+    return f"{account} {org_number}".encode("ascii")
+
+
+def decode_collection_account(key: bytes, value: bytes) -> tuple[str, str]:
+    """(account, org number); a legacy entry has the account as its key."""
+    text = value.decode("ascii")
+    if " " not in text:
+        return key.decode("ascii"), text
+    account, org_number = text.split(" ")
+    return account, org_number
+
+
 # --- lookup counters ------------------------------------------------------------------------
 
 
-def lookup_count_key(day: date, agency: str, mandate: str) -> bytes:
+def lookup_tag_data(agency: str, mandate: str) -> bytes:
+    return b"lookup counter\x00" + org_key(agency) + mandate.encode("utf-8")
+
+
+def lookup_count_key(day: date, version: int, tag: bytes) -> bytes:
+    return _DAY.pack(day.toordinal()) + bytes((version,)) + tag[:NAME_TAG_BYTES]
+
+
+def legacy_lookup_count_key(day: date, agency: str, mandate: str) -> bytes:
     return _DAY.pack(day.toordinal()) + org_key(agency) + mandate.encode("utf-8")
 
 
-def split_lookup_count_key(key: bytes) -> tuple[date, str, str]:
-    return date.fromordinal(_DAY.unpack(key[:4])[0]), org_from_key(key[4:8]), key[8:].decode()
+def encode_lookup_count(agency: str, mandate: str, counts: dict[str, int]) -> bytes:
+    document = {"agency": agency, "mandate": mandate, "counts": counts}
+    return json.dumps(document, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def encode_counts(counts: dict[str, int]) -> bytes:
-    return json.dumps(counts, sort_keys=True).encode("ascii")
+def decode_lookup_count(key: bytes, value: bytes) -> tuple[date, str, str, dict[str, int]]:
+    """(day, agency, mandate, counts); a legacy entry has agency and mandate in its key
+    and only the counts in its value."""
+    day = date.fromordinal(_DAY.unpack(key[:4])[0])
+    document = json.loads(value)
+    if _is_tagged_count(document):
+        return day, document["agency"], document["mandate"], document["counts"]
+    return day, org_from_key(key[4:8]), key[8:].decode("utf-8"), document
 
 
-def decode_counts(value: bytes) -> dict[str, int]:
-    return json.loads(value)
+def is_legacy_lookup_count(value: bytes) -> bool:
+    return not _is_tagged_count(json.loads(value))
+
+
+def _is_tagged_count(document: dict) -> bool:
+    return isinstance(document.get("counts"), dict) and "agency" in document

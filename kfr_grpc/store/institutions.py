@@ -1,7 +1,8 @@
 """Institution records and collection accounts.
 
-An institution is kept under its org number; a collection account number maps to the
-org number of the institution that uses it (sealed; one institution per account).
+An institution is kept under its org number (the participants are a public list); a
+collection account maps to the org number of the institution that uses it (one
+institution per account), under a tag of the account (``codec``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,31 @@ class InstitutionReads(TxnBase):
             yield codec.decode_institution(codec.org_from_key(key), plaintext)
 
     def collection_account_owner(self, account: str) -> str | None:
-        opened = self._get_opened(COLLECTION_ACCOUNTS, account.encode("ascii"))
-        return None if opened is None else opened.decode("ascii")
+        for key in self._collection_keys(account):
+            opened = self._get_opened(COLLECTION_ACCOUNTS, key)
+            if opened is not None:
+                return codec.decode_collection_account(key, opened)[1]
+        return None
 
     def collection_accounts(self) -> Iterator[tuple[str, str]]:
         """Every (collection account, org number of its institution), by account."""
-        for key, sealed in self._txn.cursor(db=self._db[COLLECTION_ACCOUNTS]):
-            yield key.decode("ascii"), self._open(COLLECTION_ACCOUNTS, key, sealed).decode("ascii")
+        found = [
+            codec.decode_collection_account(key, self._open(COLLECTION_ACCOUNTS, key, sealed))
+            for key, sealed in self._txn.cursor(db=self._db[COLLECTION_ACCOUNTS])
+        ]
+        yield from sorted(found)
+
+    def _collection_keys(self, account: str) -> list[bytes]:
+        """Every key ``account`` may be under: one per pseudonym version, newest first, and
+        the account itself while legacy entries may remain."""
+        data = codec.collection_tag_data(account)
+        keys = [
+            codec.collection_key(version, self._tag(version, data))
+            for version, _ in self._crypto.newest_first
+        ]
+        if self._legacy:
+            keys.append(account.encode("ascii"))
+        return keys
 
 
 class InstitutionWrites(WriteTxnBase, InstitutionReads):
@@ -40,7 +59,14 @@ class InstitutionWrites(WriteTxnBase, InstitutionReads):
         self._put(INSTITUTIONS, key, codec.encode_institution(institution))
 
     def put_collection_account(self, account: str, org_number: str) -> None:
-        self._put(COLLECTION_ACCOUNTS, account.encode("ascii"), org_number.encode("ascii"))
+        """Keeps the account under the current pseudonym version's tag (only)."""
+        self.delete_collection_account(account)
+        key = codec.collection_key(
+            self.pseudonym_version,
+            self._tag(self.pseudonym_version, codec.collection_tag_data(account)),
+        )
+        self._put(COLLECTION_ACCOUNTS, key, codec.encode_collection_account(account, org_number))
 
     def delete_collection_account(self, account: str) -> None:
-        self._delete(COLLECTION_ACCOUNTS, account.encode("ascii"))
+        for key in self._collection_keys(account):
+            self._delete(COLLECTION_ACCOUNTS, key)

@@ -1,8 +1,9 @@
 """A walk over the whole store that finds every inconsistency: ``kfr doctor --verify``.
 
 Sealed values authenticate themselves (AES-GCM with their database and key as
-associated data); the indexes and ``meta`` are not sealed (they must stay cheap range
-reads), so they are checked against the records they are derived from. An index entry
+associated data), index values among them; the index keys and ``meta`` are not sealed
+(they must stay cheap range reads), so they are checked against the records they are
+derived from. An index entry
 deleted, added or changed, a record whose key does not fit its content, a count in
 ``meta`` that disagrees: each is found and named by kind and number, never by customer.
 Deleting ``ended_by_date`` entries, the way to stop retention quietly, shows as
@@ -29,12 +30,13 @@ from kfr_grpc.store.layout import (
     RELATIONSHIPS,
     SEAL_VERSION_KEY,
     SEALED_DATABASES,
+    is_unsealed_entry,
     meta_number,
 )
-from kfr_grpc.store.txn import TxnBase
+from kfr_grpc.store.relationships import RelationshipReads
 
 
-class IntegrityReads(TxnBase):
+class IntegrityReads(RelationshipReads):
     def problems(self) -> Iterator[str]:
         """Every inconsistency in the store, one line each (none: all is well)."""
         yield from self._meta_problems()
@@ -56,6 +58,8 @@ class IntegrityReads(TxnBase):
         for database in SEALED_DATABASES:
             failed = 0
             for key, sealed in self._txn.cursor(db=self._db[database]):
+                if is_unsealed_entry(database, key):
+                    continue
                 try:
                     self._open(database, key, sealed)
                 except CorruptRecord:
@@ -75,29 +79,21 @@ class IntegrityReads(TxnBase):
         active = 0
         for key, sealed in self._txn.cursor(db=self._db[RELATIONSHIPS]):
             try:
-                customer, history, slot = codec.decode_relationship(
-                    self._open(RELATIONSHIPS, key, sealed)
-                )
-                version, institution, _ = codec.split_relationship_key(key)
+                record = self._decoded(key, sealed)
             except CorruptRecord:
                 continue  # counted with the sealed values
             except (ValueError, KeyError, struct.error):
                 found["records or keys of an unknown layout"] += 1
                 continue
-            pseudonymiser = self._crypto.pseudonymisers.get(version)
-            if (
-                pseudonymiser is None
-                or codec.relationship_prefix(version, pseudonymiser.pseudonym(customer.digits))
-                != key[: 1 + codec.PSEUDONYM_BYTES]
-            ):
+            if not self._fits(key, record):
                 found["key does not fit its record"] += 1
-            if not history:
+            if not record.history:
                 found["empty history"] += 1
-            expected_slots.add(codec.slot_key(key, slot) + key)
-            for ended in codec.ended_keys(key, history):
-                expected_ended.add(ended)
-            institutions.add(institution)
-            active += is_active(history)
+            expected_slots.add(self._slot_key(key, record.institution, record.slot) + key)
+            for ended in self._ended_keys(key, record.history):
+                expected_ended.add(ended + key)
+            institutions.add(record.institution)
+            active += is_active(record.history)
         yield from _counted("relationships", found)
         yield from self._index_problems(expected_slots, expected_ended)
         yield from self._institution_problems(institutions)
@@ -105,12 +101,27 @@ class IntegrityReads(TxnBase):
         if stored_active is not None and int(stored_active) != active:
             yield f"meta: the active count says {int(stored_active)}, the records {active}"
 
+    def _fits(self, key: bytes, record: codec.DecodedRelationship) -> bool:
+        """Whether ``key`` is the key ``record`` belongs under (its version's)."""
+        version = key[0]
+        pseudonymiser = self._crypto.pseudonymisers.get(version)
+        if pseudonymiser is None:
+            return False
+        pseudonym = pseudonymiser.pseudonym(record.customer.digits)
+        if codec.is_legacy_relationship(key):
+            expected = codec.legacy_relationship_key(
+                version, pseudonym, record.institution, record.role
+            )
+        else:
+            expected = self._relationship_key(version, pseudonym, record.institution, record.role)
+        return key == expected
+
     def _index_problems(self, expected_slots: _Tally, expected_ended: _Tally) -> Iterator[str]:
         slots, ended = _Tally(), _Tally()
         for key, value in self._txn.cursor(db=self._db[BY_INSTITUTION]):
-            slots.add(key + value)
-        for key in self._txn.cursor(db=self._db[ENDED_BY_DATE]).iternext(values=False):
-            ended.add(key)
+            slots.add(key + self._index_value(BY_INSTITUTION, key, value))
+        for key, value in self._txn.cursor(db=self._db[ENDED_BY_DATE]):
+            ended.add(key + self._index_value(ENDED_BY_DATE, key, value))
         yield from _compared(
             "by_institution", slots, expected_slots,
             missing="relationships missing from it (closure would leave them active)",
@@ -123,6 +134,18 @@ class IntegrityReads(TxnBase):
             extra="entries without their ended period",
             different="entries that do not match the records' ended periods",
         )  # fmt: skip
+
+    def _index_value(self, database: bytes, key: bytes, value: bytes) -> bytes:
+        """The relationship key an index entry names (b"" if its value does not open:
+        counted with the sealed values, and here as an entry that does not match)."""
+        if database == ENDED_BY_DATE and codec.is_legacy_ended_key(key):
+            return key[4:]
+        if is_unsealed_entry(database, key):
+            return value
+        try:
+            return self._open(database, key, value)
+        except CorruptRecord:
+            return b""
 
     def _institution_problems(self, institutions: set[str]) -> Iterator[str]:
         registered = {

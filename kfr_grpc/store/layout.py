@@ -6,21 +6,26 @@ Sub-databases (key and value layouts in ``codec``):
   count of active relationships, and (cluster mode) the log position applied. Writers
   read the key versions inside their own transaction, so a rotation takes effect in
   every process at the same instant.
-- ``institutions``: org number -> sealed institution record.
+- ``institutions``: org number -> sealed institution record (the participants, a
+  public list).
 - ``relationships``: pseudonymised key -> sealed history of one (customer, institution,
   role).
 - ``by_institution``, ``ended_by_date``: indexes over relationships, so that closing an
   institution costs what it has and retention costs what it deletes.
-- ``collection_accounts``: account number -> sealed org number.
+- ``collection_accounts``: tag of the account -> sealed account and org number.
 - ``request_log`` (+ ``request_log_by_time``): sealed records of institutions' calls.
 - ``lookup_counts``: sealed per-day counters of lookups by agency and mandate.
 
-Every value outside ``meta`` and the indexes is padded to a size class (``pad``) and
-sealed with ``database name || 0x01 || key`` as associated data (``sealed_place``), so a
-value copied to another key does not open and its length tells little (not a person
-from an organisation; one period, two to five, six to thirteen...). Store format 3
-sealed values without padding under ``database name || 0x00 || key``: those still open,
-and ``kfr keys reseal`` pads them. Opening an existing store writes nothing.
+Keys carry tags, not names (``codec``). Every value outside ``meta`` and
+``request_log_by_time`` is padded to a size class (``pad``) and sealed with ``database
+name || 0x01 || key`` as associated data (``sealed_place``), so a value copied to another
+key does not open and its length tells little (not a person from an organisation; one
+period, two to five, six to thirteen...). Older stores, still read:
+- format 3 sealed values without padding under ``database name || 0x00 || key``;
+- formats 3 and 4 kept institution, role, account, agency and mandate in clear keys and
+  left index values unsealed (``codec``'s legacy layouts).
+``kfr migrate`` (online) pads and moves everything to the tagged layout (format 5).
+Opening an existing store writes nothing.
 """
 
 from __future__ import annotations
@@ -33,13 +38,17 @@ import lmdb
 
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.keyring import Keyring, SealError
+from kfr_grpc.store import codec
 
 log = logging.getLogger("kfr.store")
 
-STORE_FORMAT = b"4"
-# Format 3 differs only in values sealed without padding (still read; resealing pads).
+STORE_FORMAT = b"5"
+# Format 4: clear names in keys, unsealed index values (still read; ``kfr migrate`` moves
+# them). Format 3 besides that sealed values without padding (resealing pads).
+UNTAGGED_FORMAT = b"4"
 UNPADDED_FORMAT = b"3"
-READABLE_FORMATS = (STORE_FORMAT, UNPADDED_FORMAT)
+READABLE_FORMATS = (STORE_FORMAT, UNTAGGED_FORMAT, UNPADDED_FORMAT)
+MIGRATE_COMMAND = "kfr migrate --config …"
 META = b"meta"
 INSTITUTIONS = b"institutions"
 RELATIONSHIPS = b"relationships"
@@ -49,8 +58,11 @@ COLLECTION_ACCOUNTS = b"collection_accounts"
 REQUEST_LOG = b"request_log"
 REQUEST_LOG_BY_TIME = b"request_log_by_time"
 LOOKUP_COUNTS = b"lookup_counts"
-SEALED_DATABASES = (INSTITUTIONS, RELATIONSHIPS, COLLECTION_ACCOUNTS, REQUEST_LOG, LOOKUP_COUNTS)
-DATABASES = (*SEALED_DATABASES, BY_INSTITUTION, ENDED_BY_DATE, REQUEST_LOG_BY_TIME)
+INDEXES = (BY_INSTITUTION, ENDED_BY_DATE)
+SEALED_DATABASES = (
+    INSTITUTIONS, RELATIONSHIPS, COLLECTION_ACCOUNTS, REQUEST_LOG, LOOKUP_COUNTS, *INDEXES
+)  # fmt: skip
+DATABASES = (*SEALED_DATABASES, REQUEST_LOG_BY_TIME)
 
 FORMAT_KEY = b"format"
 KEYRING_ID_KEY = b"keyring_id"
@@ -95,6 +107,15 @@ def unpad(padded: bytes) -> bytes:
     if end < 0 or padded[end : end + 1] != _PAD_MARK:
         raise ValueError("padding is malformed")
     return padded[:end]
+
+
+def is_unsealed_entry(database: bytes, key: bytes) -> bool:
+    """An index entry of the legacy layout (formats 3 and 4), whose value is not sealed."""
+    if database == BY_INSTITUTION:
+        return codec.is_legacy_slot_key(key)
+    if database == ENDED_BY_DATE:
+        return codec.is_legacy_ended_key(key)
+    return False
 
 
 def meta_number(txn: lmdb.Transaction, databases: Databases, key: bytes) -> int:
@@ -177,11 +198,16 @@ def _verify_meta(txn: lmdb.Transaction, meta: Any, path: Path, keyring: Keyring)
             f"{b' and '.join(READABLE_FORMATS)!r}. Restore a backup made by a matching "
             "version, or start afresh."
         )
-    if store_format == UNPADDED_FORMAT:
+    if store_format != STORE_FORMAT:
         log.warning(
-            "%s holds values sealed without padding (store format 3), whose lengths say more "
-            "than they should: run `kfr keys reseal --config …` once (online) to pad them",
+            "%s is a store of format %s, whose raw file shows more than it should (%s): run "
+            "`%s` once (online) to migrate it to format %s",
             path,
+            store_format.decode(),
+            "institutions, roles and accounts in clear keys"
+            + (", value lengths" if store_format == UNPADDED_FORMAT else ""),
+            MIGRATE_COMMAND,
+            STORE_FORMAT.decode(),
         )
     written_under = (txn.get(KEYRING_ID_KEY, db=meta) or b"").decode("ascii", "replace")
     if written_under != keyring.id:

@@ -26,7 +26,7 @@ from kfr_grpc.keyring import FixedKeyring, Keyring, KeyringProvider
 from kfr_grpc.register.storage import CopySummary, MigrationResult, Progress, StoreUsage
 from kfr_grpc.store import backup, compaction, rotation
 from kfr_grpc.store.changes import RecordingTransaction, decode_changes, encode_changes
-from kfr_grpc.store.institutions import InstitutionReads, InstitutionWrites
+from kfr_grpc.store.institutions import InstitutionReads
 from kfr_grpc.store.integrity import IntegrityReads
 from kfr_grpc.store.layout import (
     ACTIVE_KEY,
@@ -42,8 +42,7 @@ from kfr_grpc.store.layout import (
     open_environment,
 )
 from kfr_grpc.store.mapsize import MapGuard
-from kfr_grpc.store.records import RecordReads, RecordWrites
-from kfr_grpc.store.relationships import RelationshipReads
+from kfr_grpc.store.records import RecordReads
 from kfr_grpc.store.rotation import RotationWrites
 from kfr_grpc.store.txn import Crypto
 
@@ -63,11 +62,11 @@ _STORE_FULL_AT_MAXIMUM = (
 )
 
 
-class LmdbReadTxn(RelationshipReads, InstitutionReads, RecordReads, IntegrityReads):
+class LmdbReadTxn(IntegrityReads, InstitutionReads, RecordReads):
     """Reads within one LMDB read transaction."""
 
 
-class LmdbWriteTxn(RotationWrites, InstitutionWrites, RecordWrites, LmdbReadTxn):
+class LmdbWriteTxn(RotationWrites, LmdbReadTxn):
     """Reads and writes within one LMDB write transaction."""
 
 
@@ -324,6 +323,9 @@ class LmdbStore:
         return rotation.repseudonymise(
             self.write, self.keyring_file(), progress, stop_after_batches=stop_after_batches
         )
+
+    def migrate(self, progress: Progress) -> MigrationResult:
+        return rotation.migrate(self.write, self.keyring_file(), progress)
 
     def keyring_file(self) -> Path:
         if self._keyring_path is None:

@@ -36,11 +36,30 @@ class RecordReads(TxnBase):
             yield time_key
 
     def lookup_counts(self) -> Iterator[LookupCount]:
-        """The counters of every counted day, agency and mandate."""
+        """The counters of every counted day, agency and mandate (by day, then agency and
+        mandate)."""
+        day_counts: list[LookupCount] = []
         for key, sealed in self._txn.cursor(db=self._db[LOOKUP_COUNTS]):
-            day, agency, mandate = codec.split_lookup_count_key(key)
-            counts = codec.decode_counts(self._open(LOOKUP_COUNTS, key, sealed))
-            yield LookupCount(day, agency, mandate, counts)
+            count = LookupCount(
+                *codec.decode_lookup_count(key, self._open(LOOKUP_COUNTS, key, sealed))
+            )
+            if day_counts and day_counts[0].day != count.day:
+                yield from _in_order(day_counts)
+                day_counts = []
+            day_counts.append(count)
+        yield from _in_order(day_counts)
+
+    def _lookup_count_keys(self, day: date, agency: str, mandate: str) -> list[bytes]:
+        """Every key the counter may be under: one per pseudonym version, newest first,
+        and the legacy one while those may remain."""
+        data = codec.lookup_tag_data(agency, mandate)
+        keys = [
+            codec.lookup_count_key(day, version, self._tag(version, data))
+            for version, _ in self._crypto.newest_first
+        ]
+        if self._legacy:
+            keys.append(codec.legacy_lookup_count_key(day, agency, mandate))
+        return keys
 
 
 class RecordWrites(WriteTxnBase, RecordReads):
@@ -63,9 +82,25 @@ class RecordWrites(WriteTxnBase, RecordReads):
     def add_lookup_counts(
         self, day: date, agency: str, mandate: str, counts: dict[str, int]
     ) -> None:
-        key = codec.lookup_count_key(day, agency, mandate)
-        opened = self._get_opened(LOOKUP_COUNTS, key)
-        total = codec.decode_counts(opened) if opened is not None else {}
-        for status, count in counts.items():
-            total[status] = total.get(status, 0) + count
-        self._put(LOOKUP_COUNTS, key, codec.encode_counts(total))
+        """Adds ``counts`` to the counter, which moves to the current pseudonym version."""
+        total: dict[str, int] = {}
+        for key in self._lookup_count_keys(day, agency, mandate):
+            opened = self._get_opened(LOOKUP_COUNTS, key)
+            if opened is not None:
+                _add(total, codec.decode_lookup_count(key, opened)[3])
+                self._delete(LOOKUP_COUNTS, key)
+        _add(total, counts)
+        data = codec.lookup_tag_data(agency, mandate)
+        key = codec.lookup_count_key(
+            day, self.pseudonym_version, self._tag(self.pseudonym_version, data)
+        )
+        self._put(LOOKUP_COUNTS, key, codec.encode_lookup_count(agency, mandate, total))
+
+
+def _add(total: dict[str, int], counts: dict[str, int]) -> None:
+    for status, count in counts.items():
+        total[status] = total.get(status, 0) + count
+
+
+def _in_order(counts: list[LookupCount]) -> list[LookupCount]:
+    return sorted(counts, key=lambda count: (count.agency, count.mandate))

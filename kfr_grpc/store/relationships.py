@@ -36,9 +36,10 @@ log = logging.getLogger("kfr.store")
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A stored relationship: its key, its history and its by-institution slot."""
+    """A stored relationship: its key, institution, history and by-institution slot."""
 
     key: bytes
+    institution: str
     history: History
     slot: int
 
@@ -58,21 +59,20 @@ class RelationshipReads(TxnBase):
         """The active count by a scan of every record."""
         active = 0
         for key, sealed in self._txn.cursor(db=self._db[RELATIONSHIPS]):
-            _, history, _ = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
-            active += is_active(history)
+            active += is_active(self._decoded(key, sealed).history)
         return active
 
     def relationships(
         self, customer: CustomerId, institution: str | None = None
     ) -> Iterator[RoleHistory]:
-        """Every role history of ``customer`` (at ``institution``, if given): range reads."""
+        """Every role history of ``customer`` (at ``institution``, if given): range reads
+        over the customer's records (a few), each opened."""
         for version, pseudonymiser in self._crypto.newest_first:
-            pseudonym = pseudonymiser.pseudonym(customer.digits)
-            prefix = codec.relationship_prefix(version, pseudonym, institution)
+            prefix = codec.relationship_prefix(version, pseudonymiser.pseudonym(customer.digits))
             for key, sealed in self._range(RELATIONSHIPS, prefix):
-                _, org_number, role = codec.split_relationship_key(key)
-                _, history, _ = codec.decode_relationship(self._open(RELATIONSHIPS, key, sealed))
-                yield RoleHistory(org_number, role, history)
+                record = self._decoded(key, sealed)
+                if institution is None or record.institution == institution:
+                    yield RoleHistory(record.institution, record.role, record.history)
 
     def history(self, customer: CustomerId, institution: str, role: Role) -> History:
         """The periods of one (customer, institution, role); empty if never reported."""
@@ -81,11 +81,33 @@ class RelationshipReads(TxnBase):
 
     def institution_histories(self, institution: str) -> Iterator[StoredHistory]:
         """Every relationship of ``institution``, through the by-institution index."""
-        for _, key in self._range(BY_INSTITUTION, codec.org_key(institution)):
+        for _, key in self._institution_entries(institution):
             stored = self._stored_history(key)
             if stored is None:
                 raise CorruptRecord("the institution index names a relationship that is gone")
             yield stored
+
+    def _institution_entries(self, institution: str) -> Iterator[tuple[bytes, bytes]]:
+        """(index key, relationship key) of every by-institution entry of ``institution``."""
+        for prefix in self._institution_prefixes(institution):
+            for index_key, value in self._range(BY_INSTITUTION, prefix):
+                if codec.is_legacy_slot_key(index_key):
+                    if len(prefix) == len(codec.org_key(institution)):
+                        yield index_key, value
+                elif len(prefix) != len(codec.org_key(institution)):
+                    yield index_key, self._open(BY_INSTITUTION, index_key, value)
+
+    def _institution_prefixes(self, institution: str) -> list[bytes]:
+        """The by-institution prefixes ``institution``'s entries may be under: one per
+        pseudonym version, and its org number while legacy entries may remain."""
+        data = codec.institution_tag_data(institution)
+        prefixes = [
+            codec.institution_prefix(version, self._memo_tag(version, data))
+            for version, _ in self._crypto.newest_first
+        ]
+        if self._legacy:
+            prefixes.append(codec.org_key(institution))
+        return prefixes
 
     def expired(self, cutoff: date) -> Iterator[StoredHistory]:
         """Each relationship with a period that ended before ``cutoff``, once (at the index
@@ -96,7 +118,7 @@ class RelationshipReads(TxnBase):
         while positioned and cursor.key() < first_kept:
             index_key = cursor.key()
             day = codec.day_of(index_key)
-            stored = self._stored_history(codec.relationship_of_index_key(index_key))
+            stored = self._stored_history(self._ended_relationship(index_key, cursor.value()))
             if stored is None or all(period.end != day for period in stored.periods):
                 positioned = self._stale_index_entry(cursor)
                 continue
@@ -105,34 +127,78 @@ class RelationshipReads(TxnBase):
                 yield stored
             positioned = cursor.next()
 
+    def _ended_relationship(self, index_key: bytes, value: bytes) -> bytes:
+        """The relationship key an ended-by-date entry names."""
+        if codec.is_legacy_ended_key(index_key):
+            return index_key[4:]
+        return self._open(ENDED_BY_DATE, index_key, value)
+
     def _stale_index_entry(self, cursor) -> bool:
         """An ended-periods entry whose period is gone (never expected): passed over."""
         log.warning("the ended-periods index holds an entry without its period")
         return cursor.next()
 
+    def _decoded(self, key: bytes, sealed: bytes) -> codec.DecodedRelationship:
+        return codec.decode_relationship(key, self._open(RELATIONSHIPS, key, sealed))
+
     def _stored_history(self, key: bytes) -> StoredHistory | None:
-        opened = self._get_opened(RELATIONSHIPS, key)
-        if opened is None:
+        sealed = self._txn.get(key, db=self._db[RELATIONSHIPS])
+        if sealed is None:
             return None
-        _, institution, role = codec.split_relationship_key(key)
-        customer, history, _ = codec.decode_relationship(opened)
-        return StoredHistory(customer, institution, role, history)
+        record = self._decoded(key, sealed)
+        return StoredHistory(record.customer, record.institution, record.role, record.history)
 
     def _locate(self, customer: CustomerId, institution: str, role: Role) -> Record | None:
         """Where the record is stored (under whichever pseudonym version), with its history."""
-        for version, pseudonymiser in self._crypto.newest_first:
-            pseudonym = pseudonymiser.pseudonym(customer.digits)
-            found = self._read_record(codec.relationship_key(version, pseudonym, institution, role))
+        for key in self._candidate_keys(customer, institution, role):
+            found = self._read_record(key)
             if found is not None:
                 return found
         return None
 
+    def _candidate_keys(
+        self, customer: CustomerId, institution: str, role: Role, *, skip: bytes = b""
+    ) -> Iterator[bytes]:
+        """Every key the record may be under: each pseudonym version's, newest first, and
+        its legacy key while those may remain."""
+        for version, pseudonymiser in self._crypto.newest_first:
+            pseudonym = pseudonymiser.pseudonym(customer.digits)
+            key = self._relationship_key(version, pseudonym, institution, role)
+            if key != skip:
+                yield key
+            if self._legacy:
+                yield codec.legacy_relationship_key(version, pseudonym, institution, role)
+
+    def _relationship_key(
+        self, version: int, pseudonym: bytes, institution: str, role: Role
+    ) -> bytes:
+        tag = self._tag(version, codec.relationship_tag_data(pseudonym, institution, role))
+        return codec.relationship_key(version, pseudonym, tag)
+
     def _read_record(self, key: bytes) -> Record | None:
-        opened = self._get_opened(RELATIONSHIPS, key)
-        if opened is None:
+        sealed = self._txn.get(key, db=self._db[RELATIONSHIPS])
+        if sealed is None:
             return None
-        _, history, slot = codec.decode_relationship(opened)
-        return Record(key, history, slot)
+        record = self._decoded(key, sealed)
+        return Record(key, record.institution, record.history, record.slot)
+
+    def _slot_key(self, record: bytes, institution: str, slot: int) -> bytes:
+        """The by-institution key of the relationship ``record`` (legacy or tagged)."""
+        if codec.is_legacy_relationship(record):
+            return codec.slot_key(codec.org_key(institution), slot)
+        version = record[0]
+        tag = self._memo_tag(version, codec.institution_tag_data(institution))
+        return codec.slot_key(codec.institution_prefix(version, tag), slot)
+
+    def _ended_keys(self, record: bytes, history: History) -> set[bytes]:
+        """The ended-by-date keys of ``history``'s ended periods (legacy or tagged)."""
+        ends = {period.end for period in history if period.end is not None}
+        if codec.is_legacy_relationship(record):
+            return {codec.legacy_ended_key(day, record) for day in ends}
+        return {
+            codec.ended_key(day, self._tag(record[0], codec.ended_tag_data(record, day)))
+            for day in ends
+        }
 
 
 class RelationshipWrites(WriteTxnBase, RelationshipReads):
@@ -150,7 +216,8 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
     ) -> None:
         """Stores ``history`` (an empty one deletes the record), keeping the indexes in step.
 
-        A record found under an older pseudonym version moves to the current one.
+        A record found under an older pseudonym version, or in the legacy layout, moves
+        to the current key.
         """
         known = self._known_record(customer, institution, role)
         key, found = known
@@ -163,15 +230,19 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
             return
         moved = found is not None and found.key != key
         if moved:
-            self._delete_record(found, keep_slot=True)
+            self._delete_record(found)
         slot = found.slot if found is not None else self._next_slot(institution)
         previous = found.history if found is not None and not moved else ()
-        self._put(RELATIONSHIPS, key, codec.encode_relationship(customer, history, slot))
+        self._put(
+            RELATIONSHIPS,
+            key,
+            codec.encode_relationship(customer, institution, role, history, slot),
+        )
         self._active_delta += is_active(history) - was_active
         if found is None or moved:
-            self._put_index(BY_INSTITUTION, codec.slot_key(key, slot), key)
+            self._put(BY_INSTITUTION, self._slot_key(key, institution, slot), key)
         self._update_ended_index(key, previous, history)
-        known[1] = Record(key, history, slot)
+        known[1] = Record(key, institution, history, slot)
 
     def flush_active_count(self) -> None:
         """Adds this transaction's change of the active count to ``meta`` (before commit)."""
@@ -183,11 +254,11 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
     def _update_ended_index(self, key: bytes, previous: History, history: History) -> None:
         if not (_any_ended(previous) or _any_ended(history)):
             return  # the common case of a bulk load: nothing ended, nothing to index
-        old_ended, new_ended = codec.ended_keys(key, previous), codec.ended_keys(key, history)
+        old_ended, new_ended = self._ended_keys(key, previous), self._ended_keys(key, history)
         for index_key in old_ended - new_ended:
             self._delete(ENDED_BY_DATE, index_key)
         for index_key in new_ended - old_ended:
-            self._put_index(ENDED_BY_DATE, index_key)
+            self._put(ENDED_BY_DATE, index_key, key)
 
     def _stale_index_entry(self, cursor) -> bool:
         log.warning("removing an ended-periods index entry whose period is gone")
@@ -203,23 +274,21 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
         known = self._known.get(memo)
         if known is None:
             pseudonym = self._pseudonym(customer.digits)
-            key = codec.relationship_key(self.pseudonym_version, pseudonym, institution, role)
+            key = self._relationship_key(self.pseudonym_version, pseudonym, institution, role)
             found = self._read_record(key)
-            if found is None and len(self._crypto.pseudonymisers) > 1:
-                found = self._locate_older(customer, institution, role)
+            if found is None and (len(self._crypto.pseudonymisers) > 1 or self._legacy):
+                found = self._locate_elsewhere(customer, institution, role, key)
             known = self._known[memo] = [key, found]
         return known
 
-    def _locate_older(self, customer: CustomerId, institution: str, role: Role) -> Record | None:
-        """The record under an older pseudonym version (during a key rotation)."""
-        for version, pseudonymiser in self._crypto.newest_first:
-            if version != self.pseudonym_version:
-                pseudonym = pseudonymiser.pseudonym(customer.digits)
-                found = self._read_record(
-                    codec.relationship_key(version, pseudonym, institution, role)
-                )
-                if found is not None:
-                    return found
+    def _locate_elsewhere(
+        self, customer: CustomerId, institution: str, role: Role, current: bytes
+    ) -> Record | None:
+        """The record under an older pseudonym version or the legacy layout."""
+        for key in self._candidate_keys(customer, institution, role, skip=current):
+            found = self._read_record(key)
+            if found is not None:
+                return found
         return None
 
     def _next_slot(self, institution: str) -> int:
@@ -231,22 +300,18 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
         return slot
 
     def _last_slot(self, institution: str) -> int:
-        """The institution's highest slot in use, or -1."""
-        prefix = codec.org_key(institution)
-        cursor = self._txn.cursor(db=self._db[BY_INSTITUTION])
-        if cursor.set_range(codec.org_key(str(int(institution) + 1))):
-            positioned = cursor.prev()
-        else:
-            positioned = cursor.last()
-        if positioned and cursor.key().startswith(prefix):
-            return codec.slot_of(cursor.key())
-        return -1
+        """The institution's highest slot in use (under any prefix), or -1."""
+        last = -1
+        for prefix in self._institution_prefixes(institution):
+            key = self._last_with_prefix(BY_INSTITUTION, prefix)
+            if key is not None and len(key) == len(prefix) + 8:
+                last = max(last, codec.slot_of(key))
+        return last
 
-    def _delete_record(self, record: Record, *, keep_slot: bool = False) -> None:
+    def _delete_record(self, record: Record) -> None:
         self._delete(RELATIONSHIPS, record.key)
-        if not keep_slot:
-            self._delete(BY_INSTITUTION, codec.slot_key(record.key, record.slot))
-        for index_key in codec.ended_keys(record.key, record.history):
+        self._delete(BY_INSTITUTION, self._slot_key(record.key, record.institution, record.slot))
+        for index_key in self._ended_keys(record.key, record.history):
             self._delete(ENDED_BY_DATE, index_key)
 
 

@@ -21,18 +21,26 @@ from typing import TYPE_CHECKING, TypeVar
 from kfr_grpc.keyring import Keyring, keyring_lock, sealed_version
 from kfr_grpc.register.model import is_active
 from kfr_grpc.register.storage import MigrationResult, Progress
+from kfr_grpc.store import codec
+from kfr_grpc.store.institutions import InstitutionWrites
 from kfr_grpc.store.layout import (
     CANARY,
     CANARY_KEY,
+    COLLECTION_ACCOUNTS,
     FORMAT_KEY,
+    LOOKUP_COUNTS,
     META,
     PSEUDONYM_VERSION_KEY,
     RELATIONSHIPS,
     SEAL_VERSION_KEY,
     SEALED_DATABASES,
     STORE_FORMAT,
+    UNPADDED_FORMAT,
+    UNTAGGED_FORMAT,
     associated_data,
+    is_unsealed_entry,
 )
+from kfr_grpc.store.records import RecordWrites
 from kfr_grpc.store.relationships import RelationshipWrites
 
 if TYPE_CHECKING:
@@ -41,9 +49,10 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 Writer = Callable[[Callable[["LmdbWriteTxn"], _T]], _T]
 _BATCH = 1000
+_SCAN = 20 * _BATCH  # keys a move batch looks at, at most
 
 
-class RotationWrites(RelationshipWrites):
+class RotationWrites(RelationshipWrites, InstitutionWrites, RecordWrites):
     def set_write_versions(self, *, seal: int | None = None, pseudonym: int | None = None) -> None:
         """Makes every later write, in every process, use these key versions."""
         meta = self._db[META]
@@ -70,6 +79,8 @@ class RotationWrites(RelationshipWrites):
             batch.append(item)
         resealed = 0
         for key, sealed in batch:
+            if is_unsealed_entry(database, key):
+                continue  # a legacy index entry: moved (and sealed) by ``kfr migrate``
             plaintext, padded = self._open_marked(database, key, sealed)
             if padded and sealed_version(sealed) == self.seal_version:
                 continue
@@ -79,15 +90,20 @@ class RotationWrites(RelationshipWrites):
         return last, len(batch), resealed
 
     def mark_padded(self) -> None:
-        """Every value is padded now (after a whole re-seal): the store is format 4."""
-        self._txn.put(FORMAT_KEY, STORE_FORMAT, db=self._db[META])
+        """Every value is padded now (after a whole re-seal): a store of format 3 is 4."""
+        if self._txn.get(FORMAT_KEY, db=self._db[META]) == UNPADDED_FORMAT:
+            self._txn.put(FORMAT_KEY, UNTAGGED_FORMAT, db=self._db[META])
+
+    def store_format(self) -> bytes:
+        return self._txn.get(FORMAT_KEY, db=self._db[META])
 
     def seal_versions_in_use(self) -> set[int]:
         """Every seal key version some value is sealed with (a scan of the whole store)."""
         versions = {sealed_version(self._txn.get(CANARY_KEY, db=self._db[META]))}
         for database in SEALED_DATABASES:
-            for sealed in self._txn.cursor(db=self._db[database]).iternext(keys=False):
-                versions.add(sealed_version(sealed))
+            for key, sealed in self._txn.cursor(db=self._db[database]):
+                if not is_unsealed_entry(database, key):
+                    versions.add(sealed_version(sealed))
         return versions
 
     def reseal_canary(self) -> None:
@@ -96,19 +112,30 @@ class RotationWrites(RelationshipWrites):
         )
         self._txn.put(CANARY_KEY, canary, db=self._db[META])
 
-    def relationships_under_old_pseudonyms(self, limit: int) -> list[bytes]:
-        """Up to ``limit`` relationship keys made with another than the current version."""
-        keys = []
-        for key in self._txn.cursor(db=self._db[RELATIONSHIPS]).iternext(values=False):
-            if key[0] == self.pseudonym_version:
-                continue
-            keys.append(key)
-            if len(keys) >= limit:
-                break
-        return keys
+    def relationships_to_move(
+        self, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bytes | None]:
+        """Up to ``limit`` relationship keys after ``after`` that are not in the current
+        pseudonym version's tagged layout, and the key to go on after (None: the end).
+        Looks at no more than ``_SCAN`` keys, so a batch holds the writer lock briefly."""
+        keys: list[bytes] = []
+        cursor = self._txn.cursor(db=self._db[RELATIONSHIPS])
+        positioned = cursor.set_range(after) if after is not None else cursor.first()
+        if positioned and after is not None and cursor.key() == after:
+            positioned = cursor.next()
+        for _ in range(_SCAN):
+            if not positioned:
+                return keys, None
+            key = cursor.key()
+            if key[0] != self.pseudonym_version or codec.is_legacy_relationship(key):
+                keys.append(key)
+                if len(keys) >= limit:
+                    return keys, key
+            positioned = cursor.next()
+        return keys, cursor.key() if positioned else None
 
     def move_relationship(self, key: bytes) -> None:
-        """Moves one record to the current pseudonym version (key rotation)."""
+        """Moves one record to the current pseudonym version's tagged key."""
         stored = self._stored_history(key)
         if stored is None:
             return
@@ -120,6 +147,67 @@ class RotationWrites(RelationshipWrites):
             self._active_delta -= is_active(old.history)
             return
         self.put_history(stored.customer, stored.institution, stored.role, stored.periods)
+
+    def move_collection_accounts(self) -> int:
+        """Moves every collection account to the current version's tag; how many moved."""
+        moved = 0
+        for account, org_number in list(self.collection_accounts()):
+            current = codec.collection_key(
+                self.pseudonym_version,
+                self._tag(self.pseudonym_version, codec.collection_tag_data(account)),
+            )
+            if self._txn.get(current, db=self._db[COLLECTION_ACCOUNTS]) is None:
+                self.put_collection_account(account, org_number)
+                moved += 1
+        return moved
+
+    def move_lookup_counts(self, after: bytes | None, limit: int) -> tuple[int, bytes | None]:
+        """Moves up to ``limit`` counters after ``after`` to the current version's tag;
+        how many moved and the key to go on after (None: the end)."""
+        stale: list[tuple[bytes, bytes]] = []
+        last: bytes | None = None
+        for key, sealed in self._keys_from(LOOKUP_COUNTS, after):
+            if len(stale) >= limit:
+                break
+            last = key
+            plaintext = self._open(LOOKUP_COUNTS, key, sealed)
+            if codec.is_legacy_lookup_count(plaintext) or key[4] != self.pseudonym_version:
+                stale.append((key, plaintext))
+        else:
+            last = None
+        for key, plaintext in stale:
+            day, agency, mandate, _ = codec.decode_lookup_count(key, plaintext)
+            self.add_lookup_counts(day, agency, mandate, {})
+        return len(stale), last
+
+    def anything_to_move(self) -> bool:
+        """Whether some record, account or counter is not in the current version's tagged
+        layout (a scan of the three)."""
+        after: bytes | None = None
+        while True:
+            keys, after = self.relationships_to_move(after, 1)
+            if keys:
+                return True
+            if after is None:
+                break
+        if any(
+            len(key) != 1 + codec.NAME_TAG_BYTES or key[0] != self.pseudonym_version
+            for key in self._txn.cursor(db=self._db[COLLECTION_ACCOUNTS]).iternext(values=False)
+        ):
+            return True
+        return self._stale_counts()
+
+    def _stale_counts(self) -> bool:
+        for key, sealed in self._txn.cursor(db=self._db[LOOKUP_COUNTS]):
+            plaintext = self._open(LOOKUP_COUNTS, key, sealed)
+            if codec.is_legacy_lookup_count(plaintext) or key[4] != self.pseudonym_version:
+                return True
+        return False
+
+    def mark_tagged(self) -> None:
+        """Nothing is left in the legacy layout: the store is format 5."""
+        if self.store_format() == UNTAGGED_FORMAT:
+            self._txn.put(FORMAT_KEY, STORE_FORMAT, db=self._db[META])
 
 
 def rotate(write: Writer, keyring_path: Path, *, pseudonym: bool) -> int:
@@ -186,19 +274,30 @@ def repseudonymise(
     stop_after_batches: int | None = None,
     batch: int = _BATCH,
 ) -> MigrationResult:
-    """Moves every relationship to the current pseudonym version, then retires the others.
+    """Moves every relationship, collection account and lookup counter to the current
+    pseudonym version's tagged keys (from older versions, and from the legacy layout of
+    store format 4), then retires the other versions.
 
-    Lookups stay correct throughout: readers look under every version the keyring holds.
+    Lookups stay correct throughout: readers look under every version the keyring holds,
+    and in the legacy layout until the store says it holds none.
     """
     moved = batches = 0
+    after: bytes | None = None
     while True:
         if stop_after_batches is not None and batches >= stop_after_batches:
             return MigrationResult(moved, moved, (), finished=False)
-        count = write(lambda txn: _move_batch(txn, batch))
+        count, after = write(lambda txn, after=after: _move_batch(txn, after, batch))
         moved += count
         batches += 1
         progress(count)
-        if count < batch:
+        if after is None:
+            break
+    moved += write(lambda txn: txn.move_collection_accounts())
+    after = None
+    while True:
+        count, after = write(lambda txn, after=after: txn.move_lookup_counts(after, batch))
+        moved += count
+        if after is None:
             break
     with keyring_lock(keyring_path):  # before the write, as rotate takes them: no deadlock
         retired = write(lambda txn: _retire_pseudonym_versions(txn, keyring_path))
@@ -207,16 +306,25 @@ def repseudonymise(
     return MigrationResult(moved, moved, retired, finished=True)
 
 
-def _move_batch(txn: LmdbWriteTxn, batch: int) -> int:
-    keys = txn.relationships_under_old_pseudonyms(batch)
+def migrate(write: Writer, keyring_path: Path, progress: Progress) -> MigrationResult:
+    """Brings a store of an older format to the current one, online: pads values sealed
+    without padding (format 3), then moves everything to the tagged layout (format 5)."""
+    if write(lambda txn: txn.store_format()) == UNPADDED_FORMAT:
+        reseal(write, keyring_path, progress)
+    return repseudonymise(write, keyring_path, progress)
+
+
+def _move_batch(txn: LmdbWriteTxn, after: bytes | None, batch: int) -> tuple[int, bytes | None]:
+    keys, after = txn.relationships_to_move(after, batch)
     for key in keys:
         txn.move_relationship(key)
-    return len(keys)
+    return len(keys), after
 
 
 def _retire_pseudonym_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[int, ...] | None:
-    if txn.relationships_under_old_pseudonyms(1):
+    if txn.anything_to_move():
         return None
+    txn.mark_tagged()
     old: set[int] = set()
 
     def without_old(keyring: Keyring) -> Keyring:

@@ -14,7 +14,16 @@ import lmdb
 
 from kfr_grpc.errors import CorruptRecord
 from kfr_grpc.keyring import Keyring, MissingKeyVersion, Pseudonymiser, Sealer, SealError
-from kfr_grpc.store.layout import Databases, associated_data, pad, sealed_place, unpad
+from kfr_grpc.store.layout import (
+    FORMAT_KEY,
+    META,
+    STORE_FORMAT,
+    Databases,
+    associated_data,
+    pad,
+    sealed_place,
+    unpad,
+)
 
 
 class Crypto:
@@ -51,6 +60,43 @@ class TxnBase:
         self._db = databases
         self._crypto = crypto
         self._refresh_crypto = refresh_crypto
+        self._legacy_possible: bool | None = None
+        self._tags: dict[tuple[int, bytes], bytes] = {}
+
+    @property
+    def _legacy(self) -> bool:
+        """Whether the store may still hold entries of the untagged layout (format < 5)."""
+        if self._legacy_possible is None:
+            self._legacy_possible = self._txn.get(FORMAT_KEY, db=self._db[META]) != STORE_FORMAT
+        return self._legacy_possible
+
+    def _tag(self, version: int, data: bytes) -> bytes:
+        """The tag of ``data`` under pseudonym key ``version`` (``codec``)."""
+        pseudonymiser = self._crypto.pseudonymisers.get(version)
+        if pseudonymiser is None:
+            self._crypto = self._refresh_crypto()
+            pseudonymiser = self._crypto.pseudonymisers.get(version)
+            if pseudonymiser is None:
+                raise CorruptRecord(f"a key names pseudonym key version {version}, which is gone")
+        return pseudonymiser.tag(data)
+
+    def _memo_tag(self, version: int, data: bytes) -> bytes:
+        """``_tag``, remembered for the transaction (tags of institutions, met per item)."""
+        tag = self._tags.get((version, data))
+        if tag is None:
+            tag = self._tags[(version, data)] = self._tag(version, data)
+        return tag
+
+    def _last_with_prefix(self, database: bytes, prefix: bytes) -> bytes | None:
+        """The greatest key of ``database`` that starts with ``prefix``."""
+        cursor = self._txn.cursor(db=self._db[database])
+        after = (int.from_bytes(prefix, "big") + 1).to_bytes(len(prefix) + 1, "big")[1:]
+        overflowed = after == bytes(len(prefix))
+        beyond = not overflowed and cursor.set_range(after)  # the first key past the prefix
+        positioned = cursor.prev() if beyond else cursor.last()
+        if positioned and cursor.key().startswith(prefix):
+            return cursor.key()
+        return None
 
     def _range(self, database: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of ``database`` whose key starts with ``prefix``."""
