@@ -98,13 +98,15 @@ def _measure(store, args) -> None:
     history = (Period(date(2020, 1, 1)),)
     org = TEST_INSTITUTION_ORG
 
+    place = codec.place(org, Role.OWNER)
+
     def key_of(customer: CustomerId) -> bytes:
         pseudonym = pseudonymiser.pseudonym(customer.digits)
-        tag = pseudonymiser.tag(codec.relationship_tag_data(pseudonym, org, Role.OWNER))
+        tag = pseudonymiser.tag(codec.relationship_tag_data(pseudonym, place))
         return codec.relationship_key(1, pseudonym, tag)
 
     keys = [key_of(c) for c in customers]
-    encoded = [codec.encode_relationship(c, org, Role.OWNER, history, 1) for c in customers]
+    encoded = [codec.encode_relationship(c, place, history, 1) for c in customers]
 
     def parse() -> None:
         for data in sample:
@@ -128,7 +130,7 @@ def _measure(store, args) -> None:
 
     def encoding() -> None:
         for customer in customers:
-            codec.encode_relationship(customer, org, Role.OWNER, history, 1)
+            codec.encode_relationship(customer, place, history, 1)
 
     def sealing() -> None:
         for value, key in zip(encoded, keys, strict=True):

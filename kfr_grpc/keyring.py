@@ -319,12 +319,27 @@ class Pseudonymiser:
         return outer.digest()
 
 
+class _Forks:
+    """How many times this process was forked into (a child's count differs from its
+    parent's), so that nonce buffers copied by a fork are never used in the child."""
+
+    count = 0
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.count += 1
+
+
+os.register_at_fork(after_in_child=_Forks.forked)
+
+
 class _Nonces(threading.local):
     """Random 96-bit nonces, drawn from the OS in blocks (one system call per 341 nonces).
 
     Each ``os.urandom`` call releases the GIL, and getting it back behind other busy
     threads costs far more than the call; buffering keeps sealing cheap under load. The
-    buffer is per thread and refilled after a fork, so no two holders share one.
+    buffer is per thread and dropped after a fork (``_Forks``; checking the process id
+    instead cost a system call per nonce), so no two holders share one.
     """
 
     _BLOCK = _NONCE_BYTES * 341
@@ -332,14 +347,16 @@ class _Nonces(threading.local):
     def __init__(self) -> None:
         self._buffer = b""
         self._offset = 0
-        self._pid = 0
+        self._forks = -1
 
     def take(self) -> bytes:
         offset = self._offset
-        if offset + _NONCE_BYTES > len(self._buffer) or self._pid != os.getpid():
-            self._buffer, offset, self._pid = os.urandom(self._BLOCK), 0, os.getpid()
-        self._offset = offset + _NONCE_BYTES
-        return self._buffer[offset : offset + _NONCE_BYTES]
+        end = offset + _NONCE_BYTES
+        if end > len(self._buffer) or self._forks != _Forks.count:
+            self._buffer, offset, end = os.urandom(self._BLOCK), 0, _NONCE_BYTES
+            self._forks = _Forks.count
+        self._offset = end
+        return self._buffer[offset:end]
 
 
 class Sealer:

@@ -84,9 +84,14 @@ def org_from_key(key: bytes) -> str:
     return f"{_ORG.unpack(key[:4])[0]:09d}"
 
 
-def relationship_tag_data(pseudonym: bytes, org_number: str, role: Role) -> bytes:
-    """What a relationship key's tag is made of."""
-    return b"relationship\x00" + pseudonym + _PLACE.pack(int(org_number), _ROLE_BYTES[role])
+def place(org_number: str, role: Role) -> bytes:
+    """Institution and role as a relationship value and key tag hold them."""
+    return _PLACE.pack(int(org_number), _ROLE_BYTES[role])
+
+
+def relationship_tag_data(pseudonym: bytes, place: bytes) -> bytes:
+    """What a relationship key's tag is made of (``place``: ``place(org, role)``)."""
+    return b"relationship\x00" + pseudonym + place
 
 
 def relationship_key(version: int, pseudonym: bytes, tag: bytes) -> bytes:
@@ -114,14 +119,13 @@ class DecodedRelationship:
     slot: int
 
 
-def encode_relationship(
-    customer: CustomerId, institution: str, role: Role, history: History, slot: int
-) -> bytes:
+def encode_relationship(customer: CustomerId, place: bytes, history: History, slot: int) -> bytes:
+    """``place``: ``place(org, role)``."""
     digits = customer.digits.encode("ascii")
     parts = [
         _HEADER.pack(_RELATIONSHIP_FORMAT, len(digits)),
         digits,
-        _PLACE.pack(int(institution), _ROLE_BYTES[role]),
+        place,
         _SLOT.pack(slot),
         _COUNT.pack(len(history)),
     ]

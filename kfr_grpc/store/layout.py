@@ -92,13 +92,15 @@ def sealed_place(database: bytes, key: bytes) -> bytes:
 # Sizes a padded plaintext takes: the smallest class it fits, then multiples of 1 KiB.
 _SIZE_CLASSES = (32, 64, 128, 256, 512, 1024)
 _PAD_MARK = b"\x80"
+# The size class of each length up to 1 KiB (a lookup: padding is on every write's path).
+_CLASS_OF = [next(c for c in _SIZE_CLASSES if length <= c) for length in range(1025)]
 
 
 def pad(plaintext: bytes) -> bytes:
     """``plaintext``, a 0x80 byte and zeros up to its size class (ISO/IEC 7816-4)."""
     length = len(plaintext) + 1
-    size = next((c for c in _SIZE_CLASSES if length <= c), -(-length // 1024) * 1024)
-    return plaintext + _PAD_MARK + bytes(size - length)
+    size = _CLASS_OF[length] if length <= 1024 else -(-length // 1024) * 1024
+    return b"".join((plaintext, _PAD_MARK, bytes(size - length)))
 
 
 def unpad(padded: bytes) -> bytes:

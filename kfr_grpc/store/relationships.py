@@ -172,8 +172,15 @@ class RelationshipReads(TxnBase):
     def _relationship_key(
         self, version: int, pseudonym: bytes, institution: str, role: Role
     ) -> bytes:
-        tag = self._tag(version, codec.relationship_tag_data(pseudonym, institution, role))
-        return codec.relationship_key(version, pseudonym, tag)
+        data = codec.relationship_tag_data(pseudonym, self._place(institution, role))
+        return codec.relationship_key(version, pseudonym, self._tag(version, data))
+
+    def _place(self, institution: str, role: Role) -> bytes:
+        """``codec.place``, remembered for the transaction (a bulk load has one)."""
+        place = self._places.get((institution, role))
+        if place is None:
+            place = self._places[(institution, role)] = codec.place(institution, role)
+        return place
 
     def _read_record(self, key: bytes) -> Record | None:
         sealed = self._txn.get(key, db=self._db[RELATIONSHIPS])
@@ -236,7 +243,7 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
         self._put(
             RELATIONSHIPS,
             key,
-            codec.encode_relationship(customer, institution, role, history, slot),
+            codec.encode_relationship(customer, self._place(institution, role), history, slot),
         )
         self._active_delta += is_active(history) - was_active
         if found is None or moved:

@@ -62,6 +62,7 @@ class TxnBase:
         self._refresh_crypto = refresh_crypto
         self._legacy_possible: bool | None = None
         self._tags: dict[tuple[int, bytes], bytes] = {}
+        self._places: dict[tuple[str, object], bytes] = {}
 
     @property
     def _legacy(self) -> bool:
