@@ -122,3 +122,23 @@ def test_another_keyring_cannot_open():
     sealed = Keyring.generate().sealer().seal(b"x", b"ad")
     with pytest.raises(SealError):
         Keyring.generate().sealer().open(sealed, b"ad")
+
+
+def test_a_forked_child_never_takes_the_nonces_its_parent_buffered():
+    """The buffer of nonces is copied by a fork: the child must draw its own, or parent and
+    child would seal with the same nonces (fatal to AES-GCM)."""
+    from kfr_grpc.keyring import _Nonces
+
+    nonces = _Nonces()
+    nonces.take()  # the buffer is filled: 340 nonces left in it
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its next nonces, to the parent
+        os.write(write_end, b"".join(nonces.take() for _ in range(3)))
+        os._exit(0)
+    os.close(write_end)
+    from_child = os.read(read_end, 36)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    from_parent = b"".join(nonces.take() for _ in range(3))
+    assert len(from_child) == 36 and from_child != from_parent
