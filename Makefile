@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # repository so that no key ever sits in a working tree.
 KFR_DEV ?= $(HOME)/.kfr-dev
 
-.PHONY: install run cluster test lint protos bench bench-scale bench-cluster sla crash chaos fuzz soak clean
+.PHONY: install run cluster test lint protos bench bench-scale bench-compaction bench-cluster sla crash chaos fuzz soak clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ bench: install
 # Lookup latency, store size and memory on stores of 10^4, 10^6 and 10^7 relationships.
 bench-scale: install
 	$(BIN)/python -m bench.scale
+
+# An online compaction of a store of 10^6 relationships: its duration, how long writes
+# wait, reads meanwhile.
+bench-compaction: install
+	$(BIN)/python -m bench.compaction
 
 # The Locust SLA suite, headless: 10 requests/s for DURATION (90, 90s, 10m; at least 60 s).
 # CLUSTER=1: against a local cluster (3 etcd members, 3 nodes), one node killed half way.

@@ -177,6 +177,9 @@ class MaintenanceConfig(_Table):
     lookup_counts_flush_seconds: Annotated[float, Field(gt=0)] = 60.0  # counters stored so often
     # The store is walked for inconsistencies this often (0: never); each node its own copy.
     integrity_check_seconds: Seconds = 604800.0
+    # A compaction swaps in a copy of the store without what was removed, this often (0:
+    # never; writes wait for the copy); each node its own copy.
+    compact_seconds: Seconds = 604800.0
 
 
 class RateLimitConfig(_Table):

@@ -23,6 +23,7 @@ from kfr_grpc.clock import Clock, SystemClock
 from kfr_grpc.config import Config, host_port, load_config
 from kfr_grpc.errors import KfrError
 from kfr_grpc.keyring import Keyring
+from kfr_grpc.store.generations import has_store
 from kfr_grpc.store.lmdb_store import summarise, verify
 
 _EXPIRY_WARNING = timedelta(days=30)
@@ -119,7 +120,7 @@ def _keyring(config: Config, findings: list[Finding]) -> Keyring | None:
 
 def _data_dir(config: Config, keyring: Keyring | None, *_: object) -> Iterator[Finding]:
     directory = config.data_dir
-    if not (directory / "data.mdb").is_file():
+    if not has_store(directory):
         yield Finding(Status.WARN, "data directory", f"{directory} holds no store yet")
         return
     if not os.access(directory, os.W_OK):
@@ -139,7 +140,7 @@ def _data_dir(config: Config, keyring: Keyring | None, *_: object) -> Iterator[F
 
 
 def _integrity(config: Config, keyring: Keyring | None, *_: object) -> Iterator[Finding]:
-    if keyring is None or not (config.data_dir / "data.mdb").is_file():
+    if keyring is None or not has_store(config.data_dir):
         return
     problems = verify(config.data_dir, keyring)
     for problem in problems:

@@ -1,12 +1,13 @@
 """The server's periodic work in one background thread: storing the lookup counters;
-once per ``purge_interval_seconds`` (first soon after start), retention; and once per
+once per ``purge_interval_seconds`` (first soon after start), retention; once per
 ``integrity_check_seconds``, a walk over the store for inconsistencies (a deleted index
-entry would otherwise stop retention without a sound).
+entry would otherwise stop retention without a sound); and once per
+``compact_seconds``, a compaction, so that what was removed is gone from the disk too.
 
 Every process stores its own counters (they add up). Retention runs in one process: of
 several workers, the one told so; in a cluster, only while its node holds the scheduler
-lease (``runs_retention`` is asked each time). The integrity walk runs in that worker,
-on every node (each checks its own copy)."""
+lease (``runs_retention`` is asked each time). The integrity walk and the compaction run
+in that worker, on every node (each has its own copy)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from kfr_grpc.config import MaintenanceConfig
 from kfr_grpc.errors import KfrError
@@ -35,9 +37,11 @@ class Maintenance:
         *,
         runs_retention: Callable[[], bool] = lambda: True,
         problems: Callable[[], list[str]] | None = None,
+        compact: Callable[[], tuple[Any, int]] | None = None,
     ) -> None:
         self._config = config
         self._problems = problems
+        self._compact = compact
         self._metrics = metrics
         self._runs_retention = runs_retention
         self._operations = operations
@@ -57,22 +61,16 @@ class Maintenance:
 
     def _run(self) -> None:
         config = self._config
-        next_purge = time.monotonic() + min(60.0, config.purge_interval_seconds)
-        checking = self._problems is not None and config.integrity_check_seconds > 0
-        next_check = time.monotonic() + min(300.0, config.integrity_check_seconds)
-        tick = min(
-            config.lookup_counts_flush_seconds,
-            config.purge_interval_seconds,
-            config.integrity_check_seconds if checking else float("inf"),
-        )
+        jobs = [_Periodic(config.purge_interval_seconds, 60.0, self._purge, self._runs_retention)]
+        if self._problems is not None and config.integrity_check_seconds > 0:
+            jobs.append(_Periodic(config.integrity_check_seconds, 300.0, self._check_integrity))
+        if self._compact is not None and config.compact_seconds > 0:
+            jobs.append(_Periodic(config.compact_seconds, 3600.0, self._compact_store))
+        tick = min(config.lookup_counts_flush_seconds, *(job.interval for job in jobs))
         while not self._stopping.wait(max(tick, 0.05)):
             self._flush()
-            if time.monotonic() >= next_purge and self._runs_retention():
-                self._purge()
-                next_purge = time.monotonic() + config.purge_interval_seconds
-            if checking and time.monotonic() >= next_check:
-                self._check_integrity()
-                next_check = time.monotonic() + config.integrity_check_seconds
+            for job in jobs:
+                job.run_if_due()
 
     def _flush(self) -> None:
         # (a KfrError: the store cannot take them now, e.g. etcd away in a cluster)
@@ -102,6 +100,32 @@ class Maintenance:
             log.error("store integrity: %s (kfr doctor --verify lists them all)", problem)
         if not problems:
             log.info("store integrity: every record, index entry and count agrees")
+
+    def _compact_store(self) -> None:
+        assert self._compact is not None
+        result = _attempted(self._compact, "compaction", _NEXT_INTERVAL)
+        if result is not None:
+            copy, before = result
+            log.info("compaction: data file %d -> %d bytes", before, copy.bytes)
+
+
+@dataclass
+class _Periodic:
+    """A job run every ``interval`` seconds (first after ``first``, or the interval if
+    shorter), when ``wanted()``."""
+
+    interval: float
+    first: float
+    job: Callable[[], None]
+    wanted: Callable[[], bool] = lambda: True
+
+    def __post_init__(self) -> None:
+        self._due = time.monotonic() + min(self.first, self.interval)
+
+    def run_if_due(self) -> None:
+        if time.monotonic() >= self._due and self.wanted():
+            self.job()
+            self._due = time.monotonic() + self.interval
 
 
 _NEXT_INTERVAL = "it runs again at the next interval"

@@ -333,6 +333,7 @@ async def build_server(
             metrics,
             runs_retention=lambda: run_retention and store.runs_scheduled_jobs,
             problems=store.problems if run_retention else None,
+            compact=store.compact if run_retention else None,
         )
         undo.pop_all()
     return KfrServer(

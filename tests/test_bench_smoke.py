@@ -34,3 +34,13 @@ def test_the_cluster_bench_runs_and_meets_its_targets_briefly():
     assert result.returncode == 0, output[-4000:]
     assert "CLUSTER BENCH OK" in output
     assert "catch-up of a restarted node" in output
+
+
+def test_the_compaction_bench_runs_briefly_without_a_failed_call():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.compaction", "--relationships", "20000"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "COMPACTION OK" in output and "| failed calls | 0 |" in output

@@ -151,90 +151,104 @@ def test_a_backup_holds_nothing_purged(populated, tmp_path: Path):
     assert _traces(tmp_path / "data", marks) > 0  # the control
 
 
-def test_kfr_compact_refuses_a_running_server_and_compacts_a_stopped_one(server, ids):
-    """(``kfr compact`` in a process of its own: a process's file locks never conflict
-    with its own, so only another process can show the refusal.)"""
-    from tests.test_server import report
+def test_purge_and_compaction_beside_a_running_server_erase_for_good_while_it_answers(server, ids):
+    """``kfr purge`` and ``kfr compact`` in processes of their own, while the server
+    takes reports and lookups without pause: no call fails; afterwards the purged
+    relationships' pseudonyms are nowhere in the data directory (before compaction they
+    are: the control); writes the server took after the swap survive its restart."""
+    import threading
 
-    client = server.client(server.pki.institution)
-    report(client, "311000004", *[(ids.person(), 1, "") for _ in range(20)])
-    command = [KFR, "compact", "--config", str(server.config_path)]
-    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1 and "in use" in refused.stderr, refused.stderr
-    assert "Traceback" not in refused.stderr
-    server.stop()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "20 relationships" in done.stdout
-    server.start()
-    assert server.relationship_count() == 20
+    from tests.test_server import end, lookup, report
+
+    institution = server.client(server.pki.institution)
+    agency = server.client(server.pki.agency)
+    purged = [ids.person() for _ in range(5)]
+    report(institution, "311000004", *[(c, 1, "2005-01-01") for c in purged])
+    end(institution, "311000004", *[(c, 1, "2012-01-01") for c in purged])
+    kept = [ids.person() for _ in range(20)]
+    report(institution, "311000004", *[(c, 1, "2020-01-01") for c in kept])
+    pseudonymiser = Keyring.load(server.keyring_path).pseudonymiser()
+    marks = {pseudonymiser.pseudonym(c) for c in purged}
+
+    stop, failures, calls, later = threading.Event(), [], [0], []
+
+    def keep_calling() -> None:
+        while not stop.is_set():
+            try:
+                newcomer = ids.person()
+                report(institution, "311000004", (newcomer, 1, "2021-01-01"))
+                later.append(newcomer)
+                assert lookup(agency, kept[calls[0] % len(kept)])
+                calls[0] += 1
+            except Exception as error:
+                failures.append(repr(error))
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        config = ["--config", str(server.config_path)]
+        purge = subprocess.run([KFR, "purge", *config], capture_output=True, text=True, timeout=60)
+        assert purge.returncode == 0 and "5 relationships" in purge.stdout, purge.stdout
+        assert _traces(server.data_dir, marks) > 0  # the control: a purge alone leaves them
+        for _ in range(2):  # the second compacts a generation made by the first
+            done = subprocess.run(
+                [KFR, "compact", *config], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr
+            assert "Traceback" not in done.stderr
+        time.sleep(0.5)  # calls on the new generation too
+    finally:
+        stop.set()
+        caller.join()
+    assert failures == [] and calls[0] > 0
+    assert _traces(server.data_dir, marks) == 0
+    generation_dirs = [p for p in server.data_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    assert len(generation_dirs) == 1 and not (server.data_dir / "data.mdb").exists()
+    server.restart()
+    assert server.relationship_count() == len(kept) + len(later)
 
 
-_WAITING_OPENER = """
-import sys, lmdb
-names = [name.encode() for name in sys.argv[2:]]
+_OTHER_PROCESS_WRITES = """
+import sys
+from pathlib import Path
+from kfr_grpc.keyring import Keyring
+from kfr_grpc.store import LmdbStore
 
-def entries(env):
-    databases = [env.open_db(name, create=False) for name in names]
-    with env.begin() as txn:
-        return sum(txn.stat(database)["entries"] for database in databases)
-
-env = lmdb.open(sys.argv[1], max_dbs=16, map_size=1 << 27)  # waits for the compaction
-first = entries(env)
-meta = env.open_db(b"meta", create=False)
-with env.begin(write=True) as txn:  # a write, as a server started meanwhile would make
-    txn.put(b"probe", b"1", db=meta)
-env.close()
-env = lmdb.open(sys.argv[1], max_dbs=16, map_size=1 << 27)
-print(first, entries(env) - 1)
+store = LmdbStore.open(Path(sys.argv[1]), Keyring.load(Path(sys.argv[2])), map_size=1 << 27)
+for n in range(int(sys.argv[3])):
+    key = b"probe-%06d" % n
+    store.write(lambda txn, key=key: txn._txn.put(key, b"1", db=txn._db[b"meta"]))
+    with store.read() as view:  # its own write, seen at once
+        assert view._txn.get(key, db=view._db[b"meta"]) == b"1", n
+store.close()
+print("done")
 """
 
 
-def _entries(store: LmdbStore) -> int:
-    with store.read() as view:
-        return sum(view._txn.stat(store._databases[name])["entries"] for name in (*DATABASES, META))
-
-
-@pytest.mark.parametrize("extra_transactions", [0, 1])
-def test_a_process_opening_the_store_during_compaction_waits_and_loses_nothing(
-    populated, tmp_path: Path, keyring_path: Path, extra_transactions: int
+def test_writes_of_another_process_during_compactions_are_never_lost(
+    populated, tmp_path: Path, keyring_path: Path
 ):
-    """LMDB's lock file carries the old file's transaction id: an opener that waited
-    through the swap must not take it for the new file's (it could pick an older meta
-    page, and its first write overwrite the newer one). Run with both parities of the
-    old file's transaction id."""
-    from kfr_grpc.store import compaction
-    from kfr_grpc.store.layout import open_environment
-    from kfr_grpc.store.lmdb_store import summarise
-
+    """A process that writes while this one compacts again and again: every one of its
+    writes is in the store afterwards (none went to a generation swapped out), and it
+    read each back at once."""
     store = populated[0]
-    for _ in range(extra_transactions):
-        store.write(lambda txn: txn._txn.put(b"parity", b"", db=txn._db[META]))
-    expected = _entries(store)
-    store.close()
-    data_dir = tmp_path / "data"
-    keyring = Keyring.load(keyring_path)
-    names = [name.decode() for name in (*DATABASES, META)]
-    opener: list[subprocess.Popen] = []
-
-    def open_source(directory: Path):
-        opener.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _WAITING_OPENER, str(directory), *names],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-        time.sleep(1.0)  # it is waiting for the lock by now
-        assert opener[0].poll() is None, "the opener did not wait"
-        return open_environment(directory, map_size=1 << 27, readonly=True, shared=False)
-
+    writes = 300
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _OTHER_PROCESS_WRITES, str(tmp_path / "data"), str(keyring_path),
+         str(writes)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    compactions = 0
     try:
-        compaction.compact(data_dir, open_source, lambda d: summarise(d, keyring, live=False))
-        output, _ = opener[0].communicate(timeout=60)
+        while writer.poll() is None or compactions == 0:
+            store.compact()
+            compactions += 1
+        output, _ = writer.communicate(timeout=60)
     finally:
-        for process in opener:  # gone when the test ends, whatever happened
-            process.kill()
-            process.wait()
-    assert output.split() == [str(expected)] * 2, output
+        writer.kill()
+        writer.wait()
+    assert "done" in output, output
+    assert compactions >= 2
+    with store.read() as view:
+        probes = [k for k, _ in view._txn.cursor(db=view._db[META]) if k.startswith(b"probe-")]
+    assert len(probes) == writes

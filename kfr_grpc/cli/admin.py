@@ -430,11 +430,12 @@ def restore(source: Path, config_path: Path) -> None:
 @main.command()
 @CONFIG_OPTION
 def compact(config_path: Path) -> None:
-    """Rewrite the store with only what is live (stop the server first).
+    """Rewrite the store with only what is live, online (a server may run).
 
     LMDB keeps freed pages and the unused room in pages: what purges, closures, re-sealing
-    and re-pseudonymisation removed stays in the data file until then. In a cluster,
-    compact one node at a time while the others serve.
+    and re-pseudonymisation removed stays in the data file until then. Writes wait while
+    the copy is written; reads go on. The server also compacts by itself every
+    maintenance.compact_seconds. In a cluster, each node compacts its own copy.
     """
     config = load(config_path)
     with kfr_errors():

@@ -269,6 +269,9 @@ class ReplicatedStore:
     def backup(self, destination: Path) -> CopySummary:
         return self._local.backup(destination)
 
+    def compact(self) -> tuple[CopySummary, int]:
+        return self._local.compact()  # this node's copy
+
     def problems(self) -> list[str]:
         return self._local.problems()  # this node's copy
 

@@ -162,6 +162,11 @@ class StorageMaintenance(Protocol):
 
     def backup(self, destination: Path) -> CopySummary: ...
 
+    def compact(self) -> tuple[CopySummary, int]:
+        """Swaps in a copy holding only what is live (online); what it holds and the old
+        file's size."""
+        ...
+
     def problems(self) -> list[str]:
         """Every inconsistency between this copy's records, indexes and counts."""
         ...

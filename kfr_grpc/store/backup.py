@@ -19,10 +19,7 @@ from pathlib import Path
 
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.register.storage import CopySummary
-
-DATA_FILE = "data.mdb"
-LOCK_FILE = "lock.mdb"
-
+from kfr_grpc.store.generations import DATA_FILE, LOCK_FILE, store_directory
 
 # Opens a copy of the store read-only and says what it holds (refusing one the
 # configured keyring cannot open).
@@ -55,7 +52,7 @@ def restore(source: Path, data_dir: Path, check: Check) -> tuple[CopySummary, Pa
     Refuses while any process has the store open. The current store is kept aside, not
     deleted: returns where it went (None if there was none).
     """
-    if _in_use(data_dir):
+    if _in_use(store_directory(data_dir)):
         raise ConfigError(f"{data_dir} is in use (is the server running?); stop it first")
     check(source)  # refuses a copy this keyring cannot open
     kept_aside = None

@@ -7,7 +7,8 @@ The layout is in ``layout`` and ``codec``; the reads and writes of each concern 
 
 Several processes may open the environment at once (the server, the ``kfr`` admin
 commands): LMDB serialises writers, and every process reads the key versions and the
-map size other processes set. Thread-safe.
+map size other processes set. A compaction (``compact``) swaps in a new environment
+while they run (``generations``): each transaction starts on the current one. Thread-safe.
 """
 
 from __future__ import annotations
@@ -15,24 +16,28 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import lmdb
 
-from kfr_grpc.errors import ConfigError, CorruptRecord, StoreFull
+from kfr_grpc.errors import ConfigError, CorruptRecord, StoreClosed, StoreFull
 from kfr_grpc.keyring import FixedKeyring, Keyring, KeyringProvider
 from kfr_grpc.register.storage import CopySummary, MigrationResult, Progress, StoreUsage
-from kfr_grpc.store import backup, compaction, rotation
+from kfr_grpc.store import backup, compaction, generations, rotation
 from kfr_grpc.store.changes import RecordingTransaction, decode_changes, encode_changes
 from kfr_grpc.store.institutions import InstitutionReads
 from kfr_grpc.store.integrity import IntegrityReads
 from kfr_grpc.store.layout import (
     ACTIVE_KEY,
+    INSTITUTIONS,
     LOG_POSITION_KEY,
     META,
     PSEUDONYM_VERSION_KEY,
+    RELATIONSHIPS,
     SEAL_VERSION_KEY,
     SEALED_DATABASES,
     Databases,
@@ -70,26 +75,43 @@ class LmdbWriteTxn(RotationWrites, LmdbReadTxn):
     """Reads and writes within one LMDB write transaction."""
 
 
+@dataclass(frozen=True, eq=False)
+class _Generation:
+    """One open LMDB environment of the store (a compaction makes the next)."""
+
+    env: lmdb.Environment
+    map: MapGuard
+    databases: Databases
+    names: dict[int, bytes]
+    directory: Path
+
+
 class LmdbStore:
     """An open LMDB environment with the register's layout."""
 
     def __init__(
         self,
-        env: lmdb.Environment,
-        databases: Databases,
+        generation: _Generation,
         keys: KeyringProvider,
         *,
+        data_dir: Path,
+        map_size: int,
         max_map_size: int,
         keyring_path: Path | None,
+        readonly: bool,
+        shared: bool,
     ) -> None:
-        self._env = env
-        self._map = MapGuard(env, max_bytes=max_map_size)
-        self._databases = databases
+        self._gen = generation
+        self._data_dir = data_dir
+        self._map_size = map_size
+        self._max_map_size = max_map_size
+        self._readonly = readonly
+        self._shared = shared
+        self._switching = threading.Lock()
         self._keys = keys
         self._keyring_path = keyring_path
         self._crypto = Crypto(keys.get())
         self._request_sequence = itertools.count()
-        self._names = {id(handle): name for name, handle in databases.items()}
 
     @classmethod
     def open(
@@ -103,7 +125,7 @@ class LmdbStore:
         shared: bool = True,
         keyring_path: Path | None = None,
     ) -> LmdbStore:
-        """Opens (or, unless ``readonly``, creates) the store in ``path``.
+        """Opens (or, unless ``readonly``, creates) the store in the data directory ``path``.
 
         ``map_size`` is where the LMDB map starts; it grows by itself up to
         ``max_map_size``. ``shared=False`` only for a copy no other process opens.
@@ -114,31 +136,66 @@ class LmdbStore:
         was kept gets once).
         """
         keys = FixedKeyring(keyring) if isinstance(keyring, Keyring) else keyring
-        env = open_environment(path, map_size=map_size, readonly=readonly, shared=shared)
-        try:
-            databases = check_or_initialise(env, path, keys.get(), readonly=readonly)
-        except BaseException:
-            env.close()
-            raise
+        max_map_size = max(max_map_size, map_size)
+        generation = _open_generation(
+            path, keys.get(), map_size, max_map_size, readonly=readonly, shared=shared
+        )
         store = cls(
-            env,
-            databases,
+            generation,
             keys,
-            max_map_size=max(max_map_size, map_size),
+            data_dir=path,
+            map_size=map_size,
+            max_map_size=max_map_size,
             keyring_path=keyring_path,
+            readonly=readonly,
+            shared=shared,
         )
         if not readonly:
             store._count_active_if_unknown()
         return store
 
+    @property
+    def _env(self) -> lmdb.Environment:
+        return self._gen.env
+
+    @property
+    def _databases(self) -> Databases:
+        return self._gen.databases
+
+    def _is_current(self, generation: _Generation) -> bool:
+        """Whether ``generation`` is still the data directory's store (a copy no other
+        process opens is never swapped)."""
+        return not self._shared or (
+            generations.store_directory(self._data_dir) == generation.directory
+        )
+
+    def _switch(self, retired: _Generation) -> None:
+        """Moves this process to the current generation, once (whichever thread first
+        finds ``retired`` out of date); ``retired`` is closed when its transactions end."""
+        with self._switching:
+            if self._gen is not retired:
+                return
+            self._gen = _open_generation(
+                self._data_dir,
+                self._keys.get(),
+                self._map_size,
+                self._max_map_size,
+                readonly=self._readonly,
+                shared=self._shared,
+            )
+        log.info("store: now on %s (a compaction swapped it in)", self._gen.directory.name)
+        threading.Thread(
+            target=_close_generation, args=(retired,), name="kfr-store-retire", daemon=True
+        ).start()
+
     def _count_active_if_unknown(self) -> None:
         """A store written before the active count was kept gets it counted, once."""
-        meta = self._databases[META]
         with self.read() as view:
-            if view._txn.get(ACTIVE_KEY, db=meta) is not None:
+            if view._txn.get(ACTIVE_KEY, db=view._db[META]) is not None:
                 return
 
         def count(txn: LmdbWriteTxn) -> None:
+            meta = txn._db[META]
             if txn._txn.get(ACTIVE_KEY, db=meta) is None:
                 txn._txn.put(ACTIVE_KEY, str(txn.count_active()).encode(), db=meta)
 
@@ -149,10 +206,8 @@ class LmdbStore:
         fail with ``StoreClosed``. If some are still running after ``wait_seconds`` the
         environment is left to the process's exit (LMDB needs no clean close to be
         consistent; closing it under a running commit could crash the process)."""
-        if self._map.close(wait_seconds):
-            self._env.close()
-        else:
-            log.warning("store transactions still running at close; leaving it to exit")
+        with self._switching:
+            _close_generation(self._gen, wait_seconds)
 
     @property
     def keyring(self) -> Keyring:
@@ -173,42 +228,66 @@ class LmdbStore:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[LmdbReadTxn]:
-        """A consistent snapshot for reading."""
-        with self._map.transaction(lambda: self._env.begin(buffers=False)) as txn, txn:
-            pseudonym_version = meta_number(txn, self._databases, PSEUDONYM_VERSION_KEY)
+        """A consistent snapshot for reading (of the current generation)."""
+        with self._transaction(write=False) as (txn, generation), txn:
+            databases = generation.databases
+            pseudonym_version = meta_number(txn, databases, PSEUDONYM_VERSION_KEY)
             crypto = self._current_crypto()
             if pseudonym_version not in crypto.pseudonymisers:
                 crypto = self._refreshed_crypto()
-            yield LmdbReadTxn(txn, self._databases, crypto, self._refreshed_crypto)
+            yield LmdbReadTxn(txn, databases, crypto, self._refreshed_crypto)
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[tuple[lmdb.Transaction, _Generation]]:
+        """A transaction of the current generation: one begun on a generation that a
+        compaction retired meanwhile is aborted, and this process moves to the new one.
+        The caller commits or aborts a write transaction."""
+        while True:
+            generation = self._gen
+            try:
+                with generation.map.transaction(
+                    lambda g=generation: g.env.begin(write=write, buffers=False)
+                ) as txn:
+                    if self._is_current(generation):
+                        yield txn, generation
+                        return
+                    txn.abort()
+            except StoreClosed:
+                if self._gen is generation:
+                    raise  # the store itself is closed
+                continue  # a retired generation closed under us: try the current one
+            self._switch(generation)
 
     def write(self, work: Callable[[LmdbWriteTxn], _T]) -> _T:
         """Runs ``work`` in one write transaction: committed when it returns, aborted if it
         raises."""
-        return self._in_write_transaction(lambda txn: self._run(txn, work))
+        return self._in_write_transaction(lambda txn, databases: self._run(txn, databases, work))
 
     def write_logged(self, work: Callable[[LmdbWriteTxn], _T], append: Append) -> _T:
         """Runs ``work`` in one write transaction and, if it changed anything, hands the
         changes to ``append`` at the log position after this store's before committing
         them with that position; if it changed nothing or raised, ``append`` gets None
         (see ``Append``). If ``append`` raises, nothing is committed."""
-        return self._in_write_transaction(lambda txn: self._run(txn, work, append))
+        return self._in_write_transaction(
+            lambda txn, databases: self._run(txn, databases, work, append)
+        )
 
     def apply_logged(self, entries: Entries, limit: int = 64) -> int:
         """Applies, in one transaction, up to ``limit`` of the log entries after this
         store's position (``entries(position)`` yields them in order); returns the
         position reached. Entries at or before the store's position are never reapplied."""
 
-        def apply(txn: lmdb.Transaction) -> int:
+        def apply(txn: lmdb.Transaction, databases: Databases) -> int:
             try:
-                position = self._applied(txn)
+                position = _applied(txn, databases)
                 for count, (at, changes) in enumerate(entries(position)):
                     if count == limit:
                         break
                     if at != position + 1:
                         raise CorruptRecord(f"log entry {position + 1} missing (got {at})")
-                    self._apply(txn, changes)
+                    _apply(txn, databases, changes)
                     position = at
-                    txn.put(LOG_POSITION_KEY, str(position).encode(), db=self._databases[META])
+                    txn.put(LOG_POSITION_KEY, str(position).encode(), db=databases[META])
                 txn.commit()
             except BaseException:
                 txn.abort()
@@ -219,65 +298,59 @@ class LmdbStore:
 
     def log_position(self) -> int:
         """The position of the last log entry applied (0: none)."""
-        with self._map.transaction(lambda: self._env.begin()) as txn, txn:
-            return self._applied(txn)
+        with self._transaction(write=False) as (txn, generation), txn:
+            return _applied(txn, generation.databases)
 
-    def _applied(self, txn: lmdb.Transaction) -> int:
-        return int(txn.get(LOG_POSITION_KEY, b"0", db=self._databases[META]))
-
-    def _apply(self, txn: lmdb.Transaction, changes: bytes) -> None:
-        databases = self._databases
-        for database, key, value in decode_changes(changes):
-            if value is None:
-                txn.delete(key, db=databases[database])
-            else:
-                txn.put(key, value, db=databases[database])
-
-    def _in_write_transaction(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
-        """``body`` on a new write transaction (it commits or aborts it). A write that finds
-        the map full below its maximum (another process wrote first) grows the map and
-        runs ``body`` again; at the maximum it is ``StoreFull``."""
+    def _in_write_transaction(self, body: Callable[[lmdb.Transaction, Databases], _T]) -> _T:
+        """``body`` on a new write transaction of the current generation, with its
+        databases (``body`` commits or aborts it). A write that finds the map full below
+        its maximum (another process wrote first) grows the map and runs ``body`` again;
+        at the maximum it is ``StoreFull``."""
         while True:
-            self._map.ensure_headroom()
-            with self._map.transaction(lambda: self._env.begin(write=True)) as txn:
+            self._gen.map.ensure_headroom()
+            with self._transaction(write=True) as (txn, generation):
                 try:
-                    return body(txn)
+                    return body(txn, generation.databases)
                 except lmdb.MapFullError:
                     pass  # aborted; grown below, then run again
-            if not self._map.grow():
+            if not generation.map.grow():
                 raise StoreFull(_STORE_FULL_AT_MAXIMUM)
 
     def _run(
         self,
         txn: lmdb.Transaction,
+        databases: Databases,
         work: Callable[[LmdbWriteTxn], _T],
         append: Append | None = None,
     ) -> _T:
         try:
-            recording = RecordingTransaction(txn, self._names) if append else None
-            store_txn = self._write_transaction(recording or txn)
+            names = {id(handle): name for name, handle in databases.items()}
+            recording = RecordingTransaction(txn, names) if append else None
+            store_txn = self._write_transaction(recording or txn, databases)
             try:
                 result = work(store_txn)
             except Exception:
                 if append is not None:  # a refusal must be one at the log's head too
-                    append(self._applied(txn) + 1, None)
+                    append(_applied(txn, databases) + 1, None)
                 raise
             store_txn.flush_active_count()
             if append is not None and recording is not None:
-                position = self._applied(txn) + 1
+                position = _applied(txn, databases) + 1
                 changes = encode_changes(recording.changes) if recording.changes else None
                 append(position, changes)
                 if changes is not None:
-                    txn.put(LOG_POSITION_KEY, str(position).encode(), db=self._databases[META])
+                    txn.put(LOG_POSITION_KEY, str(position).encode(), db=databases[META])
             txn.commit()
         except BaseException:
             txn.abort()
             raise
         return result
 
-    def _write_transaction(self, txn: lmdb.Transaction | RecordingTransaction) -> LmdbWriteTxn:
-        seal_version = meta_number(txn, self._databases, SEAL_VERSION_KEY)
-        pseudonym_version = meta_number(txn, self._databases, PSEUDONYM_VERSION_KEY)
+    def _write_transaction(
+        self, txn: lmdb.Transaction | RecordingTransaction, databases: Databases
+    ) -> LmdbWriteTxn:
+        seal_version = meta_number(txn, databases, SEAL_VERSION_KEY)
+        pseudonym_version = meta_number(txn, databases, PSEUDONYM_VERSION_KEY)
         crypto = self._current_crypto()
         if not crypto.has(seal_version, pseudonym_version):
             crypto = self._refreshed_crypto()
@@ -288,7 +361,7 @@ class LmdbStore:
             )
         store_txn = LmdbWriteTxn(
             txn,
-            self._databases,
+            databases,
             crypto,
             self._refreshed_crypto,
             seal_version=seal_version,
@@ -335,7 +408,7 @@ class LmdbStore:
     def sealed_value_count(self) -> int:
         with self.read() as view:
             return sum(
-                view._txn.stat(self._databases[name])["entries"] for name in SEALED_DATABASES
+                view._txn.stat(view._db[name])["entries"] for name in SEALED_DATABASES
             )
 
     def backup(self, destination: Path) -> CopySummary:
@@ -346,25 +419,94 @@ class LmdbStore:
         )
 
     def _copy_to(self, destination: Path) -> None:
-        with self._map.transaction(lambda: None):
-            compaction.copy_live(self._env, destination)
+        with self._transaction(write=False) as (txn, generation), txn:
+            compaction.copy_live(txn, generation.databases, generation.env, destination)
+
+    def compact(self) -> tuple[CopySummary, int]:
+        """Swaps a live copy of the store in for it (``compaction``), online: writes wait
+        for the copy, reads go on. Returns what the copy holds and the old file's size."""
+        keyring = self.keyring
+        with generations.compacting(self._data_dir):
+            with self._transaction(write=True) as (txn, generation):
+                try:
+                    size = (generation.directory / backup.DATA_FILE).stat().st_size
+                    copy = generations.new_generation(self._data_dir)
+                    compaction.copy_live(txn, generation.databases, generation.env, copy)
+                    summary = summarise(copy, keyring, live=False)
+                    expected = (
+                        txn.stat(generation.databases[RELATIONSHIPS])["entries"],
+                        txn.stat(generation.databases[INSTITUTIONS])["entries"],
+                    )
+                    if (summary.relationships, summary.institutions) != expected:
+                        raise ConfigError("the compacted copy differs; the store is left as it was")
+                    generations.swap(self._data_dir, copy)
+                finally:
+                    txn.abort()  # nothing written: the writers waiting go to the new file
+            self._switch(generation)
+        return CopySummary(self._data_dir, summary.bytes, *expected), size
 
     def problems(self) -> list[str]:
         with self.read() as view:
             return list(view.problems())
 
     def usage(self) -> StoreUsage:
-        used, size = self._map.usage()
+        used, size = self._gen.map.usage()
         return StoreUsage(used_bytes=used, capacity_bytes=size)
+
+
+def _open_generation(
+    data_dir: Path,
+    keyring: Keyring,
+    map_size: int,
+    max_map_size: int,
+    *,
+    readonly: bool,
+    shared: bool,
+) -> _Generation:
+    """The current generation of the store in ``data_dir``, opened (created if new and
+    not ``readonly``): the environment, its map guard and its databases."""
+    with generations.opening(data_dir) if shared else contextlib.nullcontext():
+        directory = generations.store_directory(data_dir)
+        if (directory / backup.DATA_FILE).is_file():
+            map_size = max(map_size, existing_map_size(directory))
+        env = open_environment(directory, map_size=map_size, readonly=readonly, shared=shared)
+    try:
+        databases = check_or_initialise(env, directory, keyring, readonly=readonly)
+    except BaseException:
+        env.close()
+        raise
+    guard = MapGuard(env, max_bytes=max(max_map_size, map_size))
+    names = {id(handle): name for name, handle in databases.items()}
+    return _Generation(env, guard, databases, names, directory)
+
+
+def _close_generation(generation: _Generation, wait_seconds: float = 60.0) -> None:
+    if generation.map.close(wait_seconds):
+        generation.env.close()
+    else:
+        log.warning("store transactions still running at close; leaving it to exit")
+
+
+def _applied(txn: lmdb.Transaction, databases: Databases) -> int:
+    return int(txn.get(LOG_POSITION_KEY, b"0", db=databases[META]))
+
+
+def _apply(txn: lmdb.Transaction, databases: Databases, changes: bytes) -> None:
+    for database, key, value in decode_changes(changes):
+        if value is None:
+            txn.delete(key, db=databases[database])
+        else:
+            txn.put(key, value, db=databases[database])
 
 
 def summarise(directory: Path, keyring: Keyring, *, live: bool) -> CopySummary:
     """Opens the store in ``directory`` read-only under ``keyring`` and counts what it
     holds. ``live``: other processes may have it open (LMDB's reader lock table is used);
     else a copy no one else opens (a backup)."""
-    size = (directory / backup.DATA_FILE).stat().st_size
+    store_dir = generations.store_directory(directory)
+    size = (store_dir / backup.DATA_FILE).stat().st_size
     copy = LmdbStore.open(
-        directory, keyring, map_size=existing_map_size(directory), readonly=True, shared=live
+        directory, keyring, map_size=existing_map_size(store_dir), readonly=True, shared=live
     )
     try:
         with copy.read() as view:
@@ -376,23 +518,21 @@ def summarise(directory: Path, keyring: Keyring, *, live: bool) -> CopySummary:
 
 
 def compact(data_dir: Path, keyring: Keyring) -> tuple[CopySummary, int]:
-    """Replaces the (stopped) store in ``data_dir`` with a live copy of itself, so that
-    nothing purged, closed, re-sealed or moved to a new pseudonym is left in the data
-    file; returns what the store holds and the file's size before."""
-
-    def open_source(directory: Path) -> lmdb.Environment:
-        map_size = existing_map_size(directory)
-        return open_environment(directory, map_size=map_size, readonly=True, shared=False)
-
-    return compaction.compact(
-        data_dir, open_source, lambda copy: summarise(copy, keyring, live=False)
-    )
+    """Compacts the store in ``data_dir`` (``LmdbStore.compact``), whether a server has it
+    open or not."""
+    map_size = existing_map_size(generations.store_directory(data_dir))
+    store = LmdbStore.open(data_dir, keyring, map_size=map_size)
+    try:
+        return store.compact()
+    finally:
+        store.close()
 
 
 def verify(directory: Path, keyring: Keyring) -> list[str]:
     """Every inconsistency in the store in ``directory`` (``integrity``), read from one
     snapshot beside a running server."""
-    store = LmdbStore.open(directory, keyring, map_size=existing_map_size(directory), readonly=True)
+    map_size = existing_map_size(generations.store_directory(directory))
+    store = LmdbStore.open(directory, keyring, map_size=map_size, readonly=True)
     try:
         return store.problems()
     finally:
