@@ -152,8 +152,8 @@ def test_a_backup_holds_nothing_purged(populated, tmp_path: Path):
 
 
 def test_purge_and_compaction_beside_a_running_server_erase_for_good_while_it_answers(server, ids):
-    """``kfr purge`` and ``kfr compact`` in processes of their own, while the server
-    takes reports and lookups without pause: no call fails; afterwards the purged
+    """``kfr purge`` and then ``kfr compact`` in processes of their own, the server taking
+    reports and lookups without pause during the compactions: no call fails; afterwards the purged
     relationships' pseudonyms are nowhere in the data directory (before compaction they
     are: the control); writes the server took after the swap survive its restart."""
     import threading
@@ -183,13 +183,13 @@ def test_purge_and_compaction_beside_a_running_server_erase_for_good_while_it_an
             except Exception as error:
                 failures.append(repr(error))
 
+    config = ["--config", str(server.config_path)]
+    purge = subprocess.run([KFR, "purge", *config], capture_output=True, text=True, timeout=60)
+    assert purge.returncode == 0 and "5 relationships" in purge.stdout, purge.stdout
+    assert _traces(server.data_dir, marks) > 0  # the control: a purge alone leaves them
     caller = threading.Thread(target=keep_calling)
     caller.start()
     try:
-        config = ["--config", str(server.config_path)]
-        purge = subprocess.run([KFR, "purge", *config], capture_output=True, text=True, timeout=60)
-        assert purge.returncode == 0 and "5 relationships" in purge.stdout, purge.stdout
-        assert _traces(server.data_dir, marks) > 0  # the control: a purge alone leaves them
         for _ in range(2):  # the second compacts a generation made by the first
             done = subprocess.run(
                 [KFR, "compact", *config], capture_output=True, text=True, timeout=60

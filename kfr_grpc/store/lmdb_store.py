@@ -407,9 +407,7 @@ class LmdbStore:
 
     def sealed_value_count(self) -> int:
         with self.read() as view:
-            return sum(
-                view._txn.stat(view._db[name])["entries"] for name in SEALED_DATABASES
-            )
+            return sum(view._txn.stat(view._db[name])["entries"] for name in SEALED_DATABASES)
 
     def backup(self, destination: Path) -> CopySummary:
         """A consistent live copy in ``destination`` while the store is in use."""
