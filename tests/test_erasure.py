@@ -48,10 +48,23 @@ def _raw(store: LmdbStore) -> Raw:
         }
 
 
+_COUNT_TRACES = """
+import sys
+from pathlib import Path
+needles = [bytes.fromhex(n) for n in sys.argv[2:]]
+files = [p for p in Path(sys.argv[1]).rglob("*") if p.is_file()]
+content = b"".join(p.read_bytes() for p in files)
+print(sum(1 for needle in needles if needle in content))
+"""
+
+
 def _traces(directory: Path, needles: set[bytes]) -> int:
-    """How many of ``needles`` occur anywhere in the files of ``directory``."""
-    content = b"".join(path.read_bytes() for path in directory.rglob("*") if path.is_file())
-    return sum(1 for needle in needles if needle in content)
+    """How many of ``needles`` occur anywhere in the files of ``directory``. Read by another
+    process: a process that has the store open must not open and close LMDB's lock file
+    itself (closing any descriptor of it drops the process's locks on it, and the next
+    process to open the store would set the lock file up afresh under it)."""
+    command = [sys.executable, "-c", _COUNT_TRACES, str(directory), *(n.hex() for n in needles)]
+    return int(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 def _fingerprints(before: Raw, after: Raw) -> set[bytes]:

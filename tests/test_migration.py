@@ -17,6 +17,7 @@ from kfr_grpc.register.digest import content_digest
 from kfr_grpc.register.model import Role
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.store import LmdbStore, rotation
+from kfr_grpc.store.generations import store_directory
 from kfr_grpc.store.layout import (
     BY_INSTITUTION,
     COLLECTION_ACCOUNTS,
@@ -241,11 +242,13 @@ def test_the_raw_file_names_no_institution_account_agency_or_mandate_outside_ins
     store.close()
     compact(tmp_path / "data", keyring)
 
-    raw = (tmp_path / "data" / "data.mdb").read_bytes()
+    compacted = store_directory(tmp_path / "data")
+    assert compacted != tmp_path / "data"  # a new generation
+    raw = (compacted / "data.mdb").read_bytes()
     assert ACCOUNT.encode() not in raw
     assert MANDATE.encode() not in raw and b"Skatteforvaltningsloven" not in raw
     orgs = [struct.pack(">I", int(org)) for org in (*BANKS, AGENCY)]
-    env = lmdb.open(str(tmp_path / "data"), max_dbs=16, readonly=True, lock=False)
+    env = lmdb.open(str(compacted), max_dbs=16, readonly=True, lock=False)
     try:
         with env.begin() as txn:
             relationships = set()

@@ -302,7 +302,7 @@ def test_a_write_that_finds_the_map_full_below_its_maximum_grows_it_and_runs_aga
     """As when another process filled the map between this one's look at it and its write."""
     store = LmdbStore.open(tmp_path / "data", keyring, map_size=256 * 1024)
     try:
-        monkeypatch.setattr(store._map, "ensure_headroom", lambda: None)  # no look ahead
+        monkeypatch.setattr(store._gen.map, "ensure_headroom", lambda: None)  # no look ahead
         runs = []
 
         def work(txn) -> None:
