@@ -33,8 +33,8 @@ def commits(server: RunningServer, monkeypatch) -> list[str]:
     committed: list[str] = []
     original = store._run
 
-    def counting(txn, work):
-        result = original(txn, work)
+    def counting(txn, databases, work):
+        result = original(txn, databases, work)
         committed.append(getattr(work, "__qualname__", "?"))
         return result
 
@@ -81,9 +81,9 @@ def test_a_bulk_load_written_slower_than_it_arrives_commits_its_chunks_together(
     store = server.server.store
     counting = store._run
 
-    def slow(txn, work):
+    def slow(txn, databases, work):
         time.sleep(0.2)  # a slow disk: each commit takes its time
-        return counting(txn, work)
+        return counting(txn, databases, work)
 
     monkeypatch.setattr(store, "_run", slow)
     client = server.client(server.pki.institution)
