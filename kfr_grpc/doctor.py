@@ -100,8 +100,17 @@ def _keyring(config: Config, findings: list[Finding]) -> Keyring | None:
         findings.append(Finding(Status.FAIL, "keyring", str(error)))
         return None
     mode = stat.filemode(config.keyring.stat().st_mode)
-    versions = f"seal v{sorted(keyring.seal.keys)}, pseudonym v{sorted(keyring.pseudonym.keys)}"
+    versions = f"seal v{list(keyring.seal.versions)}, pseudonym v{list(keyring.pseudonym.versions)}"
     findings.append(Finding(Status.OK, "keyring", f"{config.keyring} ({mode}), {versions}"))
+    if keyring.raw_keys_format:
+        findings.append(
+            Finding(
+                Status.WARN,
+                "keyring format",
+                "format 1 (raw keys of kfr's own): `kfr migrate --config …` rewrites it as "
+                "Tink keysets, the same keys",
+            )
+        )
     if keyring.kek is None:
         findings.append(
             Finding(

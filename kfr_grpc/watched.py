@@ -56,26 +56,36 @@ class WatchedFiles(Generic[T]):
         self._checked_at = monotonic()
 
     def get(self) -> T:
+        """The value; the files are looked at first if it is time, unless another thread is
+        looking at them already (then the value as it is: a call never waits on a reload)."""
         if self._monotonic() - self._checked_at >= self._check_seconds:
-            self.check()
+            self.check(wait=False)
         return self._value
 
-    def check(self) -> bool:
-        """Looks at the files now; reloads if they changed. True when the value changed."""
-        with self._lock:
-            self._checked_at = self._monotonic()
-            stamps = self._current_stamps()
-            if stamps == self._stamps:
-                return False
-            self._stamps = stamps
-            try:
-                value = self._load()
-            except Exception as error:
-                log.error("reloading %s failed, keeping the previous one: %s", self._name, error)
-                return False
-            self._value = value
-            log.info("reloaded %s", self._name)
-            return True
+    def check(self, *, wait: bool = True) -> bool:
+        """Looks at the files now; reloads if they changed. True when the value changed.
+        ``wait=False``: returns False at once if another thread is looking."""
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
+            return self._reload_if_changed()
+        finally:
+            self._lock.release()
+
+    def _reload_if_changed(self) -> bool:
+        self._checked_at = self._monotonic()
+        stamps = self._current_stamps()
+        if stamps == self._stamps:
+            return False
+        self._stamps = stamps
+        try:
+            value = self._load()
+        except Exception as error:
+            log.error("reloading %s failed, keeping the previous one: %s", self._name, error)
+            return False
+        self._value = value
+        log.info("reloaded %s", self._name)
+        return True
 
     def _current_stamps(self) -> tuple[_Stamp, ...]:
         return tuple(_stamp(path) for path in self._paths)

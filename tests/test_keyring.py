@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,6 @@ from kfr_grpc.keyring import (
     TAG_CONTEXT,
     Keyring,
     KeySet,
-    Pseudonymiser,
     Sealer,
     SealError,
 )
@@ -56,9 +57,9 @@ def test_malformed_keyring_is_refused(tmp_path: Path):
     path = tmp_path / "keyring.json"
     Keyring.generate().save(path)
     document = json.loads(path.read_text())
-    document["seal"]["keys"]["1"] = "c2hvcnQ="  # 5 bytes
+    document["seal"]["key"][0]["keyData"]["value"] = "c2hvcnQ="  # 5 bytes, no AesGcmKey
     path.write_text(json.dumps(document))
-    with pytest.raises(ConfigError, match="256-bit"):
+    with pytest.raises(ConfigError, match="seal"):
         Keyring.load(path)
 
 
@@ -77,12 +78,12 @@ def test_pseudonyms_are_stable_and_keyed(ids):
     assert len(first.pseudonymiser().pseudonym(digits)) == 32
 
 
-@pytest.mark.parametrize("key_length", [16, 32, 64, 65, 100])
-def test_a_pseudonym_is_hmac_sha256_of_the_context_and_the_digits(ids, key_length):
-    """The pseudonymiser builds HMAC from two hash states (for speed): exactly ``hmac``'s,
-    for keys shorter, as long as and longer than a SHA-256 block."""
-    key = os.urandom(key_length)
-    pseudonymiser = Pseudonymiser(key)
+def test_a_pseudonym_is_hmac_sha256_of_the_context_and_the_digits(ids):
+    """Tink's PRF over the pseudonym key: exactly HMAC-SHA-256 of the context and the
+    digits (as before Tink, so stores keep their pseudonyms)."""
+    keyring = Keyring.generate()
+    key = keyring.pseudonym.keys[1]
+    pseudonymiser = keyring.pseudonymiser()
     for digits in (ids.person(), ids.company(), ""):
         expected = hmac.new(key, PSEUDONYM_CONTEXT + digits.encode(), hashlib.sha256).digest()
         assert pseudonymiser.pseudonym(digits) == expected
@@ -109,7 +110,7 @@ def test_sealing_is_randomised_and_tamper_evident():
 
 def test_sealed_value_carries_its_key_version_and_old_versions_stay_readable():
     old = KeySet.generate()
-    rotated = KeySet(primary=2, keys={**old.keys, 2: os.urandom(32)})
+    rotated = old.rotated()
     sealed_old = Sealer(old).seal(b"old", b"ad")
     sealed_new = Sealer(rotated).seal(b"new", b"ad")
     assert sealed_old[0] == 1 and sealed_new[0] == 2
@@ -124,21 +125,60 @@ def test_another_keyring_cannot_open():
         Keyring.generate().sealer().open(sealed, b"ad")
 
 
-def test_a_forked_child_never_takes_the_nonces_its_parent_buffered():
-    """The buffer of nonces is copied by a fork: the child must draw its own, or parent and
-    child would seal with the same nonces (fatal to AES-GCM)."""
-    from kfr_grpc.keyring import _Nonces
+def test_a_keyring_of_format_1_opens_what_it_sealed_and_is_rewritten_as_tink_keysets(
+    tmp_path: Path, ids
+):
+    """Format 1 kept raw keys of our own, sealed with AES-256-GCM as ``version || nonce ||
+    ciphertext+tag`` and pseudonymised with HMAC-SHA-256: as Tink keys they open and
+    give the same bytes, and the next change of the file writes Tink keysets."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    nonces = _Nonces()
-    nonces.take()  # the buffer is filled: 340 nonces left in it
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: its next nonces, to the parent
-        os.write(write_end, b"".join(nonces.take() for _ in range(3)))
-        os._exit(0)
-    os.close(write_end)
-    from_child = os.read(read_end, 36)
-    os.close(read_end)
-    os.waitpid(child, 0)
-    from_parent = b"".join(nonces.take() for _ in range(3))
-    assert len(from_child) == 36 and from_child != from_parent
+    seal_key, pseudonym_key = os.urandom(32), os.urandom(32)
+    path = tmp_path / "keyring.json"
+    document = {
+        "kfr_keyring": 1, "id": "0123456789abcdef0123456789abcdef",
+        "seal": {"primary": 1, "keys": {"1": base64.b64encode(seal_key).decode()}},
+        "pseudonym": {"primary": 1, "keys": {"1": base64.b64encode(pseudonym_key).decode()}},
+    }  # fmt: skip
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(document, out)
+    nonce = os.urandom(12)
+    sealed_by_format_1 = b"\x01" + nonce + AESGCM(seal_key).encrypt(nonce, b"periods", b"place")
+    digits = ids.person()
+    pseudonym = hmac.new(pseudonym_key, PSEUDONYM_CONTEXT + digits.encode(), hashlib.sha256)
+
+    keyring = Keyring.load(path)
+    assert keyring.sealer().open(sealed_by_format_1, b"place") == b"periods"
+    assert keyring.pseudonymiser().pseudonym(digits) == pseudonym.digest()
+    rotated = Keyring.update(path, lambda k: replace(k, seal=k.seal.rotated()))
+    written = json.loads(path.read_text())
+    assert written["kfr_keyring"] == 2 and "keyData" in json.dumps(written["seal"])
+    assert Keyring.load(path) == rotated
+    assert Keyring.load(path).sealer().open(sealed_by_format_1, b"place") == b"periods"
+
+
+def test_kfr_migrate_rewrites_a_format_1_keyring_as_tink_keysets(tmp_path: Path):
+    from kfr_grpc.store import LmdbStore
+
+    keyring = Keyring.generate()
+    path = tmp_path / "secrets" / "keyring.json"
+    path.parent.mkdir()
+    raw = {
+        purpose: {
+            "primary": 1,
+            "keys": {"1": base64.b64encode(keys.keys[1]).decode()},
+        }
+        for purpose, keys in (("seal", keyring.seal), ("pseudonym", keyring.pseudonym))
+    }
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump({"kfr_keyring": 1, "id": keyring.id, **raw}, out)
+    assert Keyring.load(path).raw_keys_format
+    store = LmdbStore.open(tmp_path / "data", keyring, map_size=1 << 24, keyring_path=path)
+    try:
+        assert store.migrate(lambda _: None).finished
+    finally:
+        store.close()
+    assert json.loads(path.read_text())["kfr_keyring"] == 2
+    assert Keyring.load(path) == keyring and not Keyring.load(path).raw_keys_format

@@ -222,8 +222,9 @@ def keys_repseudonymise(config_path: Path) -> None:
 @main.command("migrate")
 @CONFIG_OPTION
 def migrate(config_path: Path) -> None:
-    """Bring the store to this version's format, online and resumable: pad values of
-    format 3, move clear keys of formats 3 and 4 to tags (format 5)."""
+    """Bring the store and keyring to this version's formats, online and resumable:
+    rewrite a keyring of format 1 as Tink keysets, pad values of store format 3, move
+    clear keys of formats 3 and 4 to tags (format 5)."""
     config = load(config_path)
     with opened_store(config) as store, kfr_errors():
         with store.read() as view:

@@ -47,9 +47,9 @@ class IntegrityReads(RelationshipReads):
         for name, key in (("seal", SEAL_VERSION_KEY), ("pseudonym", PSEUDONYM_VERSION_KEY)):
             version = meta_number(self._txn, self._db, key)
             known = (
-                self._crypto.keyring.seal.keys
+                self._crypto.keyring.seal.versions
                 if name == "seal"
-                else self._crypto.keyring.pseudonym.keys
+                else self._crypto.keyring.pseudonym.versions
             )
             if version not in known:
                 yield f"meta: new writes use {name} key version {version}, which the keyring lacks"

@@ -257,7 +257,9 @@ def _retire_seal_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[int, .
     retired: set[int] = set()
 
     def without_unused(keyring: Keyring) -> Keyring:
-        retired.update(set(keyring.seal.keys) - in_use - {txn.seal_version, keyring.seal.primary})
+        retired.update(
+            set(keyring.seal.versions) - in_use - {txn.seal_version, keyring.seal.primary}
+        )
         if not retired:
             return keyring
         return replace(keyring, seal=keyring.seal.without(retired))
@@ -307,11 +309,17 @@ def repseudonymise(
 
 
 def migrate(write: Writer, keyring_path: Path, progress: Progress) -> MigrationResult:
-    """Brings a store of an older format to the current one, online: pads values sealed
-    without padding (format 3), then moves everything to the tagged layout (format 5)."""
+    """Brings a store of an older format to the current one, online: rewrites a keyring of
+    format 1 as Tink keysets (the same keys), pads values sealed without padding (store
+    format 3), then moves everything to the tagged layout (format 5)."""
+    Keyring.update(keyring_path, _as_tink_keysets)
     if write(lambda txn: txn.store_format()) == UNPADDED_FORMAT:
         reseal(write, keyring_path, progress)
     return repseudonymise(write, keyring_path, progress)
+
+
+def _as_tink_keysets(keyring: Keyring) -> Keyring:
+    return replace(keyring, raw_keys_format=False) if keyring.raw_keys_format else keyring
 
 
 def _move_batch(txn: LmdbWriteTxn, after: bytes | None, batch: int) -> tuple[int, bytes | None]:
@@ -328,7 +336,9 @@ def _retire_pseudonym_versions(txn: LmdbWriteTxn, keyring_path: Path) -> tuple[i
     old: set[int] = set()
 
     def without_old(keyring: Keyring) -> Keyring:
-        old.update(set(keyring.pseudonym.keys) - {txn.pseudonym_version, keyring.pseudonym.primary})
+        old.update(
+            set(keyring.pseudonym.versions) - {txn.pseudonym_version, keyring.pseudonym.primary}
+        )
         if not old:
             return keyring
         return replace(keyring, pseudonym=keyring.pseudonym.without(old))

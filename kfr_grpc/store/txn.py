@@ -33,7 +33,7 @@ class Crypto:
         self.keyring = keyring
         self.sealer: Sealer = keyring.sealer()
         self.pseudonymisers: dict[int, Pseudonymiser] = {
-            version: keyring.pseudonymiser(version) for version in keyring.pseudonym.keys
+            version: keyring.pseudonymiser(version) for version in keyring.pseudonym.versions
         }
         # Every pseudonym version that may hold data, newest first.
         self.newest_first = sorted(self.pseudonymisers.items(), reverse=True)
