@@ -178,7 +178,7 @@ class MaintenanceConfig(_Table):
     # The store is walked for inconsistencies this often (0: never); each node its own copy.
     integrity_check_seconds: Seconds = 604800.0
     # A compaction swaps in a copy of the store without what was removed, this often (0:
-    # never; writes wait for the copy); each node its own copy.
+    # never); each node its own copy.
     compact_seconds: Seconds = 604800.0
 
 

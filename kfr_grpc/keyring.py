@@ -208,9 +208,14 @@ def _key_value(purpose: str, key: tink_pb2.Keyset.Key) -> bytes:
     return kind.FromString(key.key_data.value).key_value
 
 
+def _prf_hash(key: tink_pb2.Keyset.Key) -> int:
+    return hmac_prf_pb2.HmacPrfKey.FromString(key.key_data.value).params.hash
+
+
 def _checked(keys: KeySet) -> KeySet:
     """Refuses a keyset this register cannot use: another kind of key, a prefix, versions
-    out of range, a key that is not 256 bits."""
+    out of range, a key that is not 256 bits, an HMAC over another hash than SHA-256
+    (every pseudonym would change)."""
     if keys.primary not in keys.versions:
         raise ConfigError(f"keyring: the {keys.purpose} primary version {keys.primary} has no key")
     for key in keys.keyset.key:
@@ -220,6 +225,7 @@ def _checked(keys: KeySet) -> KeySet:
             and key.status == tink_pb2.ENABLED
             and 1 <= key.key_id <= MAX_KEY_VERSION
             and len(_key_value(keys.purpose, key)) == _KEY_BYTES
+            and (keys.purpose == SEAL or _prf_hash(key) == common_pb2.SHA256)
         )
         if not usable:
             raise ConfigError(

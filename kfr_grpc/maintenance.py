@@ -12,6 +12,7 @@ in that worker, on every node (each has its own copy)."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -65,7 +66,10 @@ class Maintenance:
         if self._problems is not None and config.integrity_check_seconds > 0:
             jobs.append(_Periodic(config.integrity_check_seconds, 300.0, self._check_integrity))
         if self._compact is not None and config.compact_seconds > 0:
-            jobs.append(_Periodic(config.compact_seconds, 3600.0, self._compact_store))
+            # First after one to two hours (or intervals), at random: cluster nodes started
+            # together do not all compact, and stop applying the log, at once.
+            first = min(3600.0, config.compact_seconds) * (1 + random.random())
+            jobs.append(_Periodic(config.compact_seconds, first, self._compact_store))
         tick = min(config.lookup_counts_flush_seconds, *(job.interval for job in jobs))
         while not self._stopping.wait(max(tick, 0.05)):
             self._flush()
@@ -111,8 +115,7 @@ class Maintenance:
 
 @dataclass
 class _Periodic:
-    """A job run every ``interval`` seconds (first after ``first``, or the interval if
-    shorter), when ``wanted()``."""
+    """A job run every ``interval`` seconds (first after ``first``), when ``wanted()``."""
 
     interval: float
     first: float
@@ -120,7 +123,7 @@ class _Periodic:
     wanted: Callable[[], bool] = lambda: True
 
     def __post_init__(self) -> None:
-        self._due = time.monotonic() + min(self.first, self.interval)
+        self._due = time.monotonic() + self.first
 
     def run_if_due(self) -> None:
         if time.monotonic() >= self._due and self.wanted():

@@ -171,6 +171,7 @@ def test_purge_and_compaction_beside_a_running_server_erase_for_good_while_it_an
     are: the control); writes the server took after the swap survive its restart."""
     import threading
 
+    from kfr_grpc.store.generations import is_moved_marker
     from tests.test_server import end, lookup, report
 
     institution = server.client(server.pki.institution)
@@ -216,7 +217,7 @@ def test_purge_and_compaction_beside_a_running_server_erase_for_good_while_it_an
     assert failures == [] and calls[0] > 0
     assert _traces(server.data_dir, marks) == 0
     generation_dirs = [p for p in server.data_dir.iterdir() if p.is_dir() and not p.is_symlink()]
-    assert len(generation_dirs) == 1 and not (server.data_dir / "data.mdb").exists()
+    assert len(generation_dirs) == 1 and is_moved_marker(server.data_dir / "data.mdb")
     server.restart()
     assert server.relationship_count() == len(kept) + len(later)
 
@@ -265,3 +266,81 @@ def test_writes_of_another_process_during_compactions_are_never_lost(
     with store.read() as view:
         probes = [k for k, _ in view._txn.cursor(db=view._db[META]) if k.startswith(b"probe-")]
     assert len(probes) == writes
+
+
+def test_after_the_first_compaction_an_older_kfr_finds_no_store_to_start_afresh_in(
+    populated, tmp_path: Path
+):
+    """The data directory's own data.mdb becomes a marker that is no LMDB file (an older
+    kfr, or LMDB itself, refuses it instead of making an empty register there), and a
+    'current' link naming a generation without its data file is refused too."""
+    import lmdb
+
+    from kfr_grpc.errors import ConfigError
+    from kfr_grpc.store.generations import CURRENT, store_directory
+
+    store = populated[0]
+    store.compact()
+    data_dir = tmp_path / "data"
+    assert store_directory(data_dir) != data_dir
+    with pytest.raises(lmdb.Error):
+        lmdb.open(str(data_dir), max_dbs=16, readonly=True, lock=False)
+    keyring_path = store.keyring_file()
+    store.close()
+    _open(data_dir, keyring_path).close()  # this kfr opens it
+    (store_directory(data_dir) / "data.mdb").unlink()  # a generation lost its file
+    with pytest.raises(ConfigError, match=f"{CURRENT} names gen-"):
+        _open(data_dir, keyring_path)
+
+
+def test_restore_refuses_while_a_process_still_uses_the_store(populated, tmp_path: Path):
+    """Even a process on a generation a compaction has deleted holds the store's in-use
+    lock: kfr restore waits for it to let go."""
+    from kfr_grpc.errors import ConfigError
+    from kfr_grpc.store.lmdb_store import restore
+
+    store = populated[0]
+    store.backup(tmp_path / "backup")
+    keyring = store.keyring
+    with pytest.raises(ConfigError, match="in use"):
+        restore(tmp_path / "backup", tmp_path / "data", keyring)
+    store.close()
+    restored, _ = restore(tmp_path / "backup", tmp_path / "data", keyring)
+    assert restored.relationships == 120
+
+
+def test_writes_made_while_the_copy_is_written_reach_the_new_generation(
+    populated, monkeypatch, ids
+):
+    """The copy is of a snapshot while writers go on: what they change while it is
+    written is noted and brought over under the write lock, and the notes themselves
+    stay behind."""
+    import threading
+
+    from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
+    from kfr_grpc.register.model import Period, Role
+    from kfr_grpc.store import compaction
+    from kfr_grpc.store.layout import CHANGED_PREFIX, COMPACTING_KEY
+
+    store = populated[0]
+    newcomer = CustomerId(ids.person(), CustomerKind.PERSON)
+    copy_live = compaction.copy_live
+
+    def copy_while_someone_writes(*args) -> None:
+        writer = threading.Thread(
+            target=store.write,
+            args=(lambda txn: txn.put_history(newcomer, BANK, Role.OWNER, (Period(TODAY),)),),
+        )
+        writer.start()
+        writer.join()  # committed after the snapshot the copy is of
+        copy_live(*args)
+
+    monkeypatch.setattr(compaction, "copy_live", copy_while_someone_writes)
+    copy, _ = store.compact()
+    assert copy.relationships == 121
+    with store.read() as view:
+        assert view.history(newcomer, BANK, Role.OWNER)
+        meta = view._db[META]
+        assert view._txn.get(COMPACTING_KEY, db=meta) is None
+        notes = [k for k in view._txn.cursor(db=meta).iternext(values=False)]
+        assert not [k for k in notes if k.startswith(CHANGED_PREFIX)]

@@ -182,3 +182,19 @@ def test_kfr_migrate_rewrites_a_format_1_keyring_as_tink_keysets(tmp_path: Path)
         store.close()
     assert json.loads(path.read_text())["kfr_keyring"] == 2
     assert Keyring.load(path) == keyring and not Keyring.load(path).raw_keys_format
+
+
+def test_a_pseudonym_keyset_over_another_hash_is_refused(tmp_path: Path):
+    """An HMAC over SHA-512 would change every pseudonym and tag: lookups would find
+    nothing. The keyring refuses it."""
+    from tink.proto import common_pb2, hmac_prf_pb2
+
+    keyring = Keyring.generate()
+    keyset = keyring.pseudonym.keyset
+    key = hmac_prf_pb2.HmacPrfKey.FromString(keyset.key[0].key_data.value)
+    key.params.hash = common_pb2.SHA512
+    keyset.key[0].key_data.value = key.SerializeToString()
+    path = tmp_path / "keyring.json"
+    keyring.save(path)
+    with pytest.raises(ConfigError, match="pseudonym key version 1"):
+        Keyring.load(path)

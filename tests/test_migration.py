@@ -261,3 +261,19 @@ def test_the_raw_file_names_no_institution_account_agency_or_mandate_outside_ins
                         assert value not in relationships and len(value) > 41, name
     finally:
         env.close()
+
+
+def test_no_record_at_a_scan_boundary_is_passed_over(store, populated, monkeypatch):
+    """The move pass looks at a bounded number of keys per transaction and goes on after
+    the last one it looked at: with a bound of 7 keys, every legacy record still moves,
+    and orphaned legacy index entries go too."""
+    monkeypatch.setattr(rotation, "_SCAN", 7)
+    to_format_4(store)
+
+    def orphan(txn) -> None:  # a legacy index entry whose record is gone
+        txn._txn.put(b"\x12\x89\x7b\xc4" + b"\xff" * 8, b"\x01" * 38, db=txn._db[BY_INSTITUTION])
+
+    store.write(orphan)
+    assert store.migrate(lambda _: None).finished
+    assert _legacy_entries(store) == 0 and _format(store) == b"5"
+    assert_indexes_consistent(store)

@@ -434,9 +434,10 @@ def compact(config_path: Path) -> None:
     """Rewrite the store with only what is live, online (a server may run).
 
     LMDB keeps freed pages and the unused room in pages: what purges, closures, re-sealing
-    and re-pseudonymisation removed stays in the data file until then. Writes wait while
-    the copy is written; reads go on. The server also compacts by itself every
-    maintenance.compact_seconds. In a cluster, each node compacts its own copy.
+    and re-pseudonymisation removed stays in the data file until then. Reads and writes
+    go on while the copy is written; writes wait only while it catches up and is swapped
+    in. The server also compacts by itself every maintenance.compact_seconds. In a
+    cluster, each node compacts its own copy.
     """
     config = load(config_path)
     with kfr_errors():

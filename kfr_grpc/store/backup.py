@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kfr_grpc.errors import ConfigError
 from kfr_grpc.register.storage import CopySummary
-from kfr_grpc.store.generations import DATA_FILE, LOCK_FILE, store_directory
+from kfr_grpc.store.generations import DATA_FILE, GENERATION_PREFIX, LOCK_FILE, in_use
 
 # Opens a copy of the store read-only and says what it holds (refusing one the
 # configured keyring cannot open).
@@ -52,7 +52,7 @@ def restore(source: Path, data_dir: Path, check: Check) -> tuple[CopySummary, Pa
     Refuses while any process has the store open. The current store is kept aside, not
     deleted: returns where it went (None if there was none).
     """
-    if _in_use(store_directory(data_dir)):
+    if _in_use(data_dir):
         raise ConfigError(f"{data_dir} is in use (is the server running?); stop it first")
     check(source)  # refuses a copy this keyring cannot open
     kept_aside = None
@@ -78,13 +78,18 @@ def restore(source: Path, data_dir: Path, check: Check) -> tuple[CopySummary, Pa
 
 
 def _in_use(data_dir: Path) -> bool:
-    """True when some process has the LMDB environment open."""
-    if not (data_dir / LOCK_FILE).exists():
-        return False
-    descriptor = locked_exclusively(data_dir)
-    if descriptor is None:
+    """True when some process has the store open (its in-use lock, or LMDB's lock on a
+    generation's lock file)."""
+    if in_use(data_dir):
         return True
-    os.close(descriptor)
+    directories = [data_dir, *data_dir.glob(f"{GENERATION_PREFIX}*")]
+    for directory in directories:
+        if not (directory / LOCK_FILE).exists():
+            continue
+        descriptor = locked_exclusively(directory)
+        if descriptor is None:
+            return True
+        os.close(descriptor)
     return False
 
 

@@ -9,7 +9,10 @@ them, in key order, into a new environment: its pages hold what is live and zero
 nothing else.
 
 ``LmdbStore.compact`` swaps such a copy in for the store while it serves
-(``generations``); a backup is such a copy.
+(``generations``): it copies a snapshot while writers go on, each noting in ``meta`` the
+keys it changes (``COMPACTING_KEY``), then, holding the write lock only for that,
+brings the copy up to date with the noted keys (``catch_up``) and swaps. A backup is
+such a copy too (of a snapshot, without the catching up).
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from pathlib import Path
 
 import lmdb
 
-from kfr_grpc.store.layout import DATABASES, META, Databases, open_environment
+from kfr_grpc.store.layout import (
+    CHANGED_PREFIX,
+    DATABASES,
+    META,
+    Databases,
+    is_compaction_note,
+    open_environment,
+    split_changed_key,
+)
 
 _BATCH = 50_000  # entries per write transaction of the copy (LMDB bounds a transaction)
 
@@ -45,6 +56,8 @@ def _copy_database(
 ) -> None:
     with snapshot.cursor(db=database) as cursor:
         entries = cursor.iternext(keys=True, values=True)
+        if name == META:  # a compaction's own notes stay behind
+            entries = ((k, v) for k, v in entries if not is_compaction_note(k))
         while True:
             with copy.begin(write=True) as txn:
                 target = copy.open_db(name, txn=txn)
@@ -60,3 +73,32 @@ def _take(entries: Iterator[tuple[bytes, bytes]], count: int) -> Iterator[tuple[
         if entry is None:
             return
         yield entry
+
+
+def catch_up(
+    current: lmdb.Transaction, databases: Databases, source: lmdb.Environment, copy: Path
+) -> int:
+    """Brings the copy in ``copy`` up to ``current`` (a write transaction of ``source``,
+    so nobody writes meanwhile) for every key noted as changed since the copy's snapshot;
+    returns how many."""
+    target = open_environment(
+        copy, map_size=source.info()["map_size"], readonly=False, shared=False
+    )
+    caught_up = 0
+    try:
+        with target.begin(write=True) as txn, current.cursor(db=databases[META]) as notes:
+            handles = {name: target.open_db(name, txn=txn) for name in (META, *DATABASES)}
+            positioned = notes.set_range(CHANGED_PREFIX)
+            while positioned and notes.key().startswith(CHANGED_PREFIX):
+                database, key = split_changed_key(notes.key())
+                value = current.get(key, db=databases[database])
+                if value is None:
+                    txn.delete(key, db=handles[database])
+                else:
+                    txn.put(key, value, db=handles[database])
+                caught_up += 1
+                positioned = notes.next()
+        target.sync(True)
+    finally:
+        target.close()
+    return caught_up

@@ -74,6 +74,26 @@ ACTIVE_KEY = b"active_relationships"  # how many relationships have an active pe
 # Cluster mode: the position in the replicated log of the last entry this store applied
 # (absent: none), written in the transaction that applies it.
 LOG_POSITION_KEY = b"log_position"
+# While a compaction copies the store (``compaction``): set, and every write also notes
+# the keys it changed under ``CHANGED_PREFIX || database || 0x00 || key``, so that the
+# copy can catch up with them at the end. Neither is ever copied.
+COMPACTING_KEY = b"compacting"
+CHANGED_PREFIX = b"compaction-changed\x00"
+
+
+def changed_key(database: bytes, key: bytes) -> bytes:
+    return CHANGED_PREFIX + database + b"\x00" + key
+
+
+def split_changed_key(noted: bytes) -> tuple[bytes, bytes]:
+    database, _, key = noted[len(CHANGED_PREFIX) :].partition(b"\x00")
+    return database, key
+
+
+def is_compaction_note(key: bytes) -> bool:
+    return key == COMPACTING_KEY or key.startswith(CHANGED_PREFIX)
+
+
 _MAX_READERS = 1024
 
 Databases = dict[bytes, Any]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from kfr_grpc.store.institutions import InstitutionReads
 from kfr_grpc.store.integrity import IntegrityReads
 from kfr_grpc.store.layout import (
     ACTIVE_KEY,
+    CHANGED_PREFIX,
+    COMPACTING_KEY,
     INSTITUTIONS,
     LOG_POSITION_KEY,
     META,
@@ -41,8 +44,10 @@ from kfr_grpc.store.layout import (
     SEAL_VERSION_KEY,
     SEALED_DATABASES,
     Databases,
+    changed_key,
     check_or_initialise,
     existing_map_size,
+    is_compaction_note,
     meta_number,
     open_environment,
 )
@@ -108,6 +113,7 @@ class LmdbStore:
         self._readonly = readonly
         self._shared = shared
         self._switching = threading.Lock()
+        self._in_use = generations.hold_in_use(data_dir) if shared else None
         self._keys = keys
         self._keyring_path = keyring_path
         self._crypto = Crypto(keys.get())
@@ -152,7 +158,18 @@ class LmdbStore:
         )
         if not readonly:
             store._count_active_if_unknown()
+            if shared:
+                store._end_abandoned_compaction()
         return store
+
+    def _end_abandoned_compaction(self) -> None:
+        """A compaction killed half way left writers noting their changes: stops that,
+        unless a compaction is running now."""
+        with self.read() as view:
+            if view._txn.get(COMPACTING_KEY, db=view._db[META]) is None:
+                return
+        with contextlib.suppress(ConfigError), generations.compacting(self._data_dir):
+            self._set_compacting(False)  # (ConfigError: one is running)
 
     @property
     def _env(self) -> lmdb.Environment:
@@ -208,6 +225,9 @@ class LmdbStore:
         consistent; closing it under a running commit could crash the process)."""
         with self._switching:
             _close_generation(self._gen, wait_seconds)
+            if self._in_use is not None:
+                os.close(self._in_use)  # releases the lock
+                self._in_use = None
 
     @property
     def keyring(self) -> Keyring:
@@ -307,7 +327,13 @@ class LmdbStore:
         its maximum (another process wrote first) grows the map and runs ``body`` again;
         at the maximum it is ``StoreFull``."""
         while True:
-            self._gen.map.ensure_headroom()
+            current = self._gen
+            try:
+                current.map.ensure_headroom()
+            except (lmdb.Error, StoreClosed):
+                if self._gen is current:
+                    raise
+                continue  # a compaction retired it under us: look at the current one
             with self._transaction(write=True) as (txn, generation):
                 try:
                     return body(txn, generation.databases)
@@ -324,8 +350,9 @@ class LmdbStore:
         append: Append | None = None,
     ) -> _T:
         try:
+            compacting = txn.get(COMPACTING_KEY, db=databases[META]) is not None
             names = {id(handle): name for name, handle in databases.items()}
-            recording = RecordingTransaction(txn, names) if append else None
+            recording = RecordingTransaction(txn, names) if append or compacting else None
             store_txn = self._write_transaction(recording or txn, databases)
             try:
                 result = work(store_txn)
@@ -334,6 +361,8 @@ class LmdbStore:
                     append(_applied(txn, databases) + 1, None)
                 raise
             store_txn.flush_active_count()
+            if compacting and recording is not None:
+                _note_changes(txn, databases, ((d, k) for d, k, _ in recording.changes))
             if append is not None and recording is not None:
                 position = _applied(txn, databases) + 1
                 changes = encode_changes(recording.changes) if recording.changes else None
@@ -421,27 +450,63 @@ class LmdbStore:
             compaction.copy_live(txn, generation.databases, generation.env, destination)
 
     def compact(self) -> tuple[CopySummary, int]:
-        """Swaps a live copy of the store in for it (``compaction``), online: writes wait
-        for the copy, reads go on. Returns what the copy holds and the old file's size."""
+        """Swaps a live copy of the store in for it (``compaction``), online: the copy is
+        of a snapshot while reads and writes go on (writes noting what they change), and
+        only bringing it up to date with those and the swap hold the write lock. Returns
+        what the copy holds and the old file's size."""
         keyring = self.keyring
         with generations.compacting(self._data_dir):
-            with self._transaction(write=True) as (txn, generation):
-                try:
+            self._set_compacting(True)
+            try:
+                copy = generations.new_generation(self._data_dir)
+                self._gen.map.reserve_for_long_read()
+                with self._transaction(write=False) as (snapshot, generation), snapshot:
                     size = (generation.directory / backup.DATA_FILE).stat().st_size
-                    copy = generations.new_generation(self._data_dir)
-                    compaction.copy_live(txn, generation.databases, generation.env, copy)
-                    summary = summarise(copy, keyring, live=False)
-                    expected = (
-                        txn.stat(generation.databases[RELATIONSHIPS])["entries"],
-                        txn.stat(generation.databases[INSTITUTIONS])["entries"],
-                    )
-                    if (summary.relationships, summary.institutions) != expected:
-                        raise ConfigError("the compacted copy differs; the store is left as it was")
-                    generations.swap(self._data_dir, copy)
-                finally:
-                    txn.abort()  # nothing written: the writers waiting go to the new file
+                    compaction.copy_live(snapshot, generation.databases, generation.env, copy)
+                expected = self._swap_in(copy, generation, keyring)
+            finally:
+                self._set_compacting(False)
             self._switch(generation)
-        return CopySummary(self._data_dir, summary.bytes, *expected), size
+        return CopySummary(
+            self._data_dir, (copy / backup.DATA_FILE).stat().st_size, *expected
+        ), size
+
+    def _swap_in(self, copy: Path, generation: _Generation, keyring: Keyring) -> tuple[int, int]:
+        """Under the write lock: the copy caught up, checked against the store, swapped in."""
+        with self._transaction(write=True) as (txn, current):
+            try:
+                if current is not generation:
+                    raise ConfigError("the store changed generation under the compaction")
+                compaction.catch_up(txn, current.databases, current.env, copy)
+                summary = summarise(copy, keyring, live=False)
+                expected = (
+                    txn.stat(current.databases[RELATIONSHIPS])["entries"],
+                    txn.stat(current.databases[INSTITUTIONS])["entries"],
+                )
+                if (summary.relationships, summary.institutions) != expected:
+                    raise ConfigError("the compacted copy differs; the store is left as it was")
+                generations.swap(self._data_dir, copy)
+            finally:
+                txn.abort()  # nothing written: the writers waiting go to the new file
+        return expected
+
+    def _set_compacting(self, on: bool) -> None:
+        """Starts (or ends, dropping the notes) writers' noting of what they change."""
+
+        def mark(txn: lmdb.Transaction, databases: Databases) -> None:
+            meta = databases[META]
+            try:
+                if on:
+                    txn.put(COMPACTING_KEY, b"1", db=meta)
+                else:
+                    txn.delete(COMPACTING_KEY, db=meta)
+                    _drop_notes(txn, meta)
+                txn.commit()
+            except BaseException:
+                txn.abort()
+                raise
+
+        self._in_write_transaction(mark)
 
     def problems(self) -> list[str]:
         with self.read() as view:
@@ -465,6 +530,11 @@ def _open_generation(
     not ``readonly``): the environment, its map guard and its databases."""
     with generations.opening(data_dir) if shared else contextlib.nullcontext():
         directory = generations.store_directory(data_dir)
+        if directory != data_dir and not (directory / backup.DATA_FILE).is_file():
+            raise ConfigError(
+                f"{data_dir / generations.CURRENT} names {directory.name}, which holds no store; "
+                "restore a backup (`kfr restore`) rather than start an empty register"
+            )
         if (directory / backup.DATA_FILE).is_file():
             map_size = max(map_size, existing_map_size(directory))
         env = open_environment(directory, map_size=map_size, readonly=readonly, shared=shared)
@@ -478,11 +548,16 @@ def _open_generation(
     return _Generation(env, guard, databases, names, directory)
 
 
-def _close_generation(generation: _Generation, wait_seconds: float = 60.0) -> None:
-    if generation.map.close(wait_seconds):
-        generation.env.close()
-    else:
-        log.warning("store transactions still running at close; leaving it to exit")
+def _close_generation(generation: _Generation, wait_seconds: float | None = None) -> None:
+    """Closes ``generation`` once its transactions have ended. ``wait_seconds``: give up
+    after so long (the process is exiting); None: keep waiting (a retired generation:
+    its file, and what it held, leaves the disk only when every process has closed it)."""
+    while not generation.map.close(60.0 if wait_seconds is None else wait_seconds):
+        if wait_seconds is not None:
+            log.warning("store transactions still running at close; leaving it to exit")
+            return
+        log.warning("a retired store generation is still in use after 60 s; waiting on")
+    generation.env.close()
 
 
 def _applied(txn: lmdb.Transaction, databases: Databases) -> int:
@@ -490,11 +565,31 @@ def _applied(txn: lmdb.Transaction, databases: Databases) -> int:
 
 
 def _apply(txn: lmdb.Transaction, databases: Databases, changes: bytes) -> None:
-    for database, key, value in decode_changes(changes):
+    decoded = decode_changes(changes)
+    for database, key, value in decoded:
         if value is None:
             txn.delete(key, db=databases[database])
         else:
             txn.put(key, value, db=databases[database])
+    if txn.get(COMPACTING_KEY, db=databases[META]) is not None:
+        _note_changes(txn, databases, ((d, k) for d, k, _ in decoded))
+
+
+def _drop_notes(txn: lmdb.Transaction, meta: object) -> None:
+    with txn.cursor(db=meta) as cursor:
+        positioned = cursor.set_range(CHANGED_PREFIX)
+        while positioned and cursor.key().startswith(CHANGED_PREFIX):
+            positioned = cursor.delete()
+
+
+def _note_changes(
+    txn: lmdb.Transaction, databases: Databases, changed: Iterable[tuple[bytes, bytes]]
+) -> None:
+    """Notes, for the compaction under way, the keys a write changed (in the store's own
+    transaction: never into a replicated log)."""
+    for database, key in changed:
+        if database != META or not is_compaction_note(key):
+            txn.put(changed_key(database, key), b"", db=databases[META])
 
 
 def summarise(directory: Path, keyring: Keyring, *, live: bool) -> CopySummary:

@@ -63,6 +63,14 @@ class MapGuard:
         if used * 2 + _MARGIN > size and size < self._max:
             self._resize(self._grown_size)
 
+    def reserve_for_long_read(self) -> None:
+        """Grows the map, before a long read transaction of this process (a compaction's
+        copy), to four times what is in use: the map cannot grow while that transaction
+        lasts, and the writes meanwhile cannot reuse the pages it sees."""
+        used, size = self.usage()
+        if used * 4 + _MARGIN > size and size < self._max:
+            self._resize(lambda: min(max(size, used * 4 + 2 * _MARGIN), self._max))
+
     def grow(self) -> bool:
         """Grows the map at once (a write found it full after all), up to the maximum.
         False when it is at the maximum already."""

@@ -24,9 +24,11 @@ from kfr_grpc.register.storage import MigrationResult, Progress
 from kfr_grpc.store import codec
 from kfr_grpc.store.institutions import InstitutionWrites
 from kfr_grpc.store.layout import (
+    BY_INSTITUTION,
     CANARY,
     CANARY_KEY,
     COLLECTION_ACCOUNTS,
+    ENDED_BY_DATE,
     FORMAT_KEY,
     LOOKUP_COUNTS,
     META,
@@ -123,16 +125,19 @@ class RotationWrites(RelationshipWrites, InstitutionWrites, RecordWrites):
         positioned = cursor.set_range(after) if after is not None else cursor.first()
         if positioned and after is not None and cursor.key() == after:
             positioned = cursor.next()
+        last: bytes | None = None
         for _ in range(_SCAN):
             if not positioned:
                 return keys, None
-            key = cursor.key()
-            if key[0] != self.pseudonym_version or codec.is_legacy_relationship(key):
-                keys.append(key)
+            last = cursor.key()
+            if last[0] != self.pseudonym_version or codec.is_legacy_relationship(last):
+                keys.append(last)
                 if len(keys) >= limit:
-                    return keys, key
+                    return keys, last
             positioned = cursor.next()
-        return keys, cursor.key() if positioned else None
+        # The last key looked at: the next call goes on after it (not after the next one,
+        # which nobody has looked at yet).
+        return keys, last if positioned else None
 
     def move_relationship(self, key: bytes) -> None:
         """Moves one record to the current pseudonym version's tagged key."""
@@ -203,6 +208,29 @@ class RotationWrites(RelationshipWrites, InstitutionWrites, RecordWrites):
             if codec.is_legacy_lookup_count(plaintext) or key[4] != self.pseudonym_version:
                 return True
         return False
+
+    def drop_orphaned_legacy_entries(
+        self, database: bytes, after: bytes | None
+    ) -> tuple[int, bytes | None]:
+        """Deletes legacy-layout entries of index ``database`` whose record is gone (a
+        record's own go when it moves), among up to ``_SCAN`` keys after ``after``: none
+        may keep an org number in clear once the store is format 5. How many it deleted,
+        and the key to go on after (None: the end)."""
+        orphans: list[bytes] = []
+        last: bytes | None = None
+        for count, (key, value) in enumerate(self._keys_from(database, after)):
+            if count == _SCAN:
+                break
+            last = key
+            if is_unsealed_entry(database, key):
+                record = value if database == BY_INSTITUTION else key[4:]
+                if self._txn.get(record, db=self._db[RELATIONSHIPS]) is None:
+                    orphans.append(key)
+        else:
+            last = None
+        for key in orphans:
+            self._delete(database, key)
+        return len(orphans), last
 
     def mark_tagged(self) -> None:
         """Nothing is left in the legacy layout: the store is format 5."""
@@ -295,12 +323,11 @@ def repseudonymise(
         if after is None:
             break
     moved += write(lambda txn: txn.move_collection_accounts())
-    after = None
-    while True:
-        count, after = write(lambda txn, after=after: txn.move_lookup_counts(after, batch))
-        moved += count
-        if after is None:
-            break
+    for database in (BY_INSTITUTION, ENDED_BY_DATE):
+        _in_batches(
+            write, lambda txn, after, d=database: txn.drop_orphaned_legacy_entries(d, after)
+        )
+    moved += _in_batches(write, lambda txn, after: txn.move_lookup_counts(after, batch))
     with keyring_lock(keyring_path):  # before the write, as rotate takes them: no deadlock
         retired = write(lambda txn: _retire_pseudonym_versions(txn, keyring_path))
     if retired is None:
@@ -320,6 +347,19 @@ def migrate(write: Writer, keyring_path: Path, progress: Progress) -> MigrationR
 
 def _as_tink_keysets(keyring: Keyring) -> Keyring:
     return replace(keyring, raw_keys_format=False) if keyring.raw_keys_format else keyring
+
+
+def _in_batches(
+    write: Writer, step: Callable[[LmdbWriteTxn, bytes | None], tuple[int, bytes | None]]
+) -> int:
+    """Runs ``step`` (a count and the key to go on after, None at the end) in one write
+    transaction after another until it reaches the end; the counts added up."""
+    total, after = 0, None
+    while True:
+        count, after = write(lambda txn, after=after: step(txn, after))
+        total += count
+        if after is None:
+            return total
 
 
 def _move_batch(txn: LmdbWriteTxn, after: bytes | None, batch: int) -> tuple[int, bytes | None]:
