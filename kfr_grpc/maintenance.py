@@ -62,9 +62,16 @@ class Maintenance:
 
     def _run(self) -> None:
         config = self._config
-        jobs = [_Periodic(config.purge_interval_seconds, 60.0, self._purge, self._runs_retention)]
+        purge = _Periodic(
+            config.purge_interval_seconds,
+            min(60.0, config.purge_interval_seconds),
+            self._purge,
+            self._runs_retention,
+        )
+        jobs = [purge]
         if self._problems is not None and config.integrity_check_seconds > 0:
-            jobs.append(_Periodic(config.integrity_check_seconds, 300.0, self._check_integrity))
+            first = min(300.0, config.integrity_check_seconds)
+            jobs.append(_Periodic(config.integrity_check_seconds, first, self._check_integrity))
         if self._compact is not None and config.compact_seconds > 0:
             # First after one to two hours (or intervals), at random: cluster nodes started
             # together do not all compact, and stop applying the log, at once.
