@@ -177,7 +177,10 @@ class KfrServer:
                 self._metrics_http, self.metrics_port = self.metrics.serve(listen)
             except OSError as error:
                 await self.stop(grace=0)
-                raise ConfigError(f"cannot serve metrics on {listen}: {error.strerror}") from None
+                raise ConfigError(
+                    f"cannot serve metrics on {listen}: {error.strerror}; set [metrics] listen "
+                    "in the config to a free host:port (or remove it to turn metrics off)"
+                ) from None
             log.info("metrics on http://%s/metrics", listen)
         await self._set_health(self.store.available())
         self._health_watch = asyncio.create_task(self._watch_store())

@@ -104,3 +104,27 @@ def _read(path: Path, setting: str) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
+
+
+def check_client_files(ca: Path, cert: Path, key: Path) -> None:
+    """Refuses, naming the file, a client's CA bundle, certificate or key that gRPC would
+    only fail on later with a handshake error that names none of them."""
+    try:
+        x509.load_pem_x509_certificates(_read(ca, "--ca"))
+    except ValueError:
+        raise ConfigError(
+            f"--ca {ca} holds no PEM certificate (the CA that issued the server's)"
+        ) from None
+    try:
+        certificate = x509.load_pem_x509_certificate(_read(cert, "--cert"))
+    except ValueError:
+        raise ConfigError(
+            f"--cert {cert} is not a PEM certificate (is it the key? the certificate is the "
+            "file with BEGIN CERTIFICATE)"
+        ) from None
+    try:
+        private_key = serialization.load_pem_private_key(_read(key, "--key"), password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"--key {key} is not an unencrypted PEM private key") from None
+    if certificate.public_key().public_numbers() != private_key.public_key().public_numbers():
+        raise ConfigError(f"--key {key} is not the key of --cert {cert}")

@@ -1,5 +1,5 @@
 """``python -m kfr_grpc.cli``: the same as the ``kfr`` command."""
 
-from kfr_grpc.cli import main
+from kfr_grpc.cli import run
 
-main()
+run()

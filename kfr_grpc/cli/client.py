@@ -15,6 +15,7 @@ from google.protobuf import json_format
 
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.auth.certificates import org_number_from_certificate
+from kfr_grpc.auth.tls import check_client_files
 from kfr_grpc.cli.common import DEV_OPTION, fail, kfr_errors, main
 from kfr_grpc.client import KfrClient, correlation_id_of, new_metadata, secure_channel
 from kfr_grpc.clock import SystemClock
@@ -78,6 +79,8 @@ def _invoke(
 
     ``audience`` ("institution" or "agency") picks the scope of a dev-minted token.
     """
+    with kfr_errors():
+        check_client_files(options["ca"], options["cert"], options["key"])
     try:
         channel = secure_channel(
             options["target"],
@@ -121,7 +124,10 @@ def _dev_token(options: dict[str, Any], audience: str) -> str:
     """A token from the dev setup for the client certificate's organisation, bound to it."""
     setup = DevSetup(options["dev_dir"].expanduser())
     if not setup.file(SIGNING_KEY_NAME).is_file():
-        fail("no access token: pass --token, or --dev with a `kfr dev init` directory")
+        fail(
+            f"no access token: pass --token, or point --dev (or KFR_DEV) at a `kfr dev init` "
+            f"directory ({setup.directory} is none: no {SIGNING_KEY_NAME} there)"
+        )
     certificate = options["cert"].read_bytes()
     with kfr_errors():
         issuer = setup.token_issuer()

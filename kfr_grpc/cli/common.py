@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,9 +39,33 @@ DEV_OPTION = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="kfr-grpc", prog_name="kfr")
 def main() -> None:
     """KFR: the customer relationship register."""
+
+
+def run() -> None:
+    """The ``kfr`` command. A user never sees a traceback: an error the commands did not
+    foresee still ends as one line naming what failed (with ``KFR_DEBUG=1``, the
+    traceback too) and exit status 1."""
+    try:
+        main()
+    except OSError as error:  # a file, directory or port
+        where = f" {error.filename}" if error.filename else ""
+        _exit_with(f"Error:{where}: {error.strerror or error}")
+    except Exception as error:
+        _exit_with(
+            f"Error: unexpected {type(error).__name__}: {error} (KFR_DEBUG=1 shows where; "
+            "please report it)"
+        )
+
+
+def _exit_with(message: str) -> NoReturn:
+    if os.environ.get("KFR_DEBUG"):
+        traceback.print_exc()
+    click.echo(message, err=True)
+    sys.exit(1)
 
 
 def fail(message: str) -> NoReturn:

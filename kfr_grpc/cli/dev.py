@@ -36,6 +36,8 @@ def dev_init(directory: Path, listen: str, metrics_listen: str | None) -> None:
     click.echo(f"  institution: {TEST_INSTITUTION_ORG} (institution.crt/.key), registered")
     click.echo(f"  agency:      {TEST_AGENCY_ORG} (agency.crt/.key)")
     click.echo(f"start the server with: kfr serve --config {setup.config}")
+    if listen != DEFAULT_LISTEN:
+        click.echo(f"clients: --target {listen} (or export KFR_TARGET={listen})")
 
 
 @dev.command("ids")
@@ -87,7 +89,8 @@ def dev_token(
 @DEV_OPTION
 def dev_revoke(certificate: Path, dev_dir: Path) -> None:
     """Revoke CERTIFICATE in the dev CA's CRL (the server picks it up without restart)."""
-    serial = DevSetup(dev_dir.expanduser()).revoke(certificate)
+    with kfr_errors():
+        serial = DevSetup(dev_dir.expanduser()).revoke(certificate)
     click.echo(f"revoked serial {serial:x} in {dev_dir / 'ca.crl'}")
 
 

@@ -47,8 +47,18 @@ class DevSetup:
     def file(self, name: str) -> Path:
         return self.directory / name
 
+    def require(self) -> DevSetup:
+        """This setup, or a ConfigError saying how to make one if the directory has none."""
+        if not (self.config.is_file() and self.file(SIGNING_KEY_NAME).is_file()):
+            raise ConfigError(
+                f"no dev setup in {self.directory}: run `kfr dev init {self.directory}` first, "
+                "or point --dev (or KFR_DEV) at the directory `kfr dev init` wrote"
+            )
+        return self
+
     def token_issuer(self) -> tokens.TokenIssuer:
         """Mints tokens the dev server accepts (issuer and audience from its config)."""
+        self.require()
         key, kid = tokens.read_signing_key(self.file(SIGNING_KEY_NAME))
         settings = load_config(self.config).tokens
         return tokens.TokenIssuer(key, kid, settings.issuer, settings.audience)
@@ -70,7 +80,11 @@ class DevSetup:
 
     def revoke(self, certificate: Path) -> int:
         """Adds ``certificate`` to the dev CA's CRL; returns its serial."""
-        serial = x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number
+        self.require()
+        try:
+            serial = x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number
+        except ValueError:
+            raise ConfigError(f"{certificate} is not a PEM certificate") from None
         crl_path = self.file("ca.crl")
         serials = pki.revoked_serials(crl_path.read_bytes())
         ca = pki.Issued.load(self.file("ca.crt"), self.file("ca.key"))
@@ -94,10 +108,19 @@ def create_dev_setup(
             raise ConfigError(f"{option} {address} is not host:port") from None
     if metrics_listen is None:
         port = host_port(listen)[1]
+        if port == 65535:
+            raise ConfigError(
+                "--listen port 65535 leaves no port + 1 for metrics; choose a lower port or "
+                "give --metrics-listen"
+            )
         metrics_listen = f"127.0.0.1:{port + 1 if port else 0}"
     setup = DevSetup(directory.resolve())
     if setup.config.exists():
         raise ConfigError(f"{setup.config} already exists; remove {directory} to start afresh")
+    try:
+        setup.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create {setup.directory}: {error.strerror}") from None
     write_shared_files(setup)
     setup.config.write_text(config_text(listen, metrics_listen), encoding="utf-8")
     register_test_institution(setup.config)
