@@ -578,3 +578,26 @@ def test_a_server_that_cannot_bind_leaves_no_helper_process(server_factory, tmp_
     with pytest.raises(ConfigError, match="cannot listen"):
         server_loop.run(build_server(taken))
     assert set(multiprocessing.active_children()) == before
+
+
+def test_a_thousand_bad_items_still_reach_a_client_with_default_limits(server, ids):
+    """The BadRequest detail travels in a trailer; gRPC clients with default settings
+    refuse metadata over 8 KiB. It lists the first violations, in item order, and says
+    how many more there are and where to find them."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    client = server.client(server.pki.institution)  # no metadata limits set: the defaults
+    bad = [(ids.person()[:-1] + "x", OWNER, "") for _ in range(1000)]
+    error = rpc_error(report, client, INSTITUTION_ORG, *bad)
+    assert error.code() is StatusCode.INVALID_ARGUMENT
+    trailer_bytes = sum(len(k) + len(v) for k, v in error.trailing_metadata())
+    assert trailer_bytes < 8 * 1024
+    (detail,) = rpc_status.from_call(error).details
+    bad_request = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad_request)
+    *listed, more = bad_request.field_violations
+    assert [v.field for v in listed] == [
+        f"relationships[{n}].customer_id" for n in range(len(listed))
+    ]
+    assert more.reason == "MORE_VIOLATIONS" and f"{1000 - len(listed)} more" in more.description

@@ -62,15 +62,30 @@ class Refusal:
         return details
 
     def _bad_request(self) -> error_details_pb2.BadRequest:
+        """The violations in item order, as many as fit; then, if some did not, one more
+        saying how many and where they all are."""
         bad_request = error_details_pb2.BadRequest()
-        for rejection in self.rejections:
+        for listed, rejection in enumerate(self.rejections):
             violation = error_details_pb2.BadRequest.FieldViolation(
                 field=rejection.field, description=rejection.reason, reason=rejection.code
             )
             if bad_request.ByteSize() + violation.ByteSize() > _MAX_DETAIL_BYTES:
+                bad_request.field_violations.append(_more(len(self.rejections) - listed))
                 break
             bad_request.field_violations.append(violation)
         return bad_request
+
+
+def _more(count: int) -> error_details_pb2.BadRequest.FieldViolation:
+    return error_details_pb2.BadRequest.FieldViolation(
+        field="",
+        reason="MORE_VIOLATIONS",
+        description=(
+            f"{count} more violation(s) not listed here (the detail must fit a client's "
+            "metadata limit): `kfr request-log CORRELATION-ID` lists up to 1000, or send "
+            "fewer items at a time"
+        ),
+    )
 
 
 def _packed(message: object) -> any_pb2.Any:
