@@ -23,6 +23,7 @@ from kfr_grpc.dev import pki, tokens
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.logs import quiet_grpc_debug
 from tests.leaks import find_leaks
+from tests.leftovers import left_behind, mark_this_run
 from tests.support import (
     AGENCY_ORG,
     INSTITUTION_NAME,
@@ -45,6 +46,27 @@ from tests.support import (
 )
 
 _ISSUED = pytest.StashKey[Ids]()
+_RUN_MARKER = pytest.StashKey[bytes]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.stash[_RUN_MARKER] = mark_this_run()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run if it left a process behind (each is named, then killed)."""
+    marker = session.stash.get(_RUN_MARKER, None)
+    if marker is None:
+        return
+    leftovers = left_behind(marker)
+    if leftovers:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = "\n  ".join(leftovers)
+        if reporter is not None:
+            reporter.write_line(f"processes left behind by the test run (killed now):\n  {lines}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 SIGNING_KID = "test-key-1"
 
 
