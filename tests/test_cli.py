@@ -167,6 +167,12 @@ def test_readme_demo_report_then_lookup(served: Served, ids):
         ]
     }
 
+    from_file = served.client(
+        "agency", "lookup", "--from", "2020-01-01", "--mandate", TEST_MANDATE,
+        "--ids-from", "-", input=customer + "\n",
+    )  # fmt: skip
+    assert _json(from_file) == _json(found)
+
     ended = served.client(
         "institution", "end", "--institution", TEST_INSTITUTION_ORG, "--ids-from", "-",
         input=customer + "\n",
@@ -272,6 +278,18 @@ def test_dev_token_revocation_and_explicit_tokens(served: Served, ids):
         time.sleep(0.2)
     assert result.exit_code == 1
     assert "UNAUTHENTICATED: the client certificate has been revoked" in result.output
+
+    restored = run("dev", "unrevoke", str(directory / "institution.crt"), "--dev", str(directory))
+    assert restored.exit_code == 0, restored.output
+    deadline = time.monotonic() + 5
+    while True:
+        result = served.client(
+            "institution", "report", "--institution", TEST_INSTITUTION_ORG, ids.person()
+        )
+        if result.exit_code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert result.exit_code == 0, result.output  # the certificate works again
 
 
 def test_client_commands_without_token_or_dev_setup_say_what_to_do(tmp_path: Path, ids):

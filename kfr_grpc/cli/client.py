@@ -238,9 +238,11 @@ def list_own(institution: str, customer_id: str, **options: Any) -> None:
 @click.option("--owner-only", is_flag=True, help="Only relationships where the customer is owner.")
 @click.option("--mandate", required=True, help="The legal mandate for this lookup.")
 @click.option("--case-ref", default=None, help="Your case reference (UUID); default a new one.")
-@click.argument("customer_id")
+@_IDS_FROM
+@click.argument("customer_ids", nargs=-1)
 def lookup(
-    customer_id: str,
+    customer_ids: tuple[str, ...],
+    ids_file: Any,
     from_date: str,
     to_date: str,
     owner_only: bool,
@@ -248,16 +250,19 @@ def lookup(
     case_ref: str | None,
     **options: Any,
 ) -> None:
-    """Find the institutions where a customer has or had a relationship (agencies)."""
-    request = pb.LookupRequest(
-        customer_id=customer_id,
-        from_date=from_date,
-        to_date=to_date,
-        role_filter=pb.ROLE_FILTER_OWNER_ONLY if owner_only else pb.ROLE_FILTER_ALL,
-        legal_mandate=mandate,
-        account_info_request_id=case_ref or str(uuid.uuid4()),
-    )
-    _call(options, "agency", lambda c, m: c.lookups.Lookup.with_call(request, metadata=m))
+    """Find the institutions where a customer has or had a relationship (agencies): one
+    Lookup per ID given (as arguments, or with --ids-from, which keeps them out of `ps`)."""
+    case = case_ref or str(uuid.uuid4())
+    for customer_id in _customer_ids(customer_ids, ids_file):
+        request = pb.LookupRequest(
+            customer_id=customer_id,
+            from_date=from_date,
+            to_date=to_date,
+            role_filter=pb.ROLE_FILTER_OWNER_ONLY if owner_only else pb.ROLE_FILTER_ALL,
+            legal_mandate=mandate,
+            account_info_request_id=case,
+        )
+        _call(options, "agency", lambda c, m, r=request: c.lookups.Lookup.with_call(r, metadata=m))
 
 
 @main.command("lookup-account")

@@ -92,6 +92,17 @@ def dev_revoke(certificate: Path, dev_dir: Path) -> None:
     with kfr_errors():
         serial = DevSetup(dev_dir.expanduser()).revoke(certificate)
     click.echo(f"revoked serial {serial:x} in {dev_dir / 'ca.crl'}")
+    click.echo(f"(undo: kfr dev unrevoke {certificate})")
+
+
+@dev.command("unrevoke")
+@click.argument("certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@DEV_OPTION
+def dev_unrevoke(certificate: Path, dev_dir: Path) -> None:
+    """Take CERTIFICATE out of the dev CA's CRL again (after trying `kfr dev revoke`)."""
+    with kfr_errors():
+        serial = DevSetup(dev_dir.expanduser()).revoke(certificate, undo=True)
+    click.echo(f"serial {serial:x} no longer revoked in {dev_dir / 'ca.crl'}")
 
 
 @dev.command("cluster")

@@ -78,17 +78,19 @@ class DevSetup:
         """Channels to the server at ``target`` as this setup's identities."""
         return Clients(target, self.file("ca.crt"), self.token_issuer())
 
-    def revoke(self, certificate: Path) -> int:
-        """Adds ``certificate`` to the dev CA's CRL; returns its serial."""
+    def revoke(self, certificate: Path, *, undo: bool = False) -> int:
+        """Adds ``certificate`` to the dev CA's CRL (``undo``: takes it out again);
+        returns its serial."""
         self.require()
         try:
             serial = x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number
         except ValueError:
             raise ConfigError(f"{certificate} is not a PEM certificate") from None
         crl_path = self.file("ca.crl")
-        serials = pki.revoked_serials(crl_path.read_bytes())
+        serials = set(pki.revoked_serials(crl_path.read_bytes()))
+        serials = serials - {serial} if undo else serials | {serial}
         ca = pki.Issued.load(self.file("ca.crt"), self.file("ca.key"))
-        _write_atomically(crl_path, pki.make_crl(ca, sorted({*serials, serial})))
+        _write_atomically(crl_path, pki.make_crl(ca, sorted(serials)))
         return serial
 
 
