@@ -351,6 +351,7 @@ def test_operator_commands_against_a_running_server(served: Served, ids, tmp_pat
     closed = run("institutions", "close", TEST_INSTITUTION_ORG, "--date", today, "--config", config)
     assert closed.exit_code == 0 and "2 active relationships ended" in closed.output
     listed = run("institutions", "list", "--config", config).output
+    assert listed.startswith("org_number\tregistered\tclosed\tname\n")
     assert f"{TEST_INSTITUTION_ORG}\t{today}\t{today}\t{TEST_INSTITUTION_NAME}" in listed
     refused = served.client(
         "institution", "report", "--institution", TEST_INSTITUTION_ORG, ids.person()
@@ -364,6 +365,7 @@ def test_operator_commands_against_a_running_server(served: Served, ids, tmp_pat
     assert refused.exit_code == 1 and "is in use" in refused.output
     assert served.terminate() == 0  # stores the lookup counters on the way out
     counts = run("lookup-counts", "--config", config)
+    assert counts.output.startswith("day\tagency\tmandate\toutcomes\n")
     assert f"{TEST_AGENCY_ORG}\t{TEST_MANDATE}\tOK=2" in counts.output
     assert run("restore", str(backup_dir), "--config", config).exit_code == 0
 
@@ -383,10 +385,10 @@ def test_report_file_loads_a_batch_file_and_names_the_lines_it_rejected(
     assert "accepted 3 entries (registered 3, already registered 0) in 3 chunks; rejected 2" in (
         result.stdout
     )
-    assert "line 2: customer_id: is not a valid fødselsnummer or D-number (check digits) " in (
+    assert "line 2, entry 3: customer_id: is not a valid fødselsnummer or D-number (check " in (
         result.stdout
     )
-    assert "line 3: start_date: is in the future [DATE_IN_FUTURE]" in result.stdout
+    assert "line 3, entry 4: start_date: is in the future [DATE_IN_FUTURE]" in result.stdout
     assert not any(value in result.output for value in [*good, broken])
 
     csv_file = tmp_path / "load.csv"

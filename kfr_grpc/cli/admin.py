@@ -271,6 +271,7 @@ def institutions_add(org_number: str, name: str, config_path: Path) -> None:
 def institutions_list(config_path: Path) -> None:
     """List institutions: org number, registered, closed (or -), name."""
     with operations(config_path, readonly=True) as ops, kfr_errors():
+        click.echo("org_number\tregistered\tclosed\tname")
         for institution in ops.institutions():
             closed = institution.closed_on.isoformat() if institution.closed_on else "-"
             registered = institution.registered_on.isoformat()
@@ -455,6 +456,7 @@ def lookup_counts(config_path: Path) -> None:
     """Agency lookups per day, agency, mandate and outcome (all that lookups leave behind)."""
     config = load(config_path)
     with opened_store(config, readonly=True) as store, kfr_errors(), store.read() as view:
+        click.echo("day\tagency\tmandate\toutcomes")
         for count in view.lookup_counts():
             outcome = " ".join(f"{status}={n}" for status, n in sorted(count.by_status.items()))
             click.echo(f"{count.day.isoformat()}\t{count.agency}\t{count.mandate}\t{outcome}")

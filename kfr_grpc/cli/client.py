@@ -287,9 +287,11 @@ def lookup_account(account_number: str, mandate: str, case_ref: str | None, **op
 @main.command("request-log")
 @_client_options
 @click.option("--institution", required=True, help="Your organisation number.")
-@click.argument("logged_id", metavar="CORRELATION_ID")
+@click.argument("logged_id", metavar="CALL_ID")
 def request_log(institution: str, logged_id: str, **options: Any) -> None:
-    """Show what the register recorded about your call CORRELATION_ID (troubleshooting)."""
+    """Show what the register recorded about your earlier call CALL_ID (the correlation-id
+    it printed), for troubleshooting. (--correlation-id, as on every command, names this
+    request itself.)"""
     request = pb.GetRequestLogRequest(institution_org_number=institution, correlation_id=logged_id)
     _call(
         options,
@@ -380,14 +382,19 @@ def _print_load_summary(response: Any, lines: dict[int, int], malformed: _Capped
     click.echo(
         f"accepted {response.accepted_count:,} entries (registered "
         f"{response.registered_count:,}, already registered "
-        f"{response.already_registered_count:,}) in {response.chunk_count:,} chunks; "
+        f"{response.already_registered_count:,}) in {response.chunk_count:,} "
+        f"chunk{'' if response.chunk_count == 1 else 's'}; "
         f"rejected {response.rejected_count:,}; unreadable lines {malformed.count:,}"
     )
+    # By line and, since a batch-format line may hold many entries, by entry (1-based, in
+    # the whole file) too.
     problems = [
-        (lines.get(r.position, 0), f"{r.field}: {r.reason} [{r.code}]") for r in response.rejected
+        (lines.get(r.position, 0), r.position + 1, f"{r.field}: {r.reason} [{r.code}]")
+        for r in response.rejected
     ]
-    problems += [(m.line, f"unreadable: {m.reason}") for m in malformed.kept]
-    for line, problem in sorted(problems):
-        click.echo(f"line {line}: {problem}")
+    problems += [(m.line, 0, f"unreadable: {m.reason}") for m in malformed.kept]
+    for line, entry, problem in sorted(problems):
+        where = f"line {line}, entry {entry:,}" if entry else f"line {line}"
+        click.echo(f"{where}: {problem}")
     if response.rejected_truncated or malformed.count > len(malformed.kept):
         click.echo("(only the first 10,000 of each kind are listed)")

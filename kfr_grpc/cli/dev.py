@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def dev_init(directory: Path, listen: str, metrics_listen: str | None) -> None:
     click.echo(f"  config:      {setup.config}")
     click.echo(f"  institution: {TEST_INSTITUTION_ORG} (institution.crt/.key), registered")
     click.echo(f"  agency:      {TEST_AGENCY_ORG} (agency.crt/.key)")
-    click.echo(f"start the server with: kfr serve --config {setup.config}")
+    if not os.environ.get("MAKELEVEL"):  # `make run` starts it itself, right after
+        click.echo(f"start the server with: kfr serve --config {setup.config}")
     if listen != DEFAULT_LISTEN:
         click.echo(f"clients: --target {listen} (or export KFR_TARGET={listen})")
 
