@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BUF := node_modules/.bin/buf
 # The local dev setup (certificates, keyring, config, data). Kept outside the
 # repository so that no key ever sits in a working tree.
 KFR_DEV ?= $(HOME)/.kfr-dev
 
-.PHONY: install run cluster test lint protos bench bench-scale bench-compaction bench-cluster sla crash chaos fuzz soak clean
+.PHONY: install run cluster test lint protos proto-release bench bench-scale bench-compaction bench-cluster sla crash chaos fuzz soak clean
 
 install: $(STAMP)
 
@@ -32,9 +33,20 @@ cluster: install
 test: install lint
 	$(BIN)/pytest
 
-lint: install
+lint: install $(BUF)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BUF) lint
+	$(BUF) breaking --against protos/release/kfr-v1.binpb
+
+# buf, from npm (package.json pins it): lints the protos and checks them for breaking changes.
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+# After releasing a contract: the snapshot later changes are checked against.
+proto-release: $(BUF)
+	$(BUF) build -o protos/release/kfr-v1.binpb
 
 protos: install
 	$(BIN)/python -m kfr_grpc.codegen
