@@ -435,3 +435,42 @@ def test_doctor_judges_certificates_at_its_clock(tmp_path: Path):
     assert server_certificate(0).startswith("OK   server certificate: valid until")
     assert server_certificate(810).startswith("WARN server certificate: valid until")
     assert server_certificate(900).startswith("FAIL server certificate: expired")
+
+
+def test_a_wrong_ca_is_named_and_the_servers_log_stays_its_own(served: Served, ids):
+    """A --ca that did not issue the server's certificate: the error says so, naming the
+    file. The handshakes the server refuses leave no raw gRPC lines in its log."""
+    import re
+    import subprocess
+
+    directory = served.directory
+    done = subprocess.run(
+        [KFR, "list-own", "--target", served.server.target, "--dev", str(directory),
+         "--ca", str(directory / "institution.crt"), "--cert", str(directory / "institution.crt"),
+         "--key", str(directory / "institution.key"), "--institution", TEST_INSTITUTION_ORG,
+         ids.person()],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"does not chain to --ca {directory / 'institution.crt'}" in done.stderr
+    _connect_without_a_certificate(served.server.target, directory / "ca.crt")
+    assert served.terminate() == 0
+    raw = [line for line in served.stderr.splitlines() if re.match(r"[IWE]\d{4} ", line)]
+    assert raw == []
+
+
+def _connect_without_a_certificate(target: str, ca: Path) -> None:
+    """A TLS client that presents no certificate: the server refuses the handshake."""
+    import socket
+    import ssl
+
+    host, port = target.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.recv(1)
+        except (ssl.SSLError, OSError):
+            pass  # refused, as it should be
+    time.sleep(0.5)  # the server has logged whatever it logs about it

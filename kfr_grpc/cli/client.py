@@ -98,7 +98,7 @@ def _invoke(
     except grpc.RpcError as error:
         correlation = correlation_id_of(error) or dict(metadata).get("correlation-id", "")
         click.echo(f"correlation-id: {correlation}", err=True)
-        fail(f"{error.code().name}: {error.details()}")
+        fail(f"{error.code().name}: {error.details()}{_hint(error, options)}")
     finally:
         client.close()
     click.echo(f"correlation-id: {correlation_id_of(call)}", err=True)
@@ -118,6 +118,17 @@ def _call(
             ensure_ascii=False,
         )
     )
+
+
+def _hint(error: grpc.RpcError, options: dict[str, Any]) -> str:
+    """What to do about a refusal whose words are gRPC's own and name no file."""
+    details = error.details() or ""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            f" (the server's certificate does not chain to --ca {options['ca']}: give the CA "
+            "that issued the server's certificate)"
+        )
+    return ""
 
 
 def _dev_token(options: dict[str, Any], audience: str) -> str:
