@@ -123,3 +123,23 @@ def test_a_wrong_client_file_is_named(tmp_path: Path):
         )  # fmt: skip
         assert done.returncode == 1 and expected in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and "tls_security_connector" not in done.stderr
+
+
+def test_dev_commands_say_what_is_missing_and_write_nothing_on_a_bad_port(tmp_path: Path):
+    kfr = [sys.executable, "-m", "kfr_grpc.cli"]
+    missing = tmp_path / "no-dev"
+    expectations = {
+        ("dev", "token", "--org", "311000004", "--scope", "x", "--dev", str(missing)):
+            f"no dev setup in {missing}: run `kfr dev init {missing}` first",
+        ("dev", "revoke", str(REPO / "README.md"), "--dev", str(missing)):
+            f"no dev setup in {missing}",
+        ("dev", "init", str(tmp_path / "dev"), "--listen", "127.0.0.1:65535"):
+            "--listen port 65535 leaves no port + 1 for metrics",
+        ("dev", "init", "/proc/no/such/place"): "cannot create /proc/no/such/place",
+    }  # fmt: skip
+    for arguments, expected in expectations.items():
+        done = subprocess.run([*kfr, *arguments], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and expected in done.stderr, (arguments, done.stderr)
+    assert not (tmp_path / "dev").exists()  # the bad port was refused before writing anything
+    version = subprocess.run([*kfr, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("kfr, version ")
