@@ -128,3 +128,26 @@ def test_workers_need_a_fixed_port(tmp_path: Path):
         main, ["serve", "--config", str(tmp_path / "kfr.toml"), "--workers", "2"]
     )
     assert result.exit_code == 1 and "fixed port" in result.output
+
+
+def test_a_server_killed_with_sigkill_takes_its_helpers_along(tmp_path: Path):
+    """The bulk-load validation helpers and multiprocessing's resource tracker die with
+    the server, whatever kills it: a kill -9 leaves nothing running."""
+    import time
+
+    from bench.common import descendants
+
+    made = CliRunner().invoke(main, ["dev", "init", str(tmp_path), "--listen", "127.0.0.1:0"])
+    assert made.exit_code == 0, made.output
+    server = start_server(DevSetup(tmp_path).config)
+    try:
+        helpers = descendants(server.process.pid)
+        assert helpers, "the server started no helper process"  # the control
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in helpers if running(pid)] == []
+    finally:
+        server.kill()
