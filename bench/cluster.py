@@ -122,13 +122,27 @@ def local_cluster(nodes: int = 3, etcd_members: int = 3, extra: str = "") -> Ite
                     running.stop_node(number)
 
 
+def _ephemeral_start() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux), or 0."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _free_port_block(size: int, attempts: int = 50) -> int:
     """A base port whose next ``size`` ports are free right now (the dev cluster's ports
-    are fixed, so that a restarted node is found where it was)."""
+    are fixed, so that a restarted node is found where it was), below the kernel's range
+    of ports for outgoing connections: a block inside it could be taken, between this
+    check and a node's start, by any client connecting somewhere."""
+    import random
     import socket
 
+    below = _ephemeral_start()
     for _ in range(attempts):
-        base = unused_ports(1)[0]
+        base = (
+            random.randrange(10_000, below - size) if below > 10_000 + size else unused_ports(1)[0]
+        )
         if base + size > 65000:
             continue
         sockets = []
