@@ -44,10 +44,13 @@ def _marked(marker: bytes) -> dict[int, str]:
         try:
             if marker not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if state != "Z":  # a zombie is gone but for its parent's wait
-            found[int(entry.name)] = command.strip()[:200]
+        if state == "Z":  # a zombie is gone but for its parent's wait
+            continue
+        if int(parent) == os.getpid() and "multiprocessing.resource_tracker" in command:
+            continue  # this process's own tracker (in-process servers): it ends with it
+        found[int(entry.name)] = command.strip()[:200]
     return found
