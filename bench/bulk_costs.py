@@ -26,24 +26,21 @@ import argparse
 import contextlib
 import itertools
 import pickle
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 
+from bench.common import fresh_dev_store
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc.api.convert import report_rows
 from kfr_grpc.clock import SystemClock
-from kfr_grpc.config import load_config
-from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, create_dev_setup
+from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG
 from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 from kfr_grpc.register.bulk import BulkLoad
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
 from kfr_grpc.register.model import CallInfo, Period, Role
 from kfr_grpc.register.service import Register
-from kfr_grpc.server import open_store
 from kfr_grpc.store import codec
 from kfr_grpc.store.layout import BY_INSTITUTION, RELATIONSHIPS, pad
 
@@ -56,15 +53,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--group", type=int, default=10)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kfr-costs-") as workdir:
-        setup = create_dev_setup(
-            Path(workdir) / "dev", listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"
-        )
-        store = open_store(load_config(setup.config), follow_keyring=False)
-        try:
-            _measure(store, args)
-        finally:
-            store.close()
+    with fresh_dev_store("kfr-costs-") as store:
+        _measure(store, args)
 
 
 def _measure(store, args) -> None:

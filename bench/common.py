@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.config import load_config
 from kfr_grpc.dev.clients import Clients
 from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
 from kfr_grpc.readiness import read_ready
@@ -264,3 +265,19 @@ def rss_anon_kib(pid: int) -> int:
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+@contextlib.contextmanager
+def fresh_dev_store(prefix: str) -> Iterator[Any]:
+    """The store of a new dev setup in a temporary directory, in this process."""
+    from kfr_grpc.server import open_store
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        setup = create_dev_setup(
+            Path(workdir) / "dev", listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"
+        )
+        store = open_store(load_config(setup.config), follow_keyring=False)
+        try:
+            yield store
+        finally:
+            store.close()

@@ -16,19 +16,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import tempfile
 import threading
 import time
 from datetime import date
-from pathlib import Path
 
-from bench.common import percentile
-from kfr_grpc.config import load_config
-from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, create_dev_setup
+from bench.common import fresh_dev_store, percentile
+from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG
 from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
 from kfr_grpc.register.model import Period, Role
-from kfr_grpc.server import open_store
 from kfr_grpc.store import LmdbStore
 
 _BATCH = 10_000
@@ -38,15 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="the cost of an online compaction")
     parser.add_argument("--relationships", type=int, default=1_000_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kfr-compaction-") as workdir:
-        setup = create_dev_setup(
-            Path(workdir) / "dev", listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"
-        )
-        store = open_store(load_config(setup.config), follow_keyring=False)
-        try:
-            sys.exit(_measure(store, args.relationships))
-        finally:
-            store.close()
+    with fresh_dev_store("kfr-compaction-") as store:
+        status = _measure(store, args.relationships)
+    sys.exit(status)
 
 
 def _person(digits: str) -> CustomerId:

@@ -36,6 +36,7 @@ from kfr_grpc.keyring import Keyring
 from kfr_grpc.lifetime import stop_when_orphaned
 from kfr_grpc.readiness import remove_ready, write_ready
 from kfr_grpc.register.digest import content_digest
+from kfr_grpc.register.storage import MigrationResult
 from kfr_grpc.server import build_server
 from kfr_grpc.store.layout import STORE_FORMAT
 from kfr_grpc.store.lmdb_store import compact as compact_store
@@ -207,12 +208,7 @@ def keys_repseudonymise(config_path: Path) -> None:
     The server keeps answering correctly while this runs; if it is interrupted, run it
     again and it continues where it stopped.
     """
-    config = load(config_path)
-    with opened_store(config) as store, kfr_errors():
-        with store.read() as view:
-            total = view.relationship_count()
-        with click.progressbar(length=total, label="re-pseudonymising", file=sys.stderr) as bar:
-            result = store.repseudonymise(bar.update)
+    result = _over_relationships(config_path, "re-pseudonymising", "repseudonymise")
     click.echo(f"moved {result.changed} relationships to the current pseudonym key")
     if not result.finished:
         fail("new writes under old keys arrived meanwhile; run the command again to finish")
@@ -225,18 +221,22 @@ def migrate(config_path: Path) -> None:
     """Bring the store and keyring to this version's formats, online and resumable:
     rewrite a keyring of format 1 as Tink keysets, pad values of store format 3, move
     clear keys of formats 3 and 4 to tags (format 5)."""
-    config = load(config_path)
-    with opened_store(config) as store, kfr_errors():
-        with store.read() as view:
-            total = view.relationship_count()
-        with click.progressbar(length=total, label="migrating", file=sys.stderr) as bar:
-            result = store.migrate(bar.update)
+    result = _over_relationships(config_path, "migrating", "migrate")
     if not result.finished:
         fail("writes under old keys arrived meanwhile; run the command again to finish")
     click.echo(
         f"moved {result.changed} records to tagged keys; store format {STORE_FORMAT.decode()}"
     )
     click.echo(f"retired pseudonym key versions: {_versions(result.retired)}")
+
+
+def _over_relationships(config_path: Path, label: str, method: str) -> MigrationResult:
+    """Runs the store's ``method`` (a pass over every relationship) with a progress bar."""
+    with opened_store(load(config_path)) as store, kfr_errors():
+        with store.read() as view:
+            total = view.relationship_count()
+        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+            return getattr(store, method)(bar.update)
 
 
 def _versions(versions: tuple[int, ...]) -> str:

@@ -87,7 +87,6 @@ class _Generation:
     env: lmdb.Environment
     map: MapGuard
     databases: Databases
-    names: dict[int, bytes]
     directory: Path
 
 
@@ -351,8 +350,11 @@ class LmdbStore:
     ) -> _T:
         try:
             compacting = txn.get(COMPACTING_KEY, db=databases[META]) is not None
-            names = {id(handle): name for name, handle in databases.items()}
-            recording = RecordingTransaction(txn, names) if append or compacting else None
+            recording = (
+                RecordingTransaction(txn, {id(db): name for name, db in databases.items()})
+                if append or compacting
+                else None  # the usual single-node write: nothing to note
+            )
             store_txn = self._write_transaction(recording or txn, databases)
             try:
                 result = work(store_txn)
@@ -544,8 +546,7 @@ def _open_generation(
         env.close()
         raise
     guard = MapGuard(env, max_bytes=max(max_map_size, map_size))
-    names = {id(handle): name for name, handle in databases.items()}
-    return _Generation(env, guard, databases, names, directory)
+    return _Generation(env, guard, databases, directory)
 
 
 def _close_generation(generation: _Generation, wait_seconds: float | None = None) -> None:
