@@ -24,8 +24,10 @@ from bench.common import fresh_dev_store, percentile
 from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG
 from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
-from kfr_grpc.register.model import Period, Role
+from kfr_grpc.register.model import Period, ProductKind, Role
 from kfr_grpc.store import LmdbStore
+
+UNSPECIFIED = ProductKind.UNSPECIFIED
 
 _BATCH = 10_000
 
@@ -53,7 +55,7 @@ def _fill(store: LmdbStore, count: int) -> list[CustomerId]:
         def put(txn, batch=batch, start=start) -> None:
             for n, customer in enumerate(batch, start):
                 history = ended if n % 10 == 0 else active
-                txn.put_history(customer, TEST_INSTITUTION_ORG, Role.OWNER, history)
+                txn.put_history(customer, TEST_INSTITUTION_ORG, Role.OWNER, UNSPECIFIED, history)
 
         store.write(put)
         customers.extend(batch[1::10])  # a sample with active relationships, to read
@@ -72,7 +74,7 @@ def _purge(store: LmdbStore) -> int:
 def _delete_expired(txn, cutoff: date) -> int:
     victims = list(itertools.islice(txn.expired(cutoff), _BATCH))
     for stored in victims:
-        txn.put_history(stored.customer, stored.institution, stored.role, ())
+        txn.put_history(stored.customer, stored.institution, stored.role, stored.kind, ())
     return len(victims)
 
 
@@ -109,7 +111,11 @@ class _Load:
                 self.writes,
                 lambda c=customer: self._store.write(
                     lambda txn: txn.put_history(
-                        c, TEST_INSTITUTION_ORG, Role.OWNER, (Period(date(2021, 1, 1)),)
+                        c,
+                        TEST_INSTITUTION_ORG,
+                        Role.OWNER,
+                        UNSPECIFIED,
+                        (Period(date(2021, 1, 1)),),
                     )
                 ),
             )

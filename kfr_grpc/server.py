@@ -132,6 +132,7 @@ def _service_name(service: str) -> str:
 # "" is the server as a whole; then each service by its full name.
 HEALTH_SERVICES = ("", _service_name("InstitutionService"), _service_name("LookupService"))
 REPORT_STREAM = f"/{_service_name('InstitutionService')}/ReportStream"
+RECONCILE = f"/{_service_name('InstitutionService')}/Reconcile"
 REFLECTION = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
 MAX_REFLECTION_STREAMS = 8  # an operator's grpcurl or grpcui needs one at a time
 # gRPC's own hard limits sit above the server's, which refuse with a reason, are counted
@@ -301,6 +302,7 @@ async def build_server(
                 max_calls_per_caller=settings.max_calls_per_caller,
                 per_method={
                     REPORT_STREAM: (settings.max_bulk_streams, "server.max_bulk_streams"),
+                    RECONCILE: (settings.max_bulk_streams, "server.max_bulk_streams"),
                     REFLECTION: (MAX_REFLECTION_STREAMS, "reflection streams at once"),
                 },
                 rate_of=policy.rate_of,

@@ -75,7 +75,15 @@ def by(institution: str) -> CallInfo:
 
 def register_lookup(register, customer: str, first: str = "2000-01-01", last: str = "", *,
                     owner_only: bool = False) -> list:  # fmt: skip
-    """The register's Lookup answer (register tests: no server, any mandate)."""
+    """The institutions of the register's Lookup answer (register tests: no server, any
+    mandate)."""
+    return list(register_lookup_answer(register, customer, first, last, owner_only=owner_only)
+                .institutions)  # fmt: skip
+
+
+def register_lookup_answer(register, customer: str, first: str = "2000-01-01", last: str = "",
+                           *, owner_only: bool = False, only_primary_owner: bool = False):  # fmt: skip
+    """The register's whole Lookup answer."""
     import uuid
 
     query = register.parse_lookup(
@@ -85,6 +93,7 @@ def register_lookup(register, customer: str, first: str = "2000-01-01", last: st
         owner_only=owner_only,
         legal_mandate="m",
         account_info_request_id=str(uuid.uuid4()),
+        only_primary_owner=only_primary_owner,
     )
     return register.lookup(query)
 

@@ -31,8 +31,10 @@ from kfr_grpc.config import load_config
 from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, DevSetup
 from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
-from kfr_grpc.register.model import Role
+from kfr_grpc.register.model import ProductKind, Role
 from kfr_grpc.server import open_store
+
+UNSPECIFIED = ProductKind.UNSPECIFIED
 
 ROUNDS = int(os.environ.get("KFR_CRASH_ROUNDS", "2"))
 OWNER = pb.ROLE_OWNER
@@ -147,7 +149,10 @@ def _state(setup: DevSetup, customers: list[str]) -> dict[str, str]:
             states = {}
             for customer in customers:
                 history = view.history(
-                    CustomerId(customer, CustomerKind.PERSON), TEST_INSTITUTION_ORG, Role.OWNER
+                    CustomerId(customer, CustomerKind.PERSON),
+                    TEST_INSTITUTION_ORG,
+                    Role.OWNER,
+                    UNSPECIFIED,
                 )
                 states[customer] = (
                     "absent" if not history else "active" if history[-1].end is None else "ended"

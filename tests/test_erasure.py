@@ -15,6 +15,7 @@ import pytest
 
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.keyring import Keyring, KeyringFile
+from kfr_grpc.register.model import ProductKind
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register, ReportItem
 from kfr_grpc.store import LmdbStore
@@ -27,6 +28,8 @@ TODAY = date(2026, 6, 15)
 KFR = str(Path(sys.executable).with_name("kfr"))
 
 Raw = dict[tuple[bytes, bytes], bytes]
+
+UNSPECIFIED = ProductKind.UNSPECIFIED
 
 
 def _open(data_dir: Path, keyring_path: Path) -> LmdbStore:
@@ -228,6 +231,7 @@ from pathlib import Path
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.store import LmdbStore
 
+
 store = LmdbStore.open(Path(sys.argv[1]), Keyring.load(Path(sys.argv[2])), map_size=1 << 27)
 for n in range(int(sys.argv[3])):
     key = b"probe-%06d" % n
@@ -329,7 +333,11 @@ def test_writes_made_while_the_copy_is_written_reach_the_new_generation(
     def copy_while_someone_writes(*args) -> None:
         writer = threading.Thread(
             target=store.write,
-            args=(lambda txn: txn.put_history(newcomer, BANK, Role.OWNER, (Period(TODAY),)),),
+            args=(
+                lambda txn: txn.put_history(
+                    newcomer, BANK, Role.OWNER, UNSPECIFIED, (Period(TODAY),)
+                ),
+            ),
         )
         writer.start()
         writer.join()  # committed after the snapshot the copy is of
@@ -339,7 +347,7 @@ def test_writes_made_while_the_copy_is_written_reach_the_new_generation(
     copy, _ = store.compact()
     assert copy.relationships == 121
     with store.read() as view:
-        assert view.history(newcomer, BANK, Role.OWNER)
+        assert view.history(newcomer, BANK, Role.OWNER, UNSPECIFIED)
         meta = view._db[META]
         assert view._txn.get(COMPACTING_KEY, db=meta) is None
         notes = [k for k in view._txn.cursor(db=meta).iternext(values=False)]

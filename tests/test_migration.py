@@ -26,6 +26,7 @@ from kfr_grpc.store.layout import (
     LOOKUP_COUNTS,
     META,
     RELATIONSHIPS,
+    STORE_FORMAT,
     UNTAGGED_FORMAT,
 )
 from kfr_grpc.store.lmdb_store import compact
@@ -182,7 +183,7 @@ def test_a_format_4_store_reads_the_same_migrates_online_and_answers_the_same(
 
     result = store.migrate(lambda _: None)
     assert result.finished
-    assert _format(store) == b"5"
+    assert _format(store) == STORE_FORMAT
     assert _legacy_entries(store) == 0
     assert _everything(store, register, customers) == before
     assert_indexes_consistent(store)
@@ -217,7 +218,7 @@ def test_a_format_3_store_is_padded_and_tagged_by_one_command(store, populated):
     to_format_4(store)
     _unpadded(store)
     result = store.migrate(lambda _: None)
-    assert result.finished and _format(store) == b"5" and _legacy_entries(store) == 0
+    assert result.finished and _format(store) == STORE_FORMAT and _legacy_entries(store) == 0
     assert _everything(store, register, customers) == before
     with store.read() as view:
         from kfr_grpc.store.layout import SEALED_DATABASES
@@ -275,5 +276,5 @@ def test_no_record_at_a_scan_boundary_is_passed_over(store, populated, monkeypat
 
     store.write(orphan)
     assert store.migrate(lambda _: None).finished
-    assert _legacy_entries(store) == 0 and _format(store) == b"5"
+    assert _legacy_entries(store) == 0 and _format(store) == STORE_FORMAT
     assert_indexes_consistent(store)

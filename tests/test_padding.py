@@ -12,7 +12,7 @@ import pytest
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.keyring import KeyringFile
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
-from kfr_grpc.register.model import Period, Role
+from kfr_grpc.register.model import Period, ProductKind, Role
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register, ReportItem
 from kfr_grpc.store import LmdbStore
@@ -28,6 +28,8 @@ from kfr_grpc.store.layout import (
     unpad,
 )
 from tests.support import by, dump_store
+
+UNSPECIFIED = ProductKind.UNSPECIFIED
 
 BANK = "311000004"
 
@@ -71,7 +73,9 @@ def test_persons_and_organisations_look_alike_and_two_to_five_periods_too(
     for count in (2, 5):  # two to five periods, each in a record of its own
         history = tuple(periods[:count])
         customer = _id(ids.person())
-        store.write(lambda txn, c=customer, h=history: txn.put_history(c, BANK, Role.OWNER, h))
+        store.write(
+            lambda txn, c=customer, h=history: txn.put_history(c, BANK, Role.OWNER, UNSPECIFIED, h)
+        )
     all_lengths = _relationship_value_lengths(store)
     assert len(all_lengths - one_period) == 1  # 2 and 5 periods alike, unlike 1
     store.close()

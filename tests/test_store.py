@@ -14,11 +14,13 @@ import pytest
 from kfr_grpc.errors import ConfigError, CorruptRecord, StoreClosed, StoreFull
 from kfr_grpc.keyring import Keyring, KeySet
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
-from kfr_grpc.register.model import Institution, Period, Role
+from kfr_grpc.register.model import Institution, Period, ProductKind, Role
 from kfr_grpc.store import LmdbStore
 
 MAP_SIZE = 64 * 1024 * 1024
 BANK_A, BANK_B = "311000004", "313000001"
+
+UNSPECIFIED = ProductKind.UNSPECIFIED
 
 
 def person(ids) -> CustomerId:
@@ -26,11 +28,11 @@ def person(ids) -> CustomerId:
 
 
 def put(store, *histories: tuple) -> None:
-    """Stores each (customer, institution, role, periods) in one transaction."""
+    """Stores each (customer, institution, role, kind, periods) in one transaction."""
 
     def work(txn) -> None:
-        for customer, institution, role, periods in histories:
-            txn.put_history(customer, institution, role, periods)
+        for customer, institution, role, kind, periods in histories:
+            txn.put_history(customer, institution, role, kind, periods)
 
     store.write(work)
 
@@ -52,13 +54,13 @@ def test_histories_round_trip_and_range_reads_stay_within_one_customer(store, id
     history = (Period(date(2020, 1, 1), date(2021, 1, 1)), Period(date(2022, 1, 1)))
     put(
         store,
-        (alice, BANK_A, Role.OWNER, history),
-        (alice, BANK_B, Role.DISPONENT, (Period(date(2023, 5, 5)),)),
-        (bob, BANK_A, Role.OWNER, (Period(date(2019, 1, 1)),)),
+        (alice, BANK_A, Role.OWNER, UNSPECIFIED, history),
+        (alice, BANK_B, Role.DISPONENT, UNSPECIFIED, (Period(date(2023, 5, 5)),)),
+        (bob, BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2019, 1, 1)),)),
     )
     with store.read() as view:
-        assert view.history(alice, BANK_A, Role.OWNER) == history
-        assert view.history(alice, BANK_A, Role.DISPONENT) == ()
+        assert view.history(alice, BANK_A, Role.OWNER, UNSPECIFIED) == history
+        assert view.history(alice, BANK_A, Role.DISPONENT, UNSPECIFIED) == ()
         everything = {(h.institution, h.role) for h in view.relationships(alice)}
         assert everything == {(BANK_A, Role.OWNER), (BANK_B, Role.DISPONENT)}
         at_b = list(view.relationships(alice, BANK_B))
@@ -70,7 +72,7 @@ def test_failed_write_transaction_leaves_nothing(store, ids):
     customer = person(ids)
 
     def fail(txn) -> None:
-        txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+        txn.put_history(customer, BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),))
         raise RuntimeError("abort")
 
     with pytest.raises(RuntimeError):
@@ -96,7 +98,7 @@ def test_raw_files_contain_no_customer_id(tmp_path: Path, store, ids):
     put(
         store,
         *[
-            (c, BANK_A, r, (Period(date(2020, 1, 1)),))
+            (c, BANK_A, r, rng.choice(list(ProductKind)), (Period(date(2020, 1, 1)),))
             for c, r in zip(customers, roles, strict=True)
         ],
     )
@@ -111,8 +113,8 @@ def test_a_value_moved_to_another_key_fails_to_open(tmp_path: Path, store, keyri
     first, second = person(ids), person(ids)
     put(
         store,
-        (first, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)),
-        (second, BANK_A, Role.OWNER, (Period(date(2021, 1, 1)),)),
+        (first, BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),)),
+        (second, BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2021, 1, 1)),)),
     )
     store.close()
     env = lmdb.open(str(tmp_path / "data"), max_dbs=8, map_size=MAP_SIZE)
@@ -132,7 +134,7 @@ def test_a_value_moved_to_another_key_fails_to_open(tmp_path: Path, store, keyri
 
 def _opens(view, customer: CustomerId) -> bool:
     try:
-        view.history(customer, BANK_A, Role.OWNER)
+        view.history(customer, BANK_A, Role.OWNER, UNSPECIFIED)
     except CorruptRecord:
         return False
     return True
@@ -143,7 +145,7 @@ def _fingerprint(directory: Path) -> str:
 
 
 def test_another_keyring_is_refused_without_writing(tmp_path: Path, store, ids):
-    put(store, (person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)))
+    put(store, (person(ids), BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),)))
     store.close()
     data = tmp_path / "data"
     before = _fingerprint(data)
@@ -172,12 +174,14 @@ def test_a_foreign_lmdb_environment_is_refused(tmp_path: Path, keyring):
 
 def test_reopening_with_the_right_keyring_reads_everything(tmp_path: Path, store, keyring, ids):
     customer = person(ids)
-    put(store, (customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)))
+    put(store, (customer, BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),)))
     store.close()
     reopened = LmdbStore.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
     try:
         with reopened.read() as view:
-            assert view.history(customer, BANK_A, Role.OWNER) == (Period(date(2020, 1, 1)),)
+            assert view.history(customer, BANK_A, Role.OWNER, UNSPECIFIED) == (
+                Period(date(2020, 1, 1)),
+            )
     finally:
         reopened.close()
 
@@ -186,7 +190,9 @@ def test_a_full_store_raises_store_full_at_its_maximum(tmp_path: Path, keyring, 
     size = 256 * 1024
     tiny = LmdbStore.open(tmp_path / "tiny", keyring, map_size=size, max_map_size=size)
     try:
-        many = [(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))] * 10_000
+        many = [
+            (person(ids), BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),))
+        ] * 10_000
         with pytest.raises(StoreFull, match="max_map_size_mb"):
             put(tiny, *[(person(ids), *rest) for _, *rest in many])
         with tiny.read() as view:
@@ -203,7 +209,10 @@ def test_the_map_grows_by_itself_far_past_its_initial_size(tmp_path: Path, keyri
     try:
         for _ in range(40):
             batch = [CustomerId(next(customers), CustomerKind.PERSON) for _ in range(1000)]
-            put(grows, *[(c, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)) for c in batch])
+            put(
+                grows,
+                *[(c, BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),)) for c in batch],
+            )
         with grows.read() as view:
             assert view.relationship_count() == 40_000
         usage = grows.usage()
@@ -220,7 +229,7 @@ def test_another_process_growing_the_map_is_adopted(tmp_path: Path, keyring, ids
 
     first = LmdbStore.open(tmp_path / "shared", keyring, map_size=64 * 1024)
     try:
-        put(first, (person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)))
+        put(first, (person(ids), BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),)))
         keyring_file = tmp_path / "keyring.json"
         keyring.save(keyring_file)
         grower = f"""
@@ -229,17 +238,19 @@ from datetime import date
 from pathlib import Path
 from kfr_grpc.keyring import Keyring
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
-from kfr_grpc.register.model import Period, Role
+from kfr_grpc.register.model import Period, ProductKind, Role
 from kfr_grpc.store import LmdbStore
+UNSPECIFIED = ProductKind.UNSPECIFIED
 store = LmdbStore.open(Path({str(tmp_path / "shared")!r}),
                        Keyring.load(Path({str(keyring_file)!r})), map_size=64 * 1024)
+
 
 def batch_of(batch):
     def work(txn):
         for n in range(1000):
             digits = f"{{310000000 + batch * 1000 + n:09d}}"
             txn.put_history(CustomerId(digits, CustomerKind.ORGANISATION), "311000004",
-                            Role.OWNER, (Period(date(2020, 1, 1)),))
+                            Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),))
     return work
 
 for batch in range(10):
@@ -248,7 +259,7 @@ store.close()
 """
         subprocess.run([sys.executable, "-c", grower], check=True, timeout=120)
         # This process adopts the bigger map and goes on.
-        put(first, (person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),)))
+        put(first, (person(ids), BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),)))
         with first.read() as view:
             assert view.relationship_count() == 10_002
     finally:
@@ -264,7 +275,7 @@ def test_close_waits_for_the_write_under_way_then_refuses_new_ones(tmp_path, key
 
     def slow_write() -> None:
         def work(txn) -> None:
-            txn.put_history(customer, BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+            txn.put_history(customer, BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),))
             inside.set()
             release.wait(5)
 
@@ -285,7 +296,9 @@ def test_close_waits_for_the_write_under_way_then_refuses_new_ones(tmp_path, key
         pass
     reopened = LmdbStore.open(tmp_path / "data", keyring, map_size=MAP_SIZE)
     with reopened.read() as view:
-        assert view.history(customer, BANK_A, Role.OWNER) == (Period(date(2020, 1, 1)),)
+        assert view.history(customer, BANK_A, Role.OWNER, UNSPECIFIED) == (
+            Period(date(2020, 1, 1)),
+        )
     reopened.close()
 
 
@@ -308,7 +321,9 @@ def test_a_write_that_finds_the_map_full_below_its_maximum_grows_it_and_runs_aga
         def work(txn) -> None:
             runs.append(1)
             for _ in range(3000):
-                txn.put_history(person(ids), BANK_A, Role.OWNER, (Period(date(2020, 1, 1)),))
+                txn.put_history(
+                    person(ids), BANK_A, Role.OWNER, UNSPECIFIED, (Period(date(2020, 1, 1)),)
+                )
 
         store.write(work)
         assert len(runs) >= 2  # the first run found the map full; it grew; the next fitted

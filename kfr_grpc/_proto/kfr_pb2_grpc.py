@@ -57,6 +57,21 @@ class InstitutionServiceStub:
                 request_serializer=kfr_dot_v1_dot_kfr__pb2.ListOwnRequest.SerializeToString,
                 response_deserializer=kfr_dot_v1_dot_kfr__pb2.ListOwnResponse.FromString,
                 _registered_method=True)
+        self.Retract = channel.unary_unary(
+                '/kfr.v1.InstitutionService/Retract',
+                request_serializer=kfr_dot_v1_dot_kfr__pb2.RetractRequest.SerializeToString,
+                response_deserializer=kfr_dot_v1_dot_kfr__pb2.RetractResponse.FromString,
+                _registered_method=True)
+        self.Correct = channel.unary_unary(
+                '/kfr.v1.InstitutionService/Correct',
+                request_serializer=kfr_dot_v1_dot_kfr__pb2.CorrectRequest.SerializeToString,
+                response_deserializer=kfr_dot_v1_dot_kfr__pb2.CorrectResponse.FromString,
+                _registered_method=True)
+        self.Reconcile = channel.stream_unary(
+                '/kfr.v1.InstitutionService/Reconcile',
+                request_serializer=kfr_dot_v1_dot_kfr__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=kfr_dot_v1_dot_kfr__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
         self.GetRequestLog = channel.unary_unary(
                 '/kfr.v1.InstitutionService/GetRequestLog',
                 request_serializer=kfr_dot_v1_dot_kfr__pb2.GetRequestLogRequest.SerializeToString,
@@ -112,6 +127,39 @@ class InstitutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retract(self, request, context):
+        """Retracts relationship periods reported by mistake: each disappears from Lookup as
+        if it had never been reported, and nothing of it is kept. All or nothing; a period
+        that does not exist (any more) is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Correct(self, request, context):
+        """Corrects the start or end date of a period, or reopens a period ended by mistake.
+        All or nothing; a period that does not exist is NOT_FOUND. ListOwn shows each
+        correction with the date it replaced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconcile(self, request_iterator, context):
+        """Compares the institution's complete set of current relationships, streamed in
+        chunks as ReportStream's (up to 20,000 each; apply and as_of_date in the first),
+        with what the register holds as active for it. Answers how many match, which sent
+        items the register lacks (by stream position), and how many active relationships
+        were not sent. With apply, the register also reports the lacking items (chunk by
+        chunk, as ReportStream) and, once the whole set has arrived, ends the ones not sent
+        on as_of_date. Run without apply first. Idempotent: a reconciliation that failed
+        or was cut off half way is simply run again (nothing is ended before the stream
+        ends).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRequestLog(self, request, context):
         """Returns the register's record of an earlier InstitutionService call, by the
         correlation-id it ran under: for troubleshooting. Only the institution the call
@@ -144,6 +192,21 @@ def add_InstitutionServiceServicer_to_server(servicer, server):
                     servicer.ListOwn,
                     request_deserializer=kfr_dot_v1_dot_kfr__pb2.ListOwnRequest.FromString,
                     response_serializer=kfr_dot_v1_dot_kfr__pb2.ListOwnResponse.SerializeToString,
+            ),
+            'Retract': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retract,
+                    request_deserializer=kfr_dot_v1_dot_kfr__pb2.RetractRequest.FromString,
+                    response_serializer=kfr_dot_v1_dot_kfr__pb2.RetractResponse.SerializeToString,
+            ),
+            'Correct': grpc.unary_unary_rpc_method_handler(
+                    servicer.Correct,
+                    request_deserializer=kfr_dot_v1_dot_kfr__pb2.CorrectRequest.FromString,
+                    response_serializer=kfr_dot_v1_dot_kfr__pb2.CorrectResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.stream_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=kfr_dot_v1_dot_kfr__pb2.ReconcileRequest.FromString,
+                    response_serializer=kfr_dot_v1_dot_kfr__pb2.ReconcileResponse.SerializeToString,
             ),
             'GetRequestLog': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRequestLog,
@@ -273,6 +336,87 @@ class InstitutionService:
             _registered_method=True)
 
     @staticmethod
+    def Retract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kfr.v1.InstitutionService/Retract',
+            kfr_dot_v1_dot_kfr__pb2.RetractRequest.SerializeToString,
+            kfr_dot_v1_dot_kfr__pb2.RetractResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Correct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kfr.v1.InstitutionService/Correct',
+            kfr_dot_v1_dot_kfr__pb2.CorrectRequest.SerializeToString,
+            kfr_dot_v1_dot_kfr__pb2.CorrectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kfr.v1.InstitutionService/Reconcile',
+            kfr_dot_v1_dot_kfr__pb2.ReconcileRequest.SerializeToString,
+            kfr_dot_v1_dot_kfr__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetRequestLog(request,
             target,
             options=(),
@@ -322,6 +466,11 @@ class LookupServiceStub:
                 request_serializer=kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountRequest.SerializeToString,
                 response_deserializer=kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountResponse.FromString,
                 _registered_method=True)
+        self.ListParticipants = channel.unary_unary(
+                '/kfr.v1.LookupService/ListParticipants',
+                request_serializer=kfr_dot_v1_dot_kfr__pb2.ListParticipantsRequest.SerializeToString,
+                response_deserializer=kfr_dot_v1_dot_kfr__pb2.ListParticipantsResponse.FromString,
+                _registered_method=True)
 
 
 class LookupServiceServicer:
@@ -347,6 +496,15 @@ class LookupServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListParticipants(self, request, context):
+        """Returns every institution registered with the register: when it joined (its first
+        report), whether it has closed, and whether it has collection accounts. Public
+        information, no customer data; for following up institutions that do not take part.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LookupServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +517,11 @@ def add_LookupServiceServicer_to_server(servicer, server):
                     servicer.LookupCollectionAccount,
                     request_deserializer=kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountRequest.FromString,
                     response_serializer=kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountResponse.SerializeToString,
+            ),
+            'ListParticipants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParticipants,
+                    request_deserializer=kfr_dot_v1_dot_kfr__pb2.ListParticipantsRequest.FromString,
+                    response_serializer=kfr_dot_v1_dot_kfr__pb2.ListParticipantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -418,6 +581,33 @@ class LookupService:
             '/kfr.v1.LookupService/LookupCollectionAccount',
             kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountRequest.SerializeToString,
             kfr_dot_v1_dot_kfr__pb2.LookupCollectionAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParticipants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kfr.v1.LookupService/ListParticipants',
+            kfr_dot_v1_dot_kfr__pb2.ListParticipantsRequest.SerializeToString,
+            kfr_dot_v1_dot_kfr__pb2.ListParticipantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

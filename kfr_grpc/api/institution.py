@@ -19,17 +19,20 @@ from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.calls import RequestContext, deadline_passed
 from kfr_grpc.api.convert import (
     bulk_load_to_pb,
+    correct_items,
     end_items,
-    period_to_pb,
+    own_relationship_to_pb,
+    reconciliation_to_pb,
     report_items,
     report_rows,
     request_record_to_pb,
-    role_to_pb,
+    retract_items,
 )
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.errors import ClientGone, InvalidArgument, KfrError
 from kfr_grpc.register.bulk import BulkLoad
 from kfr_grpc.register.model import CallInfo
+from kfr_grpc.register.reconcile import Reconciliation
 from kfr_grpc.register.reports import Row, ValidatedRows, check_chunk_size
 from kfr_grpc.register.service import Register
 
@@ -79,6 +82,41 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
             raise (await load.settle()).annotate(error) from None
         return bulk_load_to_pb(load.done)
 
+    async def Reconcile(
+        self, requests: AsyncIterator[pb.ReconcileRequest], context: RequestContext
+    ) -> pb.ReconcileResponse:
+        """ReportStream's pipeline, comparing instead of writing (``_Reconcile``); once
+        the whole set is in, what was not sent is counted (and with apply, ended)."""
+        load = _Reconcile(self, context)
+        try:
+            await load.run(requests)
+        except asyncio.CancelledError:
+            await load.settle()
+            raise ClientGone(deadline_passed(context), load.applied_note()) from None
+        except KfrError as error:
+            await load.settle()
+            raise error from None
+        reconciliation = load.reconciliation
+        assert reconciliation is not None
+        await self._blocking.run(self._register.finish_reconciliation, reconciliation)
+        return reconciliation_to_pb(reconciliation)
+
+    async def Retract(
+        self, request: pb.RetractRequest, context: RequestContext
+    ) -> pb.RetractResponse:
+        call = self._call(context, request.institution_org_number)
+        items = retract_items(request.retractions)
+        result = await self._blocking.run(self._register.retract, call, items)
+        return pb.RetractResponse(retracted_count=result.changed)
+
+    async def Correct(
+        self, request: pb.CorrectRequest, context: RequestContext
+    ) -> pb.CorrectResponse:
+        call = self._call(context, request.institution_org_number)
+        items = correct_items(request.corrections)
+        result = await self._blocking.run(self._register.correct, call, items)
+        return pb.CorrectResponse(corrected_count=result.changed, unchanged_count=result.unchanged)
+
     async def End(self, request: pb.EndRequest, context: RequestContext) -> pb.EndResponse:
         call = self._call(context, request.institution_org_number)
         result = await self._blocking.run(self._register.end, call, end_items(request.endings))
@@ -89,15 +127,7 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
     ) -> pb.ListOwnResponse:
         call = self._call(context, request.institution_org_number)
         histories = await self._blocking.run(self._register.list_own, call, request.customer_id)
-        return pb.ListOwnResponse(
-            relationships=[
-                pb.OwnRelationship(
-                    role=role_to_pb(history.role),
-                    periods=[period_to_pb(period) for period in history.periods],
-                )
-                for history in histories
-            ]
-        )
+        return pb.ListOwnResponse(relationships=[own_relationship_to_pb(h) for h in histories])
 
     async def GetRequestLog(
         self, request: pb.GetRequestLogRequest, context: RequestContext
@@ -112,13 +142,17 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         return context.call_for(institution)
 
 
-def validate_chunk(serialized: bytes, validate: Callable[[list[Row]], ValidatedRows]) -> bytes:
+def validate_chunk(
+    serialized: bytes,
+    validate: Callable[[list[Row]], ValidatedRows],
+    message: str = "ReportRequest",
+) -> bytes:
     """A bulk-load chunk as it came over the wire, validated, the result pickled. Runs in
     a helper process: the server's own threads, which share one interpreter lock with
     the store thread writing the chunks before, only send bytes one way and unpickle
     the result in the store thread (rows pickled and unpickled by the server slowed its
     writes by half, measured with ``make bench``)."""
-    chunk = pb.ReportRequest.FromString(serialized)
+    chunk = getattr(pb, message).FromString(serialized)  # by name: the class does not pickle
     rows = validate(report_rows(chunk.relationships))
     return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -194,16 +228,18 @@ class _Load:
         if writing is not None:
             self.done = await asyncio.shield(writing)
 
+    _message = "ReportRequest"  # the stream's chunks
+
     def _submit(self, chunk: pb.ReportRequest) -> asyncio.Future:
         """The chunk's validation, in a helper process (see ``validate_chunk``)."""
         loop = asyncio.get_running_loop()
         serialized = chunk.SerializeToString()
         if self._servicer._validation is None:
             future = loop.create_future()
-            future.set_result(validate_chunk(serialized, self._validate))
+            future.set_result(validate_chunk(serialized, self._validate, self._message))
             return future
         return loop.run_in_executor(
-            self._servicer._validation, validate_chunk, serialized, self._validate
+            self._servicer._validation, validate_chunk, serialized, self._validate, self._message
         )
 
     async def _write_group(self, *, last: bool, keep_newest: bool = True) -> BulkLoad:
@@ -224,10 +260,15 @@ class _Load:
             items += size
         assert self.call is not None
         call, done, ends = self.call, self.done, last and not self._pending
-        apply = self._register.apply_chunks
         return await self._servicer._blocking.run(
-            lambda: apply(call, done, [pickle.loads(rows) for rows in group], last=ends)
+            lambda: self._apply(call, done, [pickle.loads(rows) for rows in group], ends)
         )
+
+    def _apply(
+        self, call: CallInfo, done: BulkLoad, chunks: list[ValidatedRows], last: bool
+    ) -> BulkLoad:
+        """Writes a group of validated chunks (in a store thread); the load after them."""
+        return self._register.apply_chunks(call, done, chunks, last=last)
 
     def _stream_call(self, chunk: pb.ReportRequest) -> CallInfo:
         """The stream's call, for the institution named in its first chunk."""
@@ -239,3 +280,42 @@ class _Load:
                 "institution_org_number", "differs between chunks of one stream", "INVALID_VALUE"
             )
         return self.call
+
+
+class _Reconcile(_Load):
+    """One Reconcile stream: ReportStream's pipeline (receive, validate in a helper
+    process, handle in a store thread), each group of chunks compared with the register
+    (and with apply, what is lacking reported) instead of written."""
+
+    _message = "ReconcileRequest"
+
+    def __init__(self, servicer: InstitutionServicer, context: RequestContext) -> None:
+        super().__init__(servicer, context)
+        self.reconciliation: Reconciliation | None = None
+        self._apply_changes = False
+        self._as_of = ""
+
+    def _stream_call(self, chunk: pb.ReconcileRequest) -> CallInfo:
+        if self.call is None:
+            self._apply_changes, self._as_of = chunk.apply, chunk.as_of_date
+        return super()._stream_call(chunk)
+
+    def _apply(
+        self, call: CallInfo, done: BulkLoad, chunks: list[ValidatedRows], last: bool
+    ) -> BulkLoad:
+        if self.reconciliation is None:
+            self.reconciliation = self._register.start_reconciliation(
+                call, apply=self._apply_changes, as_of=self._as_of
+            )
+        self._register.reconcile_chunks(self.reconciliation, chunks)
+        return done
+
+    def applied_note(self) -> str:
+        """What an interrupted reconciliation changed, in words."""
+        reconciliation = self.reconciliation
+        if reconciliation is None or not reconciliation.registered:
+            return ""
+        return (
+            f"{reconciliation.registered} missing relationships were reported before this; "
+            "nothing was ended: run the reconciliation again"
+        )

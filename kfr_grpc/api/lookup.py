@@ -11,7 +11,12 @@ from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
 from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.calls import RequestContext
-from kfr_grpc.api.convert import institution_to_pb, role_to_pb
+from kfr_grpc.api.convert import (
+    institution_to_pb,
+    ownership_to_pb,
+    participant_to_pb,
+    role_to_pb,
+)
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.errors import InvalidArgument
 from kfr_grpc.register.enumeration import EnumerationWatch
@@ -47,13 +52,14 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
             owner_only=agency.owner_only or request.role_filter == pb.ROLE_FILTER_OWNER_ONLY,
             legal_mandate=request.legal_mandate,
             account_info_request_id=request.account_info_request_id,
+            only_primary_owner=request.only_primary_owner,
         )
         self._policy.require_mandate(agency, query.legal_mandate)
         if self._register.reads_wait:
-            relations = await self._blocking.run(self._register.lookup, query)
+            answer = await self._blocking.run(self._register.lookup, query)
         else:
-            relations = self._register.lookup(query)
-        self._watch.record(agency.org_number, found=bool(relations))
+            answer = self._register.lookup(query)
+        self._watch.record(agency.org_number, found=bool(answer.institutions))
         return pb.LookupResponse(
             institutions=[
                 pb.InstitutionRelation(
@@ -61,9 +67,25 @@ class LookupServicer(kfr_pb2_grpc.LookupServiceServicer):
                     name=relation.name,
                     roles=[role_to_pb(role) for role in relation.roles],
                     active=relation.active,
+                    ownership_type=ownership_to_pb(relation.ownership),
+                    active_payment_account=relation.active_payment_account,
                 )
-                for relation in relations
-            ]
+                for relation in answer.institutions
+            ],
+            joined_after_from_date=[participant_to_pb(p) for p in answer.joined_after_from_date],
+        )
+
+    async def ListParticipants(
+        self, request: pb.ListParticipantsRequest, context: RequestContext
+    ) -> pb.ListParticipantsResponse:
+        """Agencies only (public data, but the lookup service's callers are agencies)."""
+        self._policy.agency(context.caller)
+        if self._register.reads_wait:
+            participants = await self._blocking.run(self._register.participants)
+        else:
+            participants = self._register.participants()
+        return pb.ListParticipantsResponse(
+            participants=[participant_to_pb(p) for p in participants]
         )
 
     async def LookupCollectionAccount(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from kfr_grpc.register.model import StoredHistory
+from kfr_grpc.register.model import ProductKind, StoredHistory
 from kfr_grpc.register.storage import ReadTxn
 
 
@@ -40,4 +40,7 @@ def _line(history: StoredHistory) -> bytes:
     """One relationship: its customer only as a hash, so sorting reveals no order of IDs."""
     customer = hashlib.sha256(history.customer.digits.encode()).hexdigest()
     periods = ",".join(f"{p.start}/{p.end or ''}" for p in history.periods)
-    return f"{customer} {history.customer.kind.name} {history.role.name} {periods}\n".encode()
+    role = history.role.name
+    if history.kind is not ProductKind.UNSPECIFIED:  # as before kinds, for those without
+        role += f" {history.kind.name}"
+    return f"{customer} {history.customer.kind.name} {role} {periods}\n".encode()

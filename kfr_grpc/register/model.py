@@ -33,6 +33,68 @@ def in_role_order(roles: set[Role] | tuple[Role, ...]) -> tuple[Role, ...]:
     return tuple(role for role in ROLES_IN_ORDER if role in roles)
 
 
+class ProductKind(enum.Enum):
+    """What a relationship is about. The agreement tells accounts from loans and credit, and
+    an agency's "primary owner" question depends on it (``ownership_of``)."""
+
+    UNSPECIFIED = "unspecified"  # reported without a kind (all history from before kinds)
+    PAYMENT_ACCOUNT = "payment_account"  # a payment or deposit account: holds funds, pays
+    LOAN = "loan"  # a loan or credit
+    OTHER = "other"  # safe-deposit box, custody, ...
+
+    __hash__ = object.__hash__  # as Role's
+
+
+KINDS_IN_ORDER = tuple(ProductKind)  # unspecified first, then as declared
+
+
+class OwnershipType(enum.Enum):
+    """What a Lookup says about the customer's ownership at one institution in a window."""
+
+    PRIMARY_OWNER = "primary_owner"  # owner of a payment or deposit account
+    NOT_PRIMARY_OWNER = "not_primary_owner"  # relationships, but no such ownership
+    UNKNOWN = "unknown"  # an owner relationship of unspecified kind: cannot tell
+
+
+class CorrectionAction(enum.Enum):
+    """What a correction changed."""
+
+    RETRACTED = "retracted"  # a period removed as if never reported (nothing of it kept)
+    START_CORRECTED = "start_corrected"
+    END_CORRECTED = "end_corrected"
+    REOPENED = "reopened"  # an ended period made active again
+
+
+class CorrectionReason(enum.Enum):
+    """Why an institution corrected its data (a fixed list, for the operator's follow-up)."""
+
+    REPORTED_IN_ERROR = "reported_in_error"  # the relationship never existed
+    WRONG_CUSTOMER = "wrong_customer"  # reported under another customer's ID
+    WRONG_ROLE = "wrong_role"
+    WRONG_KIND = "wrong_kind"
+    WRONG_DATE = "wrong_date"  # a start or end date was wrong
+    ENDED_IN_ERROR = "ended_in_error"  # the relationship had not ended
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A correction of one relationship's history, as its institution sees it in ListOwn.
+
+    ``period_start`` names the corrected period by its start as it is now (None for a
+    retraction: nothing of a retracted period is kept); ``previous`` is the date it
+    replaced (start or end; None for a reopening or a retraction).
+    """
+
+    made_on: date
+    action: CorrectionAction
+    reason: CorrectionReason
+    period_start: date | None = None
+    previous: date | None = None
+
+
+Corrections = tuple[Correction, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class UnknownRole:
     """A role number the caller sent that the contract does not define (rejected by
@@ -42,6 +104,19 @@ class UnknownRole:
 
 
 RoleChoice = Role | UnknownRole | None  # None: not given
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownNumber:
+    """An enum number (a kind, a reason) the caller sent that the contract does not
+    define: rejected by validation with the request's other faults."""
+
+    number: int
+
+
+UnknownKind = UnknownNumber
+KindChoice = ProductKind | UnknownNumber
+ReasonChoice = CorrectionReason | UnknownNumber | None  # None: not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,20 +148,24 @@ def is_active(history: History) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RoleHistory:
-    """One role a customer holds or held at one institution, with its periods."""
+    """One relationship (role and kind) a customer holds or held at one institution, with
+    its periods and the corrections made to them."""
 
     institution: str
     role: Role
+    kind: ProductKind
     periods: History
+    corrections: Corrections = ()
 
 
 @dataclass(frozen=True, slots=True)
 class StoredHistory:
-    """A role history together with its customer, as maintenance jobs read them."""
+    """A relationship together with its customer, as maintenance jobs read them."""
 
     customer: CustomerId
     institution: str
     role: Role
+    kind: ProductKind
     periods: History
 
 
@@ -97,6 +176,9 @@ class Institution:
     registered_on: date
     closed_on: date | None = None  # the institution ceased to exist: no more reports
     collection_accounts: tuple[str, ...] = ()
+    # The day of its first report (it joined the register); None before that. Stores from
+    # before this was kept fall back on ``registered_on`` for an institution with data.
+    first_report_on: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +242,17 @@ class CallInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Participant:
+    """An institution as agencies see it in the list of participants: a public list."""
+
+    org_number: str
+    name: str
+    joined_on: date | None  # its first report (None: it has reported nothing yet)
+    closed_on: date | None
+    has_collection_accounts: bool
+
+
+@dataclass(frozen=True, slots=True)
 class InstitutionRelation:
     """A Lookup answer line: the customer's relationship with one institution in a window."""
 
@@ -167,6 +260,8 @@ class InstitutionRelation:
     name: str
     roles: tuple[Role, ...]
     active: bool
+    ownership: OwnershipType = OwnershipType.NOT_PRIMARY_OWNER
+    active_payment_account: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +271,15 @@ class ReportResult:
 
     def counts(self) -> dict[str, int]:
         return {"registered": self.registered, "already_registered": self.already_registered}
+
+
+@dataclass(frozen=True, slots=True)
+class LookupAnswer:
+    """A Lookup's answer: the institutions, and the participants that joined after the
+    window began (their data before joining is not in the register)."""
+
+    institutions: tuple[InstitutionRelation, ...]
+    joined_after_from_date: tuple[Participant, ...]
 
 
 @dataclass(frozen=True, slots=True)

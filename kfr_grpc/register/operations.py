@@ -173,7 +173,7 @@ class Operations:
             found = list(itertools.islice(txn.expired(cutoff), _PURGE_BATCH))
             for stored in found:
                 kept = kept_after_retention(stored.periods, cutoff)
-                txn.put_history(stored.customer, stored.institution, stored.role, kept)
+                txn.put_history(stored.customer, stored.institution, stored.role, stored.kind, kept)
                 removed = removed.plus(stored, cutoff)
             return removed, len(found)
 
@@ -211,7 +211,7 @@ def _end_at_closure(txn: WriteTxn, stored: StoredHistory, closed_on: date) -> bo
             "END_BEFORE_START",
         ) from None
     if changed:
-        txn.put_history(stored.customer, stored.institution, stored.role, history)
+        txn.put_history(stored.customer, stored.institution, stored.role, stored.kind, history)
     return changed
 
 

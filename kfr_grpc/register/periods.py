@@ -40,3 +40,72 @@ def end_period(history: History, end: date) -> tuple[History, bool]:
     if end < current.start:
         raise InvalidValue("is before the start of the period it ends", "END_BEFORE_START")
     return (*history[:-1], Period(current.start, end)), True
+
+
+# --- corrections: an institution fixing what it reported ----------------------------------
+
+
+def period_starting(history: History, start: date) -> int | None:
+    """The index of the period that starts on ``start`` (periods never share a start)."""
+    for index, period in enumerate(history):
+        if period.start == start:
+            return index
+    return None
+
+
+def retract_period(history: History, index: int) -> History:
+    """The history without its period ``index``, as if it had never been reported."""
+    return (*history[:index], *history[index + 1 :])
+
+
+def correct_start(history: History, index: int, start: date) -> tuple[History, bool]:
+    """Moves the start of period ``index``: not past its end, not before the end of the
+    period before it."""
+    period = history[index]
+    if start == period.start:
+        return history, False
+    if period.end is not None and start > period.end:
+        raise InvalidValue("is after the end of the period it corrects", "START_AFTER_END")
+    if index > 0 and start < history[index - 1].end:
+        raise InvalidValue(
+            "is before the end of this customer's previous period with this role",
+            "START_BEFORE_PREVIOUS_END",
+        )
+    return _replaced(history, index, Period(start, period.end)), True
+
+
+def correct_end(history: History, index: int, end: date) -> tuple[History, bool]:
+    """Moves the end of an ended period ``index``: not before its start, not past the start
+    of the period after it."""
+    period = history[index]
+    if period.end is None:
+        raise InvalidValue(
+            "names an active period: end it with End, or correct an ended one", "PERIOD_ACTIVE"
+        )
+    if end == period.end:
+        return history, False
+    if end < period.start:
+        raise InvalidValue("is before the start of the period it corrects", "END_BEFORE_START")
+    if index + 1 < len(history) and end > history[index + 1].start:
+        raise InvalidValue(
+            "is after the start of this customer's next period with this role",
+            "END_AFTER_NEXT_START",
+        )
+    return _replaced(history, index, Period(period.start, end)), True
+
+
+def reopen_period(history: History, index: int) -> tuple[History, bool]:
+    """Makes the last period active again (its ending was a mistake); a no-op when it is."""
+    period = history[index]
+    if period.end is None:
+        return history, False
+    if index + 1 < len(history):
+        raise InvalidValue(
+            "names a period with a later period after it; only the last can be reopened",
+            "NOT_LAST_PERIOD",
+        )
+    return _replaced(history, index, Period(period.start)), True
+
+
+def _replaced(history: History, index: int, period: Period) -> History:
+    return (*history[:index], period, *history[index + 1 :])

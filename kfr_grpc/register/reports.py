@@ -16,7 +16,14 @@ from typing import TypeVar
 
 from kfr_grpc.errors import InvalidArgument, Rejection
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind, parse_customer
-from kfr_grpc.register.model import Role, RoleChoice, UnknownRole
+from kfr_grpc.register.model import (
+    KindChoice,
+    ProductKind,
+    Role,
+    RoleChoice,
+    UnknownKind,
+    UnknownRole,
+)
 from kfr_grpc.register.values import InvalidValue, parse_date
 
 _T = TypeVar("_T")
@@ -33,10 +40,11 @@ MAX_ITEMS_PER_CALL = 1000
 # server's memory whatever a client sends (see README, Performance).
 MAX_ITEMS_PER_CHUNK = 20_000
 
-# (customer_id, role as row value, start_date) and (digits, is_person, role value, start
-# ordinal): the role's row value is its enum value, an unknown number, or None.
-Row = tuple[str, str | int | None, str]
-ParsedRow = tuple[str, bool, str, int]
+# (customer_id, role as row value, start_date, kind as row value) and (digits, is_person,
+# role value, start ordinal, kind value): a role's row value is its enum value, an unknown
+# number, or None; a kind's its enum value or an unknown number.
+Row = tuple[str, str | int | None, str, str | int]
+ParsedRow = tuple[str, bool, str, int, str]
 ValidatedRows = tuple[list[ParsedRow | None], list[Rejection]]
 
 
@@ -45,13 +53,19 @@ class ReportItem:
     customer_id: str
     role: RoleChoice
     start_date: str = ""
+    kind: KindChoice = ProductKind.UNSPECIFIED
 
     def row(self) -> Row:
-        return (self.customer_id, role_to_row(self.role), self.start_date)
+        return (self.customer_id, role_to_row(self.role), self.start_date, kind_to_row(self.kind))
 
 
 _PERSON = CustomerKind.PERSON
 ROLE_OF_VALUE: dict[str, Role] = {role.value: role for role in Role}
+KIND_OF_VALUE: dict[str, ProductKind] = {kind.value: kind for kind in ProductKind}
+
+
+def kind_to_row(kind: KindChoice) -> str | int:
+    return kind.number if isinstance(kind, UnknownKind) else kind.value
 
 
 def role_to_row(role: RoleChoice) -> str | int | None:
@@ -81,7 +95,7 @@ def validate_rows(
     dates = _DateCache(today)
     parsed: list[ParsedRow | None] = []
     rejections: list[Rejection] = []
-    for index, (raw_id, role_row, raw_start) in enumerate(rows):
+    for index, (raw_id, role_row, raw_start, kind_row) in enumerate(rows):
         found_before = len(rejections)
         born = None
         try:
@@ -94,22 +108,26 @@ def validate_rows(
         except InvalidValue as error:
             rejections.append(Rejection("start_date", str(error), error.code, index))
         else:
-            early = _early_start(start, customer, born)
+            early = early_start(start, customer, born)
             if early is not None:
                 rejections.append(Rejection("start_date", *early, index))
         role = ROLE_OF_VALUE.get(role_row) if isinstance(role_row, str) else role_of_row(role_row)
         role_problem = _role_problem(role, customer)
         if role_problem is not None:
             rejections.append(Rejection("role", *role_problem, index))
+        if kind_row not in KIND_OF_VALUE:
+            rejections.append(
+                Rejection("kind", f"has unknown value {kind_row}", "KIND_UNKNOWN", index)
+            )
         if len(rejections) == found_before:
             assert customer is not None and role_row is not None
-            parsed.append((customer.digits, customer.kind is _PERSON, role_row, start))
+            parsed.append((customer.digits, customer.kind is _PERSON, role_row, start, kind_row))
         else:
             parsed.append(None)
     return parsed, rejections
 
 
-def _early_start(
+def early_start(
     start: int, customer: CustomerId | None, born: date | None
 ) -> tuple[str, str] | None:
     """(reason, code) when a relationship would start before its customer was born, or

@@ -13,29 +13,46 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from kfr_grpc.clock import Clock
 from kfr_grpc.errors import NotFound, PermissionDenied, Rejection
 from kfr_grpc.register.bulk import STREAM, BulkLoad, ChunkOutcome
+from kfr_grpc.register.corrections import (
+    CorrectionResult,
+    CorrectItem,
+    RetractItem,
+    apply_corrections,
+    parse_corrections,
+    parse_retractions,
+)
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind, parse_customer_id
 from kfr_grpc.register.model import (
+    KINDS_IN_ORDER,
     ROLES_IN_ORDER,
     CallInfo,
     EndResult,
     Institution,
     InstitutionRelation,
+    KindChoice,
+    LookupAnswer,
+    OwnershipType,
+    Participant,
+    ProductKind,
     ReportResult,
     RequestRecord,
     Role,
     RoleChoice,
     RoleHistory,
+    UnknownNumber,
     UnknownRole,
     in_role_order,
 )
 from kfr_grpc.register.periods import end_period, start_period
+from kfr_grpc.register.reconcile import GroupOutcome, Reconciliation
 from kfr_grpc.register.reports import (
+    KIND_OF_VALUE,
     ROLE_OF_VALUE,
     ParsedRow,
     ReportItem,
@@ -50,11 +67,12 @@ from kfr_grpc.register.values import (
     Rejections,
     parse_account_number,
     parse_date,
+    parse_or_raise,
     parse_uuid,
     require_text,
 )
 
-__all__ = ["EndItem", "Register", "ReportItem"]
+__all__ = ["CorrectItem", "EndItem", "Register", "ReportItem", "RetractItem"]
 
 _NO_SUCH_RELATIONSHIP = "no such relationship at this institution (never reported, or removed)"
 
@@ -64,6 +82,7 @@ class EndItem:
     customer_id: str
     role: RoleChoice  # None: every role the customer holds at the institution
     end_date: str = ""
+    kind: KindChoice | None = None  # None: every kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +95,7 @@ class LookupQuery:
     owner_only: bool
     legal_mandate: str
     case_reference: uuid.UUID
+    only_primary_owner: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,7 @@ class _ParsedEnd:
     index: int  # in the request
     customer: CustomerId
     roles: tuple[Role, ...]
+    kinds: tuple[ProductKind, ...]
     end: date
 
 
@@ -106,6 +127,8 @@ class Register:
         # An institution's name never changes once registered (adding it again under
         # another name is refused), so lookups can remember names instead of reading them.
         self._names: dict[str, str] = {}
+        # The participants, with the store's institutions version they were read at.
+        self._participants: tuple[int, tuple[Participant, ...]] = (-1, ())
 
     @property
     def reads_wait(self) -> bool:
@@ -122,6 +145,7 @@ class Register:
             _require_open_for_reports(txn, call.institution)
             check_batch_size("relationships", items)
             _raise_rejections(rejections, "relationships")
+            self._note_first_report(txn, call.institution)
             registered, conflicts = _apply_reports(txn, call.institution, parsed)
             _raise_rejections(conflicts, "relationships")
             result = ReportResult(registered, len(items) - registered)
@@ -145,15 +169,43 @@ class Register:
 
         return self._storage.write(work)
 
+    def retract(self, call: CallInfo, items: Sequence[RetractItem]) -> CorrectionResult:
+        """Removes periods the institution reported by mistake: all of them, or none."""
+        parsed = parse_retractions(
+            items, allow_synthetic=self._test_mode, today=self._clock.today()
+        )
+        return self._correct(call, "retractions", items, parsed, "retracted")
+
+    def correct(self, call: CallInfo, items: Sequence[CorrectItem]) -> CorrectionResult:
+        """Corrects start or end dates of periods, or reopens ended ones: all, or none."""
+        parsed = parse_corrections(
+            items, allow_synthetic=self._test_mode, today=self._clock.today()
+        )
+        return self._correct(call, "corrections", items, parsed, "corrected")
+
+    def _correct(self, call, within: str, items, parsed, changed_name: str) -> CorrectionResult:
+        def work(txn: WriteTxn) -> CorrectionResult:
+            _require_open_for_reports(txn, call.institution)
+            check_batch_size(within, items)
+            parsed.raise_if_any(within)
+            today = self._clock.today()
+            result = apply_corrections(txn, call.institution, parsed.targets, today, within)
+            counts = result.counts(changed_name)
+            txn.put_request_record(call.record(self._clock.now(), "OK", counts=counts))
+            return result
+
+        return self._storage.write(work)
+
     def list_own(self, call: CallInfo, customer_id: str) -> list[RoleHistory]:
-        """The institution's own role histories with one customer, owner first."""
+        """The institution's own relationships with one customer: owner first, then by
+        kind."""
         rejections = Rejections()
         customer = rejections.parse("customer_id", self._parse_customer, customer_id)
         with self._storage.read() as view:
             _require_registered(view, call.institution)
             rejections.raise_if_any()
             histories = list(view.relationships(customer, call.institution))
-        histories.sort(key=lambda history: ROLES_IN_ORDER.index(history.role))
+        histories.sort(key=_role_then_kind)
         counts = {"relationships": len(histories)}
         self._storage.write(
             lambda txn: txn.put_request_record(call.record(self._clock.now(), "OK", counts=counts))
@@ -219,6 +271,7 @@ class Register:
 
         def work(txn: WriteTxn) -> BulkLoad:
             _require_open_for_reports(txn, call.institution)
+            self._note_first_report(txn, call.institution)
             counted = load
             for parsed, rejections in chunks:
                 registered, conflicts = _apply_reports(txn, call.institution, parsed)
@@ -240,6 +293,38 @@ class Register:
 
         return self._storage.write(work)
 
+    # --- reconciliation -----------------------------------------------------------------
+
+    def start_reconciliation(self, call: CallInfo, *, apply: bool, as_of: str) -> Reconciliation:
+        """A reconciliation of ``call.institution``'s set as of ``as_of`` (empty: today)."""
+        day = parse_or_raise("as_of_date", parse_date, as_of, self._clock.today())
+        with self._storage.read() as view:
+            if apply:
+                _require_open_for_reports(view, call.institution)
+            else:
+                _require_registered(view, call.institution)
+        return Reconciliation(call, apply, day)
+
+    def reconcile_chunks(
+        self, reconciliation: Reconciliation, chunks: Sequence[ValidatedRows]
+    ) -> None:
+        """Compares one group of validated chunks (with ``apply``, reports what is lacking)."""
+        if reconciliation.apply:
+
+            def work(txn: WriteTxn) -> GroupOutcome:
+                _require_open_for_reports(txn, reconciliation.call.institution)
+                return reconciliation.compared(txn, chunks)
+
+            outcome = self._storage.write(work)
+        else:
+            with self._storage.read() as view:
+                outcome = reconciliation.compared(view, chunks)
+        reconciliation.merge(outcome)
+
+    def finish_reconciliation(self, reconciliation: Reconciliation) -> None:
+        """After the whole set: counts (and with ``apply`` ends) what was not sent."""
+        reconciliation.finish(self._storage, self._clock.now)
+
     # --- lookup service -----------------------------------------------------------------
 
     def parse_lookup(
@@ -251,6 +336,7 @@ class Register:
         owner_only: bool,
         legal_mandate: str,
         account_info_request_id: str,
+        only_primary_owner: bool = False,
     ) -> LookupQuery:
         today = self._clock.today()
         rejections = Rejections()
@@ -262,12 +348,12 @@ class Register:
         if first is not None and last is not None and last < first:
             rejections.add("to_date", "is before from_date", "DATE_RANGE_INVERTED")
         rejections.raise_if_any()
-        return LookupQuery(customer, first, last, owner_only, mandate, case)
+        return LookupQuery(customer, first, last, owner_only, mandate, case, only_primary_owner)
 
-    def lookup(self, query: LookupQuery) -> list[InstitutionRelation]:
-        """Institutions where the customer had a relationship overlapping the query's window."""
-        roles_by_org: dict[str, set[Role]] = {}
-        active_orgs: set[str] = set()
+    def lookup(self, query: LookupQuery) -> LookupAnswer:
+        """Institutions where the customer had a relationship overlapping the query's window,
+        and the participants that joined after the window began."""
+        found: dict[str, _InWindow] = {}
         with self._storage.read() as view:
             for history in view.relationships(query.customer):
                 if query.owner_only and history.role is not Role.OWNER:
@@ -275,21 +361,43 @@ class Register:
                 in_window = [
                     p for p in history.periods if p.overlaps(query.first_day, query.last_day)
                 ]
-                if not in_window:
-                    continue
-                roles_by_org.setdefault(history.institution, set()).add(history.role)
-                if any(period.ongoing_at(query.last_day) for period in in_window):
-                    active_orgs.add(history.institution)
-            names = {org: self._institution_name(view, org) for org in roles_by_org}
-        return [
-            InstitutionRelation(
-                org_number=org,
-                name=names[org],
-                roles=in_role_order(roles),
-                active=org in active_orgs,
-            )
-            for org, roles in sorted(roles_by_org.items())
-        ]
+                if in_window:
+                    ongoing = any(period.ongoing_at(query.last_day) for period in in_window)
+                    found.setdefault(history.institution, _InWindow()).add(history, ongoing)
+            names = {org: self._institution_name(view, org) for org in found}
+            participants = self._current_participants(view)
+        relations = tuple(
+            found[org].relation(org, names[org])
+            for org in sorted(found)
+            if not query.only_primary_owner or found[org].primary
+        )
+        joined_after = tuple(
+            p for p in participants if p.joined_on is not None and p.joined_on > query.first_day
+        )
+        return LookupAnswer(relations, joined_after)
+
+    def participants(self) -> tuple[Participant, ...]:
+        """Every registered institution as agencies see it, by org number."""
+        with self._storage.read() as view:
+            return self._current_participants(view)
+
+    def _current_participants(self, view: ReadTxn) -> tuple[Participant, ...]:
+        """The participants, read again only when an institution record has changed."""
+        version = view.institutions_version()
+        known_version, known = self._participants
+        if version != known_version:
+            known = tuple(_participant(view, i) for i in view.institutions())
+            self._participants = (version, known)
+        return known
+
+    def _note_first_report(self, txn: WriteTxn, org_number: str) -> None:
+        """Keeps the day the institution joined: its first report. An institution with
+        data from before the register kept that day stays without it (``_participant``)."""
+        institution = txn.institution(org_number)
+        if institution is None or institution.first_report_on is not None:
+            return
+        if not txn.has_relationships(org_number):
+            txn.put_institution(replace(institution, first_report_on=self._clock.today()))
 
     def parse_collection_account_lookup(
         self, *, account_number: str, legal_mandate: str, account_info_request_id: str
@@ -331,8 +439,9 @@ class Register:
             )
             end = parsed.parse("end_date", parse_date, item.end_date, today, item=index)
             roles = _roles_to_end(item.role, parsed, index)
-            if customer is not None and end is not None and roles:
-                parsed.items.append(_ParsedEnd(index, customer, roles, end))
+            kinds = _kinds_to_end(item.kind, parsed, index)
+            if customer is not None and end is not None and roles and kinds:
+                parsed.items.append(_ParsedEnd(index, customer, roles, kinds, end))
         return parsed
 
 
@@ -351,6 +460,65 @@ def _roles_to_end(role: RoleChoice, rejections: Rejections, index: int) -> tuple
         rejections.add("role", f"has unknown value {role.number}", "ROLE_UNKNOWN", index)
         return ()
     return (role,)
+
+
+def _kinds_to_end(
+    kind: KindChoice | None, rejections: Rejections, index: int
+) -> tuple[ProductKind, ...]:
+    if kind is None:
+        return KINDS_IN_ORDER
+    if isinstance(kind, UnknownNumber):
+        rejections.add("kind", f"has unknown value {kind.number}", "KIND_UNKNOWN", index)
+        return ()
+    return (kind,)
+
+
+def _role_then_kind(history: RoleHistory) -> tuple[int, int]:
+    return ROLES_IN_ORDER.index(history.role), KINDS_IN_ORDER.index(history.kind)
+
+
+class _InWindow:
+    """What a Lookup found at one institution in its window."""
+
+    __slots__ = ("active", "active_payment_account", "primary", "roles", "unknown")
+
+    def __init__(self) -> None:
+        self.roles: set[Role] = set()
+        self.active = self.primary = self.unknown = self.active_payment_account = False
+
+    def add(self, history: RoleHistory, ongoing: bool) -> None:
+        self.roles.add(history.role)
+        self.active = self.active or ongoing
+        if history.role is not Role.OWNER:
+            return  # a disponent is never the primary owner, whatever the product
+        if history.kind is ProductKind.PAYMENT_ACCOUNT:
+            self.primary = True
+            self.active_payment_account = self.active_payment_account or ongoing
+        elif history.kind is ProductKind.UNSPECIFIED:
+            self.unknown = True
+
+    def relation(self, org: str, name: str) -> InstitutionRelation:
+        ownership = (
+            OwnershipType.PRIMARY_OWNER
+            if self.primary
+            else OwnershipType.UNKNOWN
+            if self.unknown
+            else OwnershipType.NOT_PRIMARY_OWNER
+        )
+        return InstitutionRelation(
+            org, name, in_role_order(self.roles), self.active, ownership,
+            self.active_payment_account,
+        )  # fmt: skip
+
+
+def _participant(view: ReadTxn, institution: Institution) -> Participant:
+    joined = institution.first_report_on
+    if joined is None and view.has_relationships(institution.org_number):
+        joined = institution.registered_on  # data from before the first report was kept
+    return Participant(
+        institution.org_number, institution.name, joined, institution.closed_on,
+        bool(institution.collection_accounts),
+    )  # fmt: skip
 
 
 def _raise_rejections(rejections: Sequence[Rejection], within: str) -> None:
@@ -373,18 +541,18 @@ def _apply_reports(
     for index, row in enumerate(parsed):
         if row is None:
             continue
-        digits, is_person, role_value, start_day = row
+        digits, is_person, role_value, start_day, kind_value = row
         customer = CustomerId(digits, _PERSON if is_person else _ORGANISATION)
-        role = ROLE_OF_VALUE[role_value]
+        role, kind = ROLE_OF_VALUE[role_value], KIND_OF_VALUE[kind_value]
         start = days.get(start_day) or days.setdefault(start_day, date.fromordinal(start_day))
-        history = txn.history(customer, institution, role)
+        history = txn.history(customer, institution, role, kind)
         try:
             updated, changed = start_period(history, start)
         except InvalidValue as error:
             conflicts.append(Rejection("start_date", str(error), error.code, index))
             continue
         if changed:
-            txn.put_history(customer, institution, role, updated)
+            txn.put_history(customer, institution, role, kind, updated)
             registered += 1
     return registered, conflicts
 
@@ -399,16 +567,20 @@ def _apply_endings(txn: WriteTxn, institution: str, parsed: Sequence[_ParsedEnd]
     missing: list[Rejection] = []
     ended = 0
     for item in parsed:
-        histories = {role: txn.history(item.customer, institution, role) for role in item.roles}
-        histories = {role: history for role, history in histories.items() if history}
+        histories = {
+            (role, kind): txn.history(item.customer, institution, role, kind)
+            for role in item.roles
+            for kind in item.kinds
+        }
+        histories = {place: history for place, history in histories.items() if history}
         if not histories:
             missing.append(Rejection(f"endings[{item.index}]", _NO_SUCH_RELATIONSHIP, "NOT_FOUND"))
             continue
         changed_any = False
-        for role, history in histories.items():
+        for (role, kind), history in histories.items():
             updated = conflicts.parse("end_date", end_period, history, item.end, item=item.index)
             if updated is not None and updated[1]:
-                txn.put_history(item.customer, institution, role, updated[0])
+                txn.put_history(item.customer, institution, role, kind, updated[0])
                 changed_any = True
         ended += changed_any
     conflicts.raise_if_any("endings")

@@ -23,9 +23,11 @@ from typing import Protocol, TypeVar
 
 from kfr_grpc.register.customer_ids import CustomerId
 from kfr_grpc.register.model import (
+    Corrections,
     History,
     Institution,
     LookupCount,
+    ProductKind,
     RequestRecord,
     Role,
     RoleHistory,
@@ -39,9 +41,20 @@ Progress = Callable[[int], None]
 class ReadTxn(Protocol):
     """Reads within one consistent snapshot."""
 
-    def history(self, customer: CustomerId, institution: str, role: Role) -> History:
-        """The periods of one (customer, institution, role); empty if never reported."""
+    def history(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> History:
+        """The periods of one relationship (customer, institution, role, kind); empty if
+        never reported."""
         ...
+
+    def corrections(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> Corrections:
+        """The corrections made to one relationship (none if never reported)."""
+        ...
+
+    def has_relationships(self, institution: str) -> bool: ...
 
     def relationships(
         self, customer: CustomerId, institution: str | None = None
@@ -66,6 +79,10 @@ class ReadTxn(Protocol):
 
     def institutions(self) -> Iterator[Institution]: ...
 
+    def institutions_version(self) -> int:
+        """Changes whenever an institution record does (what caches of them check)."""
+        ...
+
     def collection_account_owner(self, account: str) -> str | None: ...
 
     def collection_accounts(self) -> Iterator[tuple[str, str]]:
@@ -85,9 +102,16 @@ class WriteTxn(ReadTxn, Protocol):
     """Reads and writes within one atomic transaction."""
 
     def put_history(
-        self, customer: CustomerId, institution: str, role: Role, history: History
+        self,
+        customer: CustomerId,
+        institution: str,
+        role: Role,
+        kind: ProductKind,
+        history: History,
+        corrections: Corrections | None = None,
     ) -> None:
-        """Stores ``history``; an empty one removes the relationship."""
+        """Stores ``history``; an empty one removes the relationship. ``corrections``
+        replace the relationship's; None keeps those about periods still there."""
         ...
 
     def put_institution(self, institution: Institution) -> None: ...

@@ -5,14 +5,19 @@ be found again from those, it holds a *tag*, an HMAC of them under the pseudonym
 the version named in the key (``Pseudonymiser.tag``), and the sealed value holds them.
 
 Relationship key (41 bytes): ``pseudonym key version (u8) | pseudonym (32) | tag (8) of
-(pseudonym, institution, role)``. All relationships of one customer under one pseudonym
-key are adjacent, so Lookup and ListOwn are range reads; the raw key says how many
-relationships a pseudonym has, not where.
+(pseudonym, institution, role, product kind)`` (a relationship of unspecified kind is
+tagged without the kind, as before kinds existed, so older records need no move). All
+relationships of one customer under one pseudonym key are adjacent, so Lookup and
+ListOwn are range reads; the raw key says how many relationships a pseudonym has, not
+where.
 
 Relationship value: ``format 3 (u8) | id length (u8) | customer ID digits | institution
 (u32) | role (u8) | slot (u64) | period count (u16) | periods (start, end as u32 date
 ordinals; end 0 while active)``. The customer ID is kept inside the sealed value so that
-the index can be rebuilt under a new pseudonym key.
+the index can be rebuilt under a new pseudonym key. Format 4 (store format 6), for a
+relationship of a named kind or with corrections: ``4 | id length | digits | institution |
+role | kind (u8) | slot | period count | periods | correction count (u16) | corrections
+(made on u32, action u8, reason u8, period start u32, previous date u32; 0 for none)``.
 
 Indexes (their values sealed, so an entry links to no relationship without the keys):
 - by institution: ``version (u8) | tag (8) of the institution | slot (u64 BE)`` ->
@@ -45,7 +50,18 @@ from typing import Any
 
 from kfr_grpc.errors import Rejection
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
-from kfr_grpc.register.model import History, Institution, Period, RequestRecord, Role
+from kfr_grpc.register.model import (
+    Correction,
+    CorrectionAction,
+    CorrectionReason,
+    Corrections,
+    History,
+    Institution,
+    Period,
+    ProductKind,
+    RequestRecord,
+    Role,
+)
 
 PSEUDONYM_BYTES = 32
 RELATIONSHIP_TAG_BYTES = 8
@@ -66,11 +82,22 @@ _COUNT = struct.Struct(">H")
 _PERIOD = struct.Struct(">II")
 _SLOT = struct.Struct(">Q")
 _RELATIONSHIP_FORMAT = 3
+_KINDS_FORMAT = 4  # with a product kind and corrections
+_CORRECTION = struct.Struct(">IBBII")
 _LEGACY_RELATIONSHIP_FORMAT = 2
 _OPEN_END = 0
 # The byte that stands for each role in a relationship key: part of the store format.
 _ROLE_BYTES = {Role.OWNER: 1, Role.DISPONENT: 2}
 _ROLES_BY_BYTE = {byte: role for role, byte in _ROLE_BYTES.items()}
+_KIND_BYTES = {
+    ProductKind.UNSPECIFIED: 0, ProductKind.PAYMENT_ACCOUNT: 1, ProductKind.LOAN: 2,
+    ProductKind.OTHER: 3,
+}  # fmt: skip
+_KINDS_BY_BYTE = {byte: kind for kind, byte in _KIND_BYTES.items()}
+_ACTION_BYTES = {action: index + 1 for index, action in enumerate(CorrectionAction)}
+_ACTIONS_BY_BYTE = {byte: action for action, byte in _ACTION_BYTES.items()}
+_REASON_BYTES = {reason: index + 1 for index, reason in enumerate(CorrectionReason)}
+_REASONS_BY_BYTE = {byte: reason for reason, byte in _REASON_BYTES.items()}
 
 
 # --- relationships ------------------------------------------------------------------------
@@ -84,9 +111,12 @@ def org_from_key(key: bytes) -> str:
     return f"{_ORG.unpack(key[:4])[0]:09d}"
 
 
-def place(org_number: str, role: Role) -> bytes:
-    """Institution and role as a relationship value and key tag hold them."""
-    return _PLACE.pack(int(org_number), _ROLE_BYTES[role])
+def place(org_number: str, role: Role, kind: ProductKind) -> bytes:
+    """Institution, role and kind as a relationship's key tag and value hold them: the kind
+    byte only for a named kind, so that a relationship of unspecified kind keeps the tag
+    it had before kinds existed."""
+    packed = _PLACE.pack(int(org_number), _ROLE_BYTES[role])
+    return packed if kind is ProductKind.UNSPECIFIED else packed + bytes((_KIND_BYTES[kind],))
 
 
 def relationship_tag_data(pseudonym: bytes, place: bytes) -> bytes:
@@ -117,22 +147,67 @@ class DecodedRelationship:
     role: Role
     history: History
     slot: int
+    kind: ProductKind = ProductKind.UNSPECIFIED
+    corrections: Corrections = ()
 
 
-def encode_relationship(customer: CustomerId, place: bytes, history: History, slot: int) -> bytes:
-    """``place``: ``place(org, role)``."""
+def encode_relationship(
+    customer: CustomerId, place: bytes, history: History, slot: int, corrections: Corrections
+) -> bytes:
+    """``place``: ``place(org, role, kind)``. Format 3 while it can (no kind, no
+    corrections): byte for byte what a store of format 5 holds."""
     digits = customer.digits.encode("ascii")
-    parts = [
-        _HEADER.pack(_RELATIONSHIP_FORMAT, len(digits)),
-        digits,
-        place,
-        _SLOT.pack(slot),
-        _COUNT.pack(len(history)),
-    ]
+    plain = len(place) == _PLACE.size and not corrections
+    parts = [_HEADER.pack(_RELATIONSHIP_FORMAT if plain else _KINDS_FORMAT, len(digits)), digits]
+    parts.append(place if plain else place[: _PLACE.size] + (place[_PLACE.size :] or b"\0"))
+    parts += [_SLOT.pack(slot), _COUNT.pack(len(history))]
     for period in history:
         end = period.end.toordinal() if period.end is not None else _OPEN_END
         parts.append(_PERIOD.pack(period.start.toordinal(), end))
+    if not plain:
+        parts.append(_COUNT.pack(len(corrections)))
+        parts.extend(_packed_correction(correction) for correction in corrections)
     return b"".join(parts)
+
+
+def is_plain_relationship(value: bytes) -> bool:
+    """Whether a relationship value is of format 3 or older (readable by store format 5)."""
+    return value[0] != _KINDS_FORMAT
+
+
+def _packed_correction(correction: Correction) -> bytes:
+    return _CORRECTION.pack(
+        correction.made_on.toordinal(),
+        _ACTION_BYTES[correction.action],
+        _REASON_BYTES[correction.reason],
+        _ordinal_or_zero(correction.period_start),
+        _ordinal_or_zero(correction.previous),
+    )
+
+
+def _ordinal_or_zero(day: date | None) -> int:
+    return day.toordinal() if day is not None else 0
+
+
+def _date_or_none(ordinal: int) -> date | None:
+    return date.fromordinal(ordinal) if ordinal else None
+
+
+def _unpacked_corrections(value: bytes, offset: int) -> Corrections:
+    (count,) = _COUNT.unpack_from(value, offset)
+    offset += _COUNT.size
+    return tuple(
+        Correction(
+            date.fromordinal(made_on),
+            _ACTIONS_BY_BYTE[action],
+            _REASONS_BY_BYTE[reason],
+            _date_or_none(start),
+            _date_or_none(previous),
+        )
+        for made_on, action, reason, start, previous in _CORRECTION.iter_unpack(
+            value[offset : offset + count * _CORRECTION.size]
+        )
+    )
 
 
 def decode_relationship(key: bytes, value: bytes) -> DecodedRelationship:
@@ -142,9 +217,13 @@ def decode_relationship(key: bytes, value: bytes) -> DecodedRelationship:
     offset = _HEADER.size
     digits = value[offset : offset + id_length].decode("ascii")
     offset += id_length
-    if record_format == _RELATIONSHIP_FORMAT:
+    kind = ProductKind.UNSPECIFIED
+    if record_format in (_RELATIONSHIP_FORMAT, _KINDS_FORMAT):
         org, role_byte = _PLACE.unpack_from(value, offset)
         offset += _PLACE.size
+        if record_format == _KINDS_FORMAT:
+            kind = _KINDS_BY_BYTE[value[offset]]
+            offset += 1
     elif record_format == _LEGACY_RELATIONSHIP_FORMAT:
         _, _, org, role_byte = _LEGACY_RELATIONSHIP_KEY.unpack(key)
     else:
@@ -157,9 +236,12 @@ def decode_relationship(key: bytes, value: bytes) -> DecodedRelationship:
         Period(date.fromordinal(start), date.fromordinal(end) if end != _OPEN_END else None)
         for start, end in _PERIOD.iter_unpack(value[offset : offset + count * _PERIOD.size])
     )
-    kind = CustomerKind.PERSON if len(digits) == 11 else CustomerKind.ORGANISATION
-    customer = CustomerId(digits, kind)
-    return DecodedRelationship(customer, f"{org:09d}", _ROLES_BY_BYTE[role_byte], history, slot)
+    offset += count * _PERIOD.size
+    corrections = _unpacked_corrections(value, offset) if record_format == _KINDS_FORMAT else ()
+    customer_kind = CustomerKind.PERSON if len(digits) == 11 else CustomerKind.ORGANISATION
+    customer = CustomerId(digits, customer_kind)
+    role = _ROLES_BY_BYTE[role_byte]
+    return DecodedRelationship(customer, f"{org:09d}", role, history, slot, kind, corrections)
 
 
 def day_key(day: date) -> bytes:
@@ -219,18 +301,22 @@ def encode_institution(institution: Institution) -> bytes:
         "closed_on": institution.closed_on.isoformat() if institution.closed_on else None,
         "collection_accounts": list(institution.collection_accounts),
     }
+    if institution.first_report_on is not None:
+        document["first_report_on"] = institution.first_report_on.isoformat()
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
 def decode_institution(org_number: str, value: bytes) -> Institution:
     document = json.loads(value)
     closed_on = document.get("closed_on")
+    first_report_on = document.get("first_report_on")
     return Institution(
         org_number=org_number,
         name=document["name"],
         registered_on=date.fromisoformat(document["registered_on"]),
         closed_on=date.fromisoformat(closed_on) if closed_on else None,
         collection_accounts=tuple(document.get("collection_accounts", ())),
+        first_report_on=date.fromisoformat(first_report_on) if first_report_on else None,
     )
 
 

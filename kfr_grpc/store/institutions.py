@@ -11,7 +11,12 @@ from collections.abc import Iterator
 
 from kfr_grpc.register.model import Institution
 from kfr_grpc.store import codec
-from kfr_grpc.store.layout import COLLECTION_ACCOUNTS, INSTITUTIONS
+from kfr_grpc.store.layout import (
+    COLLECTION_ACCOUNTS,
+    INSTITUTIONS,
+    INSTITUTIONS_CHANGED_KEY,
+    META,
+)
 from kfr_grpc.store.txn import TxnBase, WriteTxnBase
 
 
@@ -24,6 +29,10 @@ class InstitutionReads(TxnBase):
         for key, sealed in self._txn.cursor(db=self._db[INSTITUTIONS]):
             plaintext = self._open(INSTITUTIONS, key, sealed)
             yield codec.decode_institution(codec.org_from_key(key), plaintext)
+
+    def institutions_version(self) -> int:
+        """A number that changes whenever an institution record does (caches check it)."""
+        return int(self._txn.get(INSTITUTIONS_CHANGED_KEY, b"0", db=self._db[META]))
 
     def collection_account_owner(self, account: str) -> str | None:
         for key in self._collection_keys(account):
@@ -57,6 +66,8 @@ class InstitutionWrites(WriteTxnBase, InstitutionReads):
     def put_institution(self, institution: Institution) -> None:
         key = codec.org_key(institution.org_number)
         self._put(INSTITUTIONS, key, codec.encode_institution(institution))
+        changed = str(self.institutions_version() + 1).encode()
+        self._txn.put(INSTITUTIONS_CHANGED_KEY, changed, db=self._db[META])
 
     def put_collection_account(self, account: str, org_number: str) -> None:
         """Keeps the account under the current pseudonym version's tag (only)."""

@@ -113,7 +113,9 @@ class IntegrityReads(RelationshipReads):
                 version, pseudonym, record.institution, record.role
             )
         else:
-            expected = self._relationship_key(version, pseudonym, record.institution, record.role)
+            expected = self._relationship_key(
+                version, pseudonym, record.institution, record.role, record.kind
+            )
         return key == expected
 
     def _index_problems(self, expected_slots: _Tally, expected_ended: _Tally) -> Iterator[str]:

@@ -42,12 +42,16 @@ from kfr_grpc.store import codec
 
 log = logging.getLogger("kfr.store")
 
-STORE_FORMAT = b"5"
+STORE_FORMAT = b"6"
+# Format 5: as 6, without relationships of a named kind or with corrections (record format
+# 4): read as it is; the first such write marks the store format 6.
+TAGGED_FORMAT = b"5"
 # Format 4: clear names in keys, unsealed index values (still read; ``kfr migrate`` moves
 # them). Format 3 besides that sealed values without padding (resealing pads).
 UNTAGGED_FORMAT = b"4"
 UNPADDED_FORMAT = b"3"
-READABLE_FORMATS = (STORE_FORMAT, UNTAGGED_FORMAT, UNPADDED_FORMAT)
+READABLE_FORMATS = (STORE_FORMAT, TAGGED_FORMAT, UNTAGGED_FORMAT, UNPADDED_FORMAT)
+TAGGED_FORMATS = (STORE_FORMAT, TAGGED_FORMAT)  # nothing left in the legacy layout
 MIGRATE_COMMAND = "kfr migrate --config …"
 META = b"meta"
 INSTITUTIONS = b"institutions"
@@ -71,6 +75,7 @@ CANARY = b"kfr store canary"
 SEAL_VERSION_KEY = b"seal_version"
 PSEUDONYM_VERSION_KEY = b"pseudonym_version"
 ACTIVE_KEY = b"active_relationships"  # how many relationships have an active period
+INSTITUTIONS_CHANGED_KEY = b"institutions_changed"  # counts changes of institution records
 # Cluster mode: the position in the replicated log of the last entry this store applied
 # (absent: none), written in the transaction that applies it.
 LOG_POSITION_KEY = b"log_position"
@@ -220,7 +225,7 @@ def _verify_meta(txn: lmdb.Transaction, meta: Any, path: Path, keyring: Keyring)
             f"{b' and '.join(READABLE_FORMATS)!r}. Restore a backup made by a matching "
             "version, or start afresh."
         )
-    if store_format != STORE_FORMAT:
+    if store_format not in TAGGED_FORMATS:
         log.warning(
             "%s is a store of format %s, whose raw file shows more than it should (%s): run "
             "`%s` once (online) to migrate it to format %s",

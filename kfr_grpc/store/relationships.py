@@ -1,6 +1,6 @@
 """Relationship records and their indexes: reading and writing role histories.
 
-A record is one (customer, institution, role) under a pseudonymised key (``codec``);
+A record is one (customer, institution, role, product kind) under a pseudonymised key (``codec``);
 ``by_institution`` lists an institution's records (closure), ``ended_by_date`` every
 ended period by its end date (retention), and ``meta`` keeps the count of records with
 an active period. Writers keep all three in step with the records.
@@ -19,14 +19,25 @@ from datetime import date
 
 from kfr_grpc.errors import CorruptRecord
 from kfr_grpc.register.customer_ids import CustomerId
-from kfr_grpc.register.model import History, Role, RoleHistory, StoredHistory, is_active
+from kfr_grpc.register.model import (
+    Corrections,
+    History,
+    ProductKind,
+    Role,
+    RoleHistory,
+    StoredHistory,
+    is_active,
+)
 from kfr_grpc.store import codec
 from kfr_grpc.store.layout import (
     ACTIVE_KEY,
     BY_INSTITUTION,
     ENDED_BY_DATE,
+    FORMAT_KEY,
     META,
     RELATIONSHIPS,
+    STORE_FORMAT,
+    TAGGED_FORMAT,
     meta_number,
 )
 from kfr_grpc.store.txn import TxnBase, WriteTxnBase
@@ -36,17 +47,19 @@ log = logging.getLogger("kfr.store")
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A stored relationship: its key, institution, history and by-institution slot."""
+    """A stored relationship: its key, institution, history, by-institution slot and
+    corrections."""
 
     key: bytes
     institution: str
     history: History
     slot: int
+    corrections: Corrections = ()
 
 
 class RelationshipReads(TxnBase):
     def relationship_count(self) -> int:
-        """How many (customer, institution, role) records the store holds."""
+        """How many (customer, institution, role, kind) records the store holds."""
         return self._txn.stat(self._db[RELATIONSHIPS])["entries"]
 
     def active_relationship_count(self) -> int:
@@ -72,12 +85,24 @@ class RelationshipReads(TxnBase):
             for key, sealed in self._range(RELATIONSHIPS, prefix):
                 record = self._decoded(key, sealed)
                 if institution is None or record.institution == institution:
-                    yield RoleHistory(record.institution, record.role, record.history)
+                    yield RoleHistory(
+                        record.institution, record.role, record.kind, record.history,
+                        record.corrections,
+                    )  # fmt: skip
 
-    def history(self, customer: CustomerId, institution: str, role: Role) -> History:
-        """The periods of one (customer, institution, role); empty if never reported."""
-        found = self._locate(customer, institution, role)
+    def history(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> History:
+        """The periods of one relationship; empty if never reported."""
+        found = self._locate(customer, institution, role, kind)
         return found.history if found is not None else ()
+
+    def corrections(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> Corrections:
+        """The corrections made to one relationship (none if never reported)."""
+        found = self._locate(customer, institution, role, kind)
+        return found.corrections if found is not None else ()
 
     def institution_histories(self, institution: str) -> Iterator[StoredHistory]:
         """Every relationship of ``institution``, through the by-institution index."""
@@ -86,6 +111,10 @@ class RelationshipReads(TxnBase):
             if stored is None:
                 raise CorruptRecord("the institution index names a relationship that is gone")
             yield stored
+
+    def has_relationships(self, institution: str) -> bool:
+        """Whether the store holds any relationship of ``institution``."""
+        return next(self._institution_entries(institution), None) is not None
 
     def _institution_entries(self, institution: str) -> Iterator[tuple[bytes, bytes]]:
         """(index key, relationship key) of every by-institution entry of ``institution``."""
@@ -146,40 +175,51 @@ class RelationshipReads(TxnBase):
         if sealed is None:
             return None
         record = self._decoded(key, sealed)
-        return StoredHistory(record.customer, record.institution, record.role, record.history)
+        return StoredHistory(
+            record.customer, record.institution, record.role, record.kind, record.history
+        )
 
-    def _locate(self, customer: CustomerId, institution: str, role: Role) -> Record | None:
+    def _locate(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> Record | None:
         """Where the record is stored (under whichever pseudonym version), with its history."""
-        for key in self._candidate_keys(customer, institution, role):
+        for key in self._candidate_keys(customer, institution, role, kind):
             found = self._read_record(key)
             if found is not None:
                 return found
         return None
 
     def _candidate_keys(
-        self, customer: CustomerId, institution: str, role: Role, *, skip: bytes = b""
+        self,
+        customer: CustomerId,
+        institution: str,
+        role: Role,
+        kind: ProductKind,
+        *,
+        skip: bytes = b"",
     ) -> Iterator[bytes]:
         """Every key the record may be under: each pseudonym version's, newest first, and
-        its legacy key while those may remain."""
+        its legacy key while those may remain (the legacy layout knew no kinds)."""
+        legacy = self._legacy and kind is ProductKind.UNSPECIFIED
         for version, pseudonymiser in self._crypto.newest_first:
             pseudonym = pseudonymiser.pseudonym(customer.digits)
-            key = self._relationship_key(version, pseudonym, institution, role)
+            key = self._relationship_key(version, pseudonym, institution, role, kind)
             if key != skip:
                 yield key
-            if self._legacy:
+            if legacy:
                 yield codec.legacy_relationship_key(version, pseudonym, institution, role)
 
     def _relationship_key(
-        self, version: int, pseudonym: bytes, institution: str, role: Role
+        self, version: int, pseudonym: bytes, institution: str, role: Role, kind: ProductKind
     ) -> bytes:
-        data = codec.relationship_tag_data(pseudonym, self._place(institution, role))
+        data = codec.relationship_tag_data(pseudonym, self._place(institution, role, kind))
         return codec.relationship_key(version, pseudonym, self._tag(version, data))
 
-    def _place(self, institution: str, role: Role) -> bytes:
+    def _place(self, institution: str, role: Role, kind: ProductKind) -> bytes:
         """``codec.place``, remembered for the transaction (a bulk load has one)."""
-        place = self._places.get((institution, role))
+        place = self._places.get((institution, role, kind))
         if place is None:
-            place = self._places[(institution, role)] = codec.place(institution, role)
+            place = self._places[(institution, role, kind)] = codec.place(institution, role, kind)
         return place
 
     def _read_record(self, key: bytes) -> Record | None:
@@ -187,7 +227,7 @@ class RelationshipReads(TxnBase):
         if sealed is None:
             return None
         record = self._decoded(key, sealed)
-        return Record(key, record.institution, record.history, record.slot)
+        return Record(key, record.institution, record.history, record.slot, record.corrections)
 
     def _slot_key(self, record: bytes, institution: str, slot: int) -> bytes:
         """The by-institution key of the relationship ``record`` (legacy or tagged)."""
@@ -210,23 +250,32 @@ class RelationshipReads(TxnBase):
 
 class RelationshipWrites(WriteTxnBase, RelationshipReads):
     def _begin_relationship_writes(self) -> None:
-        # (customer digits, institution, role) -> [its key under the current pseudonym
-        # version, the record as this transaction has it (None: none)]. A bulk load reads
-        # and then writes each item: one memo, filled by the read, serves the write.
-        self._known: dict[tuple[str, str, Role], list] = {}
+        # (customer digits, institution, role, kind) -> [its key under the current
+        # pseudonym version, the record as this transaction has it (None: none)]. A bulk
+        # load reads and then writes each item: one memo, filled by the read, serves the
+        # write.
+        self._known: dict[tuple[str, str, Role, ProductKind], list] = {}
+        self._format_current = False  # whether meta says STORE_FORMAT (checked once)
         self._pseudonym = self._crypto.pseudonymisers[self.pseudonym_version].pseudonym
         self._next_slots: dict[str, int] = {}
         self._active_delta = 0
 
     def put_history(
-        self, customer: CustomerId, institution: str, role: Role, history: History
+        self,
+        customer: CustomerId,
+        institution: str,
+        role: Role,
+        kind: ProductKind,
+        history: History,
+        corrections: Corrections | None = None,
     ) -> None:
         """Stores ``history`` (an empty one deletes the record), keeping the indexes in step.
 
-        A record found under an older pseudonym version, or in the legacy layout, moves
-        to the current key.
+        ``corrections`` replace the record's; None keeps those about a period that is
+        still there (a retention or closure keeps what it did not remove). A record found
+        under an older pseudonym version, or in the legacy layout, moves to the current key.
         """
-        known = self._known_record(customer, institution, role)
+        known = self._known_record(customer, institution, role, kind)
         key, found = known
         was_active = found is not None and is_active(found.history)
         if not history:
@@ -240,16 +289,25 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
             self._delete_record(found)
         slot = found.slot if found is not None else self._next_slot(institution)
         previous = found.history if found is not None and not moved else ()
-        self._put(
-            RELATIONSHIPS,
-            key,
-            codec.encode_relationship(customer, self._place(institution, role), history, slot),
-        )
+        if corrections is None:
+            corrections = _still_about(found.corrections, history) if found is not None else ()
+        place = self._place(institution, role, kind)
+        value = codec.encode_relationship(customer, place, history, slot, corrections)
+        if not self._format_current and not codec.is_plain_relationship(value):
+            self._mark_kinds_format()
+        self._put(RELATIONSHIPS, key, value)
         self._active_delta += is_active(history) - was_active
         if found is None or moved:
             self._put(BY_INSTITUTION, self._slot_key(key, institution, slot), key)
         self._update_ended_index(key, previous, history)
-        known[1] = Record(key, institution, history, slot)
+        known[1] = Record(key, institution, history, slot, corrections)
+
+    def _mark_kinds_format(self) -> None:
+        """A record of format 4 (kinds, corrections) is about to be written: a store of
+        format 5 becomes format 6, which an older kfr refuses instead of misreading."""
+        if self._txn.get(FORMAT_KEY, db=self._db[META]) == TAGGED_FORMAT:
+            self._txn.put(FORMAT_KEY, STORE_FORMAT, db=self._db[META])
+        self._format_current = True
 
     def flush_active_count(self) -> None:
         """Adds this transaction's change of the active count to ``meta`` (before commit)."""
@@ -271,28 +329,32 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
         log.warning("removing an ended-periods index entry whose period is gone")
         return cursor.delete()  # moves on to the next entry
 
-    def _locate(self, customer: CustomerId, institution: str, role: Role) -> Record | None:
+    def _locate(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> Record | None:
         """As in a view, remembered for the transaction; the current version is tried first."""
-        return self._known_record(customer, institution, role)[1]
+        return self._known_record(customer, institution, role, kind)[1]
 
-    def _known_record(self, customer: CustomerId, institution: str, role: Role) -> list:
-        """[current key, record or None] of (customer, institution, role), remembered."""
-        memo = (customer.digits, institution, role)
+    def _known_record(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> list:
+        """[current key, record or None] of (customer, institution, role, kind), remembered."""
+        memo = (customer.digits, institution, role, kind)
         known = self._known.get(memo)
         if known is None:
             pseudonym = self._pseudonym(customer.digits)
-            key = self._relationship_key(self.pseudonym_version, pseudonym, institution, role)
+            key = self._relationship_key(self.pseudonym_version, pseudonym, institution, role, kind)
             found = self._read_record(key)
             if found is None and (len(self._crypto.pseudonymisers) > 1 or self._legacy):
-                found = self._locate_elsewhere(customer, institution, role, key)
+                found = self._locate_elsewhere(customer, institution, role, kind, key)
             known = self._known[memo] = [key, found]
         return known
 
     def _locate_elsewhere(
-        self, customer: CustomerId, institution: str, role: Role, current: bytes
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind, current: bytes
     ) -> Record | None:
         """The record under an older pseudonym version or the legacy layout."""
-        for key in self._candidate_keys(customer, institution, role, skip=current):
+        for key in self._candidate_keys(customer, institution, role, kind, skip=current):
             found = self._read_record(key)
             if found is not None:
                 return found
@@ -320,6 +382,15 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
         self._delete(BY_INSTITUTION, self._slot_key(record.key, record.institution, record.slot))
         for index_key in self._ended_keys(record.key, record.history):
             self._delete(ENDED_BY_DATE, index_key)
+
+
+def _still_about(corrections: Corrections, history: History) -> Corrections:
+    """The corrections that still name a period of ``history`` (or none: retractions)
+    while any period remains."""
+    if not corrections or not history:
+        return ()
+    starts = {period.start for period in history}
+    return tuple(c for c in corrections if c.period_start is None or c.period_start in starts)
 
 
 def _any_ended(history: History) -> bool:

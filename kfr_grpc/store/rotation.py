@@ -37,6 +37,7 @@ from kfr_grpc.store.layout import (
     SEAL_VERSION_KEY,
     SEALED_DATABASES,
     STORE_FORMAT,
+    TAGGED_FORMAT,
     UNPADDED_FORMAT,
     UNTAGGED_FORMAT,
     associated_data,
@@ -144,14 +145,16 @@ class RotationWrites(RelationshipWrites, InstitutionWrites, RecordWrites):
         stored = self._stored_history(key)
         if stored is None:
             return
-        found = self._locate(stored.customer, stored.institution, stored.role)
+        found = self._locate(stored.customer, stored.institution, stored.role, stored.kind)
         if found is not None and found.key != key:
             old = self._read_record(key)
             assert old is not None
             self._delete_record(old)  # a newer copy wins
             self._active_delta -= is_active(old.history)
             return
-        self.put_history(stored.customer, stored.institution, stored.role, stored.periods)
+        self.put_history(
+            stored.customer, stored.institution, stored.role, stored.kind, stored.periods
+        )
 
     def move_collection_accounts(self) -> int:
         """Moves every collection account to the current version's tag; how many moved."""
@@ -233,8 +236,9 @@ class RotationWrites(RelationshipWrites, InstitutionWrites, RecordWrites):
         return len(orphans), last
 
     def mark_tagged(self) -> None:
-        """Nothing is left in the legacy layout: the store is format 5."""
-        if self.store_format() == UNTAGGED_FORMAT:
+        """Nothing is left in the legacy layout: the store is of the current format (a
+        store of format 5 needs no move: its records are of unspecified kind)."""
+        if self.store_format() in (UNTAGGED_FORMAT, TAGGED_FORMAT):
             self._txn.put(FORMAT_KEY, STORE_FORMAT, db=self._db[META])
 
 

@@ -17,7 +17,7 @@ from kfr_grpc.keyring import Keyring, MissingKeyVersion, Pseudonymiser, Sealer, 
 from kfr_grpc.store.layout import (
     FORMAT_KEY,
     META,
-    STORE_FORMAT,
+    TAGGED_FORMATS,
     Databases,
     associated_data,
     pad,
@@ -68,7 +68,9 @@ class TxnBase:
     def _legacy(self) -> bool:
         """Whether the store may still hold entries of the untagged layout (format < 5)."""
         if self._legacy_possible is None:
-            self._legacy_possible = self._txn.get(FORMAT_KEY, db=self._db[META]) != STORE_FORMAT
+            self._legacy_possible = (
+                self._txn.get(FORMAT_KEY, db=self._db[META]) not in TAGGED_FORMATS
+            )
         return self._legacy_possible
 
     def _tag(self, version: int, data: bytes) -> bytes:

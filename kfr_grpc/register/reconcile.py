@@ -1,0 +1,232 @@
+"""Reconciliation: an institution's complete set of current relationships against what
+the register holds as active for it.
+
+The set arrives in chunks, validated as a bulk load's (``reports.validate_rows``). Each
+group of chunks is compared in one transaction: a sent item whose relationship (customer,
+role, kind) is active matches; one that is not is missing, and with ``apply`` it is
+reported in the same transaction. Once the whole set has arrived, ``finish`` counts the
+active relationships that were not sent (those begun after the set's day aside) and, with
+``apply``, ends them on that day, in batches. Nothing is ended before the set is complete,
+and every step is idempotent: a reconciliation cut off anywhere is simply run again.
+
+Memory: one integer per matched item (which relationships were sent), a count of the
+rest, and at most ``MAX_REJECTED_LISTED`` positions and rejections.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from kfr_grpc.errors import Rejection
+from kfr_grpc.register.bulk import MAX_REJECTED_LISTED, STREAM
+from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
+from kfr_grpc.register.model import (
+    KINDS_IN_ORDER,
+    ROLES_IN_ORDER,
+    CallInfo,
+    ProductKind,
+    Role,
+    StoredHistory,
+    is_active,
+)
+from kfr_grpc.register.periods import end_period, start_period
+from kfr_grpc.register.reports import KIND_OF_VALUE, ROLE_OF_VALUE, ParsedRow, ValidatedRows
+from kfr_grpc.register.storage import ReadTxn, Storage, WriteTxn
+from kfr_grpc.register.values import InvalidValue
+
+_END_BATCH = 10_000  # relationships ended per transaction
+_PERSON, _ORGANISATION = CustomerKind.PERSON, CustomerKind.ORGANISATION
+_ROLE_NUMBER = {role: number for number, role in enumerate(ROLES_IN_ORDER)}
+_KIND_NUMBER = {kind: number for number, kind in enumerate(KINDS_IN_ORDER)}
+_ROLES_BY_NUMBER = dict(enumerate(ROLES_IN_ORDER))
+_KINDS_BY_NUMBER = dict(enumerate(KINDS_IN_ORDER))
+
+
+def relationship_number(digits: str, is_person: bool, role: Role, kind: ProductKind) -> int:
+    """One relationship of an institution as one integer (a set of a million of them is
+    tens of megabytes, not hundreds): ID digits, person or not, role and kind."""
+    return ((int(digits) * 2 + is_person) * 2 + _ROLE_NUMBER[role]) * 4 + _KIND_NUMBER[kind]
+
+
+def _relationship_of(number: int) -> tuple[CustomerId, Role, ProductKind]:
+    rest, kind = divmod(number, 4)
+    rest, role = divmod(rest, 2)
+    digits, is_person = divmod(rest, 2)
+    customer = (
+        CustomerId(f"{digits:011d}", _PERSON)
+        if is_person
+        else CustomerId(f"{digits:09d}", _ORGANISATION)
+    )
+    return customer, _ROLES_BY_NUMBER[role], _KINDS_BY_NUMBER[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOutcome:
+    """What comparing one group of chunks found (merged into the reconciliation after its
+    transaction committed, so a transaction that runs again counts nothing twice)."""
+
+    items: int
+    chunks: int
+    matched: int
+    missing: tuple[int, ...]  # positions in the group
+    rejections: tuple[Rejection, ...]  # items named by their place in the group
+    registered: int
+    sent: tuple[int, ...]  # relationship numbers now active and sent
+
+
+@dataclass
+class Reconciliation:
+    """One reconciliation's state; used by one call at a time (not thread-safe)."""
+
+    call: CallInfo
+    apply: bool
+    as_of: date
+    items: int = 0
+    chunks: int = 0
+    matched: int = 0
+    missing_count: int = 0
+    missing_positions: list[int] = field(default_factory=list)
+    rejected_count: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    registered: int = 0
+    not_sent: int = 0
+    ended: int = 0
+    sent: set[int] = field(default_factory=set)
+
+    @property
+    def missing_truncated(self) -> bool:
+        return self.missing_count > len(self.missing_positions)
+
+    @property
+    def rejected_truncated(self) -> bool:
+        return self.rejected_count > len(self.rejections)
+
+    def counts(self) -> dict[str, int]:
+        counts = {
+            "matched": self.matched, "missing": self.missing_count,
+            "not_sent": self.not_sent, "rejected": self.rejected_count, "chunks": self.chunks,
+        }  # fmt: skip
+        if self.apply:
+            counts.update(registered=self.registered, ended=self.ended)
+        return counts
+
+    # --- comparing the set, group by group -----------------------------------------------
+
+    def compared(self, txn: ReadTxn | WriteTxn, chunks: Sequence[ValidatedRows]) -> GroupOutcome:
+        """Compares (and with ``apply`` reports, in ``txn``) one group of validated chunks;
+        ``merge`` the outcome once ``txn`` has committed."""
+        matched, registered = 0, 0
+        missing: list[int] = []
+        rejections: list[Rejection] = []
+        sent: list[int] = []
+        offset = 0
+        for parsed, rejected in chunks:
+            rejections.extend(r._replace(item=offset + r.item) for r in rejected)
+            for index, row in enumerate(parsed):
+                if row is None:
+                    continue
+                found = self._compare_item(txn, row)
+                if found is True:
+                    matched += 1
+                    sent.append(_number_of_row(row))
+                    continue
+                missing.append(offset + index)
+                if isinstance(found, Rejection):
+                    rejections.append(found._replace(item=offset + index))
+                elif found == "registered":
+                    registered += 1
+                    sent.append(_number_of_row(row))
+            offset += len(parsed)
+        return GroupOutcome(
+            offset, len(chunks), matched, tuple(missing), tuple(rejections), registered,
+            tuple(sent),
+        )  # fmt: skip
+
+    def _compare_item(self, txn: ReadTxn | WriteTxn, row: ParsedRow) -> bool | str | Rejection:
+        """True when the relationship is active; else False, or with ``apply`` "registered"
+        (a new period begun) or the rejection of its start."""
+        digits, is_person, role_value, start_day, kind_value = row
+        customer = CustomerId(digits, _PERSON if is_person else _ORGANISATION)
+        role, kind = ROLE_OF_VALUE[role_value], KIND_OF_VALUE[kind_value]
+        institution = self.call.institution
+        history = txn.history(customer, institution, role, kind)
+        if is_active(history):
+            return True
+        if not self.apply:
+            return False
+        start = min(date.fromordinal(start_day), self.as_of)
+        try:
+            updated, _ = start_period(history, start)
+        except InvalidValue as error:
+            return Rejection("start_date", str(error), error.code)
+        txn.put_history(customer, institution, role, kind, updated)  # type: ignore[union-attr]
+        return "registered"
+
+    def merge(self, outcome: GroupOutcome) -> None:
+        base = self.items
+        room = MAX_REJECTED_LISTED - len(self.missing_positions)
+        self.missing_positions.extend(base + p for p in outcome.missing[: max(room, 0)])
+        room = MAX_REJECTED_LISTED - len(self.rejections)
+        self.rejections.extend(
+            r._replace(item=base + r.item) for r in outcome.rejections[: max(room, 0)]
+        )
+        self.items += outcome.items
+        self.chunks += outcome.chunks
+        self.matched += outcome.matched
+        self.missing_count += len(outcome.missing)
+        self.rejected_count += len(outcome.rejections)
+        self.registered += outcome.registered
+        self.sent.update(outcome.sent)
+
+    # --- after the whole set -------------------------------------------------------------
+
+    def finish(self, storage: Storage, now_record) -> None:
+        """Counts the active relationships not sent and, with ``apply``, ends them on the
+        set's day (in batches); then records the call. ``now_record``: the clock's now."""
+        with storage.read() as view:
+            not_sent = [
+                relationship_number(s.customer.digits, s.customer.kind is _PERSON, s.role, s.kind)
+                for s in view.institution_histories(self.call.institution)
+                if self._not_sent(s)
+            ]
+        self.not_sent = len(not_sent)
+        if self.apply:
+            batches = iter(not_sent)
+            while batch := list(itertools.islice(batches, _END_BATCH)):
+                self.ended += storage.write(lambda txn, b=batch: self._end(txn, b))
+        rejected = tuple(r.located(STREAM) for r in self.rejections)
+        record = self.call.record(now_record(), "OK", counts=self.counts(), rejected=rejected)
+        storage.write(lambda txn: txn.put_request_record(record))
+
+    def _not_sent(self, stored: StoredHistory) -> bool:
+        """Active, begun on or before the set's day, and not in the set."""
+        periods = stored.periods
+        if not periods or periods[-1].end is not None or periods[-1].start > self.as_of:
+            return False
+        number = relationship_number(
+            stored.customer.digits, stored.customer.kind is _PERSON, stored.role, stored.kind
+        )
+        return number not in self.sent
+
+    def _end(self, txn: WriteTxn, numbers: Sequence[int]) -> int:
+        ended = 0
+        for number in numbers:
+            customer, role, kind = _relationship_of(number)
+            history = txn.history(customer, self.call.institution, role, kind)
+            if not is_active(history) or history[-1].start > self.as_of:
+                continue  # changed since the scan
+            updated, changed = end_period(history, self.as_of)
+            if changed:
+                txn.put_history(customer, self.call.institution, role, kind, updated)
+                ended += 1
+        return ended
+
+
+def _number_of_row(row: ParsedRow) -> int:
+    digits, is_person, role_value, _, kind_value = row
+    return relationship_number(
+        digits, is_person, ROLE_OF_VALUE[role_value], KIND_OF_VALUE[kind_value]
+    )
