@@ -81,8 +81,10 @@ def register_lookup(register, customer: str, first: str = "2000-01-01", last: st
                 .institutions)  # fmt: skip
 
 
-def register_lookup_answer(register, customer: str, first: str = "2000-01-01", last: str = "",
-                           *, owner_only: bool = False, only_primary_owner: bool = False):  # fmt: skip
+def register_lookup_answer(
+    register, customer: str, first: str = "2000-01-01", last: str = "", *,
+    owner_only: bool = False, only_primary_owner: bool = False,
+):  # fmt: skip
     """The register's whole Lookup answer."""
     import uuid
 

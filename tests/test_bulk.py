@@ -175,8 +175,25 @@ def test_csv_format_with_header_roles_and_unreadable_lines():
         Entry(2, "1", OWNER, "2020-01-01"),
         Entry(3, "2", DISPONENT, ""),
         Malformed(4, "role must be owner or disponent"),
-        Malformed(5, "expected customer_id,role[,start_date]"),
+        Malformed(5, "expected customer_id,role[,start_date[,kind]]"),
         Entry(6, "5", OWNER, ""),
+    ]
+
+
+def test_both_formats_take_an_optional_product_kind():
+    text = "a#2020-01-01#loan, b##Payment_Account, c#2021-01-01, d#2021-01-01#boat"
+    entries = list(loadfile.read_entries(io.StringIO(text), "batch", OWNER, pb.PRODUCT_KIND_OTHER))
+    assert entries == [
+        Entry(1, "a", OWNER, "2020-01-01", pb.PRODUCT_KIND_LOAN),
+        Entry(1, "b", OWNER, "", pb.PRODUCT_KIND_PAYMENT_ACCOUNT),
+        Entry(1, "c", OWNER, "2021-01-01", pb.PRODUCT_KIND_OTHER),  # the command line's kind
+        Malformed(1, "kind must be payment_account, loan, other or unspecified"),
+    ]
+    text = "customer_id,role,start_date,kind\n1,owner,,account\n2,owner,2020-01-01,\n3,owner,,x"
+    assert list(loadfile.read_entries(io.StringIO(text), "csv", OWNER)) == [
+        Entry(2, "1", OWNER, "", pb.PRODUCT_KIND_PAYMENT_ACCOUNT),
+        Entry(3, "2", OWNER, "2020-01-01", pb.PRODUCT_KIND_UNSPECIFIED),
+        Malformed(4, "kind must be payment_account, loan, other or unspecified"),
     ]
 
 
@@ -184,6 +201,8 @@ def test_format_detection(tmp_path):
     csv_file, batch_file = tmp_path / "a.csv", tmp_path / "b.txt"
     csv_file.write_text("\n1,owner,2020-01-01\n")
     batch_file.write_text("1#2020-01-01,2,3\n")
+    assert loadfile.detect_format(csv_file) == "csv"
+    csv_file.write_text("1,owner,2020-01-01,loan\n")
     assert (loadfile.detect_format(csv_file), loadfile.detect_format(batch_file)) == (
         "csv",
         "batch",

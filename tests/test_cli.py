@@ -113,15 +113,18 @@ class Served:
         self.stderr = ""
 
     def client(self, who: str, *args: str, input: str | None = None):
-        options = [
+        command, *rest = args
+        return run(command, *self.options(who), *rest, input=input)
+
+    def options(self, who: str) -> list[str]:
+        """The client options of a command run as ``who``."""
+        return [
             "--target", self.server.target,
             "--ca", str(self.directory / "ca.crt"),
             "--cert", str(self.directory / f"{who}.crt"),
             "--key", str(self.directory / f"{who}.key"),
             "--dev", str(self.directory),
         ]  # fmt: skip
-        command, *rest = args
-        return run(command, *options, *rest, input=input)
 
     def terminate(self) -> int:
         status = self.server.stop(timeout=20)
@@ -399,6 +402,80 @@ def test_report_file_loads_a_batch_file_and_names_the_lines_it_rejected(
                            str(csv_file))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "registered 1, already registered 1" in result.stdout
+
+
+def test_kinds_primary_owners_and_participants_from_the_command_line(served: Served, ids):
+    customer = ids.person()
+    for kind in ("loan", "payment_account"):
+        reported = served.client(
+            "institution", "report", "--institution", TEST_INSTITUTION_ORG, "--kind", kind,
+            "--start-date", "2024-01-15", customer,
+        )  # fmt: skip
+        assert _json(reported)["registered_count"] == 1
+    ended = served.client("institution", "end", "--institution", TEST_INSTITUTION_ORG,
+                          "--kind", "loan", customer)  # fmt: skip
+    assert _json(ended)["ended_count"] == 1
+    listed = _json(served.client("institution", "list-own", "--institution",
+                                 TEST_INSTITUTION_ORG, customer))  # fmt: skip
+    assert [(r["kind"], r["periods"][0]["end_date"] != "") for r in listed["relationships"]] == [
+        ("PRODUCT_KIND_PAYMENT_ACCOUNT", False), ("PRODUCT_KIND_LOAN", True),
+    ]  # fmt: skip
+    found = _json(served.client("agency", "lookup", "--from", "2020-01-01", "--mandate",
+                                TEST_MANDATE, "--only-primary-owner", customer))  # fmt: skip
+    assert [(i["ownership_type"], i["active_payment_account"]) for i in found["institutions"]] == [
+        ("OWNERSHIP_TYPE_PRIMARY_OWNER", True)
+    ]
+    participants = _json(served.client("agency", "participants"))["participants"]
+    assert [p["org_number"] for p in participants if p["joined_date"]] == [TEST_INSTITUTION_ORG]
+
+
+def test_kfr_reconcile_compares_applies_and_is_run_again_after_a_kill(
+    served: Served, ids, tmp_path: Path
+):
+    current = [ids.person() for _ in range(5)]
+    leaver = ids.person()
+    reported = tmp_path / "reported.csv"
+    reported.write_text(
+        "".join(f"{c},owner,2020-01-01,payment_account\n" for c in [*current[:3], leaver])
+    )
+    loaded = served.client("institution", "report-file", "--institution", TEST_INSTITUTION_ORG,
+                           str(reported))  # fmt: skip
+    assert loaded.exit_code == 0, loaded.output
+    whole = tmp_path / "all.txt"  # the batch format, with the kind as the entries' suffix
+    whole.write_text(",".join(f"{c}##payment_account" for c in current) + "\n")
+
+    compared = served.client("institution", "reconcile", "--institution", TEST_INSTITUTION_ORG,
+                             str(whole))  # fmt: skip
+    assert compared.exit_code == 2, compared.output
+    assert (
+        "matched 3; missing from the register 2; active in the register but not in the file 1"
+        in compared.stdout
+    )
+    assert "line 1, entry 4: missing from the register" in compared.stdout
+    assert "nothing was changed: run again with --apply" in compared.stdout
+    assert not any(value in compared.output for value in [*current, leaver])
+
+    # A long reconciliation killed part way, then run again: the same end state.
+    many = [ids.person() for _ in range(20_000)]
+    big = tmp_path / "big.txt"
+    big.write_text(",".join(f"{c}##payment_account" for c in [*current, *many]) + "\n")
+    command = [KFR, "reconcile", *served.options("institution"), "--institution",
+               TEST_INSTITUTION_ORG, "--apply", "--chunk-size", "100", str(big)]  # fmt: skip
+    killed = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    killed.kill()
+    assert killed.wait(timeout=10) == -9
+    applied = served.client("institution", "reconcile", "--institution", TEST_INSTITUTION_ORG,
+                            "--apply", str(big))  # fmt: skip
+    assert applied.exit_code == 0, applied.output
+    assert "applied: reported" in applied.stdout  # what the killed run had not done
+    again = served.client("institution", "reconcile", "--institution", TEST_INSTITUTION_ORG,
+                          str(big))  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert (
+        "matched 20,005; missing from the register 0; active in the register but not in "
+        "the file 0" in again.stdout
+    )
 
 
 def test_doctor_checks_a_deployment(served: Served):

@@ -23,6 +23,8 @@ from kfr_grpc.config import load_config
 from kfr_grpc.dev.setup import SIGNING_KEY_NAME, DevSetup
 from kfr_grpc.loadfile import (
     FORMATS,
+    KIND_CHOICES,
+    KINDS,
     Entry,
     Malformed,
     chunks,
@@ -174,17 +176,30 @@ _IDS_FROM = click.option(
 )
 
 
+_KIND = click.option(
+    "--kind", type=click.Choice(KIND_CHOICES), default="unspecified", show_default=True,
+    help="The product kind: payment_account (a payment or deposit account), loan (loan or "
+    "credit), other.",
+)  # fmt: skip
+_KIND_OF_BATCH = click.option(
+    "--kind", type=click.Choice(KIND_CHOICES), default="unspecified", show_default=True,
+    help="The product kind of every batch-format entry that names none.",
+)  # fmt: skip
+
+
 @main.command()
 @_client_options
 @click.option("--institution", required=True, help="Your organisation number.")
 @click.option("--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True)
 @click.option("--start-date", default="", help="YYYY-MM-DD; default today.")
+@_KIND
 @_IDS_FROM
 @click.argument("customer_ids", nargs=-1)
 def report(
     institution: str,
     role: str,
     start_date: str,
+    kind: str,
     ids_file: Any,
     customer_ids: tuple[str, ...],
     **options: Any,
@@ -193,7 +208,12 @@ def report(
     request = pb.ReportRequest(
         institution_org_number=institution,
         relationships=[
-            pb.Relationship(customer_id=customer, role=_ROLE_CHOICE[role], start_date=start_date)
+            pb.Relationship(
+                customer_id=customer,
+                role=_ROLE_CHOICE[role],
+                start_date=start_date,
+                kind=KINDS[kind],
+            )
             for customer in _customer_ids(customer_ids, ids_file)
         ],
     )
@@ -205,12 +225,17 @@ def report(
 @click.option("--institution", required=True, help="Your organisation number.")
 @click.option("--role", type=click.Choice([*_ROLE_CHOICE, "all"]), default="all", show_default=True)
 @click.option("--end-date", default="", help="YYYY-MM-DD; default today.")
+@click.option(
+    "--kind", type=click.Choice([*KIND_CHOICES[1:], "all"]), default="all", show_default=True,
+    help="The product kind to end.",
+)  # fmt: skip
 @_IDS_FROM
 @click.argument("customer_ids", nargs=-1)
 def end(
     institution: str,
     role: str,
     end_date: str,
+    kind: str,
     ids_file: Any,
     customer_ids: tuple[str, ...],
     **options: Any,
@@ -223,6 +248,7 @@ def end(
                 customer_id=customer,
                 role=_ROLE_CHOICE.get(role, pb.ROLE_UNSPECIFIED),
                 end_date=end_date,
+                kind=KINDS.get(kind, pb.PRODUCT_KIND_UNSPECIFIED),
             )
             for customer in _customer_ids(customer_ids, ids_file)
         ],
@@ -247,6 +273,10 @@ def list_own(institution: str, customer_id: str, **options: Any) -> None:
 @click.option("--from", "from_date", default="", help="First day, YYYY-MM-DD; default today.")
 @click.option("--to", "to_date", default="", help="Last day, YYYY-MM-DD; default today.")
 @click.option("--owner-only", is_flag=True, help="Only relationships where the customer is owner.")
+@click.option(
+    "--only-primary-owner", is_flag=True,
+    help="Only institutions where the customer owns a payment or deposit account.",
+)  # fmt: skip
 @click.option("--mandate", required=True, help="The legal mandate for this lookup.")
 @click.option("--case-ref", default=None, help="Your case reference (UUID); default a new one.")
 @_IDS_FROM
@@ -257,6 +287,7 @@ def lookup(
     from_date: str,
     to_date: str,
     owner_only: bool,
+    only_primary_owner: bool,
     mandate: str,
     case_ref: str | None,
     **options: Any,
@@ -272,6 +303,7 @@ def lookup(
             role_filter=pb.ROLE_FILTER_OWNER_ONLY if owner_only else pb.ROLE_FILTER_ALL,
             legal_mandate=mandate,
             account_info_request_id=case,
+            only_primary_owner=only_primary_owner,
         )
         _call(options, "agency", lambda c, m, r=request: c.lookups.Lookup.with_call(r, metadata=m))
 
@@ -321,43 +353,136 @@ def request_log(institution: str, logged_id: str, **options: Any) -> None:
     "--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True,
     help="The role of every entry of a batch-format file.",
 )  # fmt: skip
+@_KIND_OF_BATCH
 @click.option("--chunk-size", default=20_000, show_default=True, type=click.IntRange(1, 20_000))
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report_file(
-    institution: str, file_format: str, role: str, chunk_size: int, path: Path, **options: Any
+    institution: str,
+    file_format: str,
+    role: str,
+    kind: str,
+    chunk_size: int,
+    path: Path,
+    **options: Any,
 ) -> None:
     """Bulk-load a file of relationships through ReportStream (constant memory).
 
-    Formats: the reference register's batch format (comma-separated customerId#startDate
-    entries, any line breaks) or CSV (customer_id,role,start_date). Prints a summary
-    with the line of every rejected entry (never the entry itself). Exit status 2 when
-    some entries were rejected.
+    Formats: the reference register's batch format (comma-separated
+    customerId#startDate[#kind] entries, any line breaks) or CSV
+    (customer_id,role,start_date[,kind]). Prints a summary with the line of every
+    rejected entry (never the entry itself). Exit status 2 when some entries were
+    rejected.
     """
-    if file_format == "auto":
-        file_format = detect_format(path)
-    role_number = _ROLE_CHOICE[role]
-    malformed = _Capped()
-    with (
-        path.open(encoding="utf-8-sig") as source,
-        click.progressbar(
-            length=path.stat().st_size, label=f"loading {path.name}", file=sys.stderr
-        ) as bar,
-    ):
-        entries = _entries_only(
-            read_entries(_counted(source, bar), file_format, role_number), malformed
-        )
-        stream = chunks(entries, institution, chunk_size)
-        response = _invoke(
-            options,
-            "institution",
-            lambda c, m: c.institutions.ReportStream.with_call(stream, metadata=m),
-        )
-    with path.open(encoding="utf-8-sig") as source:
-        positions = {item.position for item in response.rejected}
-        lines = lines_of_positions(source, file_format, role_number, positions)
-    _print_load_summary(response, lines, malformed)
-    if response.rejected_count or malformed.count:
+    source_file = _EntryFile(path, file_format, _ROLE_CHOICE[role], KINDS[kind])
+    response = source_file.stream(
+        options, f"loading {path.name}",
+        lambda entries: chunks(entries, institution, chunk_size),
+        lambda c, stream, m: c.institutions.ReportStream.with_call(stream, metadata=m),
+    )  # fmt: skip
+    lines = source_file.lines_of({item.position for item in response.rejected})
+    _print_load_summary(response, lines, source_file.malformed)
+    if response.rejected_count or source_file.malformed.count:
         sys.exit(2)
+
+
+@main.command()
+@_client_options
+@click.option("--institution", required=True, help="Your organisation number.")
+@click.option(
+    "--format", "file_format", type=click.Choice(FORMATS), default="auto", show_default=True
+)
+@click.option(
+    "--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True,
+    help="The role of every entry of a batch-format file.",
+)  # fmt: skip
+@_KIND_OF_BATCH
+@click.option(
+    "--apply", is_flag=True,
+    help="Report what the register lacks and end what the file does not hold (default: "
+    "only compare).",
+)  # fmt: skip
+@click.option(
+    "--end-date", "as_of", default="",
+    help="YYYY-MM-DD: the day the file is as of, on which --apply ends relationships not in "
+    "it; default today.",
+)  # fmt: skip
+@click.option("--chunk-size", default=20_000, show_default=True, type=click.IntRange(1, 20_000))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def reconcile(
+    institution: str,
+    file_format: str,
+    role: str,
+    kind: str,
+    apply: bool,
+    as_of: str,
+    chunk_size: int,
+    path: Path,
+    **options: Any,
+) -> None:
+    """Compare a file of ALL your current relationships with the register (Reconcile).
+
+    Same file formats as report-file. Prints how many match, the line of every entry
+    the register lacks, and how many relationships the register holds as active that the
+    file does not. Run it without --apply first. Exit status 2 when they differ (and
+    nothing was applied).
+    """
+    source_file = _EntryFile(path, file_format, _ROLE_CHOICE[role], KINDS[kind])
+    response = source_file.stream(
+        options, f"{'reconciling' if apply else 'comparing'} {path.name}",
+        lambda entries: chunks(
+            entries, institution, chunk_size, pb.ReconcileRequest, apply=apply, as_of_date=as_of
+        ),
+        lambda c, stream, m: c.institutions.Reconcile.with_call(stream, metadata=m),
+    )  # fmt: skip
+    positions = {item.position for item in response.rejected}
+    positions.update(response.missing_positions)
+    lines = source_file.lines_of(positions)
+    _print_reconciliation(response, lines, source_file.malformed)
+    differs = response.missing_count or response.not_sent_count or response.rejected_count
+    if (differs and not apply) or response.rejected_count or source_file.malformed.count:
+        sys.exit(2)
+
+
+@main.command()
+@_client_options
+def participants(**options: Any) -> None:
+    """List the institutions taking part in the register, when each joined and whether it
+    has closed (agencies)."""
+    request = pb.ListParticipantsRequest()
+    _call(options, "agency", lambda c, m: c.lookups.ListParticipants.with_call(request, metadata=m))
+
+
+class _EntryFile:
+    """A bulk file of entries: streamed once (with a progress bar), then read again for
+    the lines of the positions the server named."""
+
+    def __init__(self, path: Path, file_format: str, role: int, kind: int) -> None:
+        self.path = path
+        self.format = detect_format(path) if file_format == "auto" else file_format
+        self.role, self.kind = role, kind
+        self.malformed = _Capped()
+
+    def stream(
+        self,
+        options: dict[str, Any],
+        label: str,
+        messages: Callable[[Iterator[Entry]], Iterator],
+        send: Callable[[KfrClient, Iterator, tuple], tuple],
+    ) -> Any:
+        with (
+            self.path.open(encoding="utf-8-sig") as source,
+            click.progressbar(length=self.path.stat().st_size, label=label, file=sys.stderr) as bar,
+        ):
+            entries = _entries_only(
+                read_entries(_counted(source, bar), self.format, self.role, self.kind),
+                self.malformed,
+            )
+            stream = messages(entries)
+            return _invoke(options, "institution", lambda c, m: send(c, stream, m))
+
+    def lines_of(self, positions: set[int]) -> dict[int, int]:
+        with self.path.open(encoding="utf-8-sig") as source:
+            return lines_of_positions(source, self.format, self.role, positions, self.kind)
 
 
 class _Capped:
@@ -389,6 +514,39 @@ def _counted(source: Iterator[str], bar: Any) -> Iterator[str]:
         yield line
 
 
+def _print_reconciliation(response: Any, lines: dict[int, int], malformed: _Capped) -> None:
+    click.echo(
+        f"matched {response.matched_count:,}; missing from the register "
+        f"{response.missing_count:,}; active in the register but not in the file "
+        f"{response.not_sent_count:,}; rejected {response.rejected_count:,}; unreadable lines "
+        f"{malformed.count:,} ({response.chunk_count:,} chunks)"
+    )
+    if response.applied:
+        click.echo(
+            f"applied: reported {response.registered_count:,}, ended {response.ended_count:,}"
+        )
+    elif response.missing_count or response.not_sent_count:
+        click.echo("nothing was changed: run again with --apply to report and end these")
+    problems = [
+        (lines.get(position, 0), position + 1, "missing from the register")
+        for position in response.missing_positions
+    ]
+    problems += [
+        (lines.get(r.position, 0), r.position + 1, f"{r.field}: {r.reason} [{r.code}]")
+        for r in response.rejected
+    ]
+    problems += [(m.line, 0, f"unreadable: {m.reason}") for m in malformed.kept]
+    _print_problems(problems)
+    if response.missing_truncated or response.rejected_truncated:
+        click.echo("(only the first 10,000 of each kind are listed)")
+
+
+def _print_problems(problems: list[tuple[int, int, str]]) -> None:
+    for line, entry, problem in sorted(problems):
+        where = f"line {line}, entry {entry:,}" if entry else f"line {line}"
+        click.echo(f"{where}: {problem}")
+
+
 def _print_load_summary(response: Any, lines: dict[int, int], malformed: _Capped) -> None:
     click.echo(
         f"accepted {response.accepted_count:,} entries (registered "
@@ -404,8 +562,6 @@ def _print_load_summary(response: Any, lines: dict[int, int], malformed: _Capped
         for r in response.rejected
     ]
     problems += [(m.line, 0, f"unreadable: {m.reason}") for m in malformed.kept]
-    for line, entry, problem in sorted(problems):
-        where = f"line {line}, entry {entry:,}" if entry else f"line {line}"
-        click.echo(f"{where}: {problem}")
+    _print_problems(problems)
     if response.rejected_truncated or malformed.count > len(malformed.kept):
         click.echo("(only the first 10,000 of each kind are listed)")
