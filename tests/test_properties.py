@@ -1,5 +1,6 @@
 """Property tests: ID validation against python-stdnum, and the register's answers against a
-simple in-memory model over random histories of Report, End, closure and purge."""
+simple in-memory model over random histories of Report, End, Retract, Correct, closure and
+purge, over roles and product kinds."""
 
 from __future__ import annotations
 
@@ -17,19 +18,26 @@ from stdnum.no import fodselsnummer, orgnr
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.errors import InvalidArgument, KfrError, NotFound, PermissionDenied
 from kfr_grpc.keyring import Keyring
+from kfr_grpc.register.corrections import CorrectItem, RetractItem
 from kfr_grpc.register.customer_ids import (
     CustomerKind,
     birth_date_of,
     check_digits_hold,
     parse_customer_id,
 )
-from kfr_grpc.register.model import Role
+from kfr_grpc.register.model import (
+    CorrectionAction,
+    CorrectionReason,
+    OwnershipType,
+    ProductKind,
+    Role,
+)
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.retention import retention_cutoff
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.register.values import InvalidValue
 from kfr_grpc.store import LmdbStore
-from tests.support import by, register_lookup
+from tests.support import by, register_lookup_answer
 
 TODAY = date(2026, 6, 15)
 
@@ -121,6 +129,7 @@ def test_nothing_else_passes_and_no_reason_echoes_the_input(text):
 # --- the register against a model -----------------------------------------------------------
 
 BANKS = ("311000004", "313000001")
+KINDS = (ProductKind.UNSPECIFIED, ProductKind.PAYMENT_ACCOUNT, ProductKind.LOAN)
 DAYS_BACK = st.just(0) | st.integers(0, 400)  # today often: the edges of periods matter
 
 
@@ -163,8 +172,8 @@ class RegisterModel(RuleBasedStateMachine):
             self.operations.add_institution(bank, f"Bank {bank}")
         self.register = Register(self.store, self.clock, test_mode=True)
         self.customers = _synthetic_customers()
-        # (customer, bank, role) -> list of [start, end or None]
-        self.periods: dict[tuple[str, str, Role], list[list]] = {}
+        # (customer, bank, role, kind) -> list of [start, end or None]
+        self.periods: dict[tuple[str, str, Role, ProductKind], list[list]] = {}
         self.closed: set[str] = set()
 
     def teardown(self) -> None:
@@ -180,10 +189,10 @@ class RegisterModel(RuleBasedStateMachine):
         self.clock.set(self.clock.now() + timedelta(days=days))
 
     @rule(c=st.integers(0, 2), bank=st.sampled_from(BANKS), role=st.sampled_from(list(Role)),
-          back=DAYS_BACK)  # fmt: skip
-    def report(self, c, bank, role, back):
+          kind=st.sampled_from(KINDS), back=DAYS_BACK)  # fmt: skip
+    def report(self, c, bank, role, kind, back):
         customer, start = self.customers[c], self.today - timedelta(days=back)
-        key = (customer, bank, role)
+        key = (customer, bank, role, kind)
         history = self.periods.get(key, [])
         expected_error = None
         if bank in self.closed:
@@ -192,18 +201,24 @@ class RegisterModel(RuleBasedStateMachine):
             pass  # already active: a no-op
         elif history and start < history[-1][1]:
             expected_error = InvalidArgument
-        report = [ReportItem(customer, role, start.isoformat())]
+        report = [ReportItem(customer, role, start.isoformat(), kind)]
         if not _answers_as_expected(lambda: self.register.report(by(bank), report), expected_error):
             return
         if not (history and history[-1][1] is None):
             self.periods.setdefault(key, []).append([start, None])
 
-    @rule(c=st.integers(0, 2), bank=st.sampled_from(BANKS),
-          role=st.sampled_from([*Role, None]), back=DAYS_BACK)  # fmt: skip
-    def end(self, c, bank, role, back):
+    @rule(c=st.integers(0, 2), bank=st.sampled_from(BANKS), role=st.sampled_from([*Role, None]),
+          kind=st.sampled_from([*KINDS, None]), back=DAYS_BACK)  # fmt: skip
+    def end(self, c, bank, role, kind, back):
         customer, day = self.customers[c], self.today - timedelta(days=back)
         roles = [role] if role else list(Role)
-        keys = [(customer, bank, r) for r in roles if self.periods.get((customer, bank, r))]
+        kinds = [kind] if kind else list(ProductKind)
+        keys = [
+            (customer, bank, r, k)
+            for r in roles
+            for k in kinds
+            if self.periods.get((customer, bank, r, k))
+        ]
         open_keys = [k for k in keys if self.periods[k][-1][1] is None]
         expected_error = None
         if bank in self.closed:
@@ -212,11 +227,52 @@ class RegisterModel(RuleBasedStateMachine):
             expected_error = NotFound
         elif any(day < self.periods[k][-1][0] for k in open_keys):
             expected_error = InvalidArgument
-        ending = [EndItem(customer, role, day.isoformat())]
+        ending = [EndItem(customer, role, day.isoformat(), kind)]
         if not _answers_as_expected(lambda: self.register.end(by(bank), ending), expected_error):
             return
         for key in open_keys:
             self.periods[key][-1][1] = day
+
+    @rule(c=st.integers(0, 2), bank=st.sampled_from(BANKS), role=st.sampled_from(list(Role)),
+          kind=st.sampled_from(KINDS), which=st.integers(0, 2))  # fmt: skip
+    def retract(self, c, bank, role, kind, which):
+        key = (self.customers[c], bank, role, kind)
+        history = self.periods.get(key, [])
+        start = history[which][0] if which < len(history) else date(2014, 1, 1)
+        which = _first_starting(history, start, which)
+        expected_error = PermissionDenied if bank in self.closed else None
+        if expected_error is None and which >= len(history):
+            expected_error = NotFound
+        item = RetractItem(
+            key[0], role, kind, start.isoformat(), CorrectionReason.REPORTED_IN_ERROR
+        )
+        if not _answers_as_expected(
+            lambda: self.register.retract(by(bank), [item]), expected_error
+        ):
+            return
+        del history[which]
+        if not history:
+            del self.periods[key]
+
+    @rule(c=st.integers(0, 2), bank=st.sampled_from(BANKS), role=st.sampled_from(list(Role)),
+          kind=st.sampled_from(KINDS), which=st.integers(0, 2),
+          change=st.sampled_from([CorrectionAction.START_CORRECTED,
+                                  CorrectionAction.END_CORRECTED, CorrectionAction.REOPENED]),
+          back=DAYS_BACK)  # fmt: skip
+    def correct(self, c, bank, role, kind, which, change, back):
+        key = (self.customers[c], bank, role, kind)
+        history = self.periods.get(key, [])
+        day = self.today - timedelta(days=back)
+        start = history[which][0] if which < len(history) else date(2014, 1, 1)
+        which = _first_starting(history, start, which)
+        expected_error, updated = _expected_correction(
+            bank in self.closed, history, which, change, day
+        )
+        new_date = "" if change is CorrectionAction.REOPENED else day.isoformat()
+        item = CorrectItem(key[0], role, kind, start.isoformat(), change, new_date,
+                           CorrectionReason.WRONG_DATE)  # fmt: skip
+        if _answers_as_expected(lambda: self.register.correct(by(bank), [item]), expected_error):
+            history[which] = updated
 
     @precondition(lambda self: len(self.closed) < len(BANKS))
     @rule(bank=st.sampled_from(BANKS), back=st.integers(0, 30))
@@ -249,11 +305,11 @@ class RegisterModel(RuleBasedStateMachine):
         for customer in self.customers:
             for bank in BANKS:
                 answer = {
-                    h.role: [[p.start, p.end] for p in h.periods]
+                    (h.role, h.kind): [[p.start, p.end] for p in h.periods]
                     for h in self.register.list_own(by(bank), customer)
                 }
                 expected = {
-                    key[2]: history
+                    (key[2], key[3]): history
                     for key, history in self.periods.items()
                     if key[0] == customer and key[1] == bank
                 }
@@ -263,19 +319,68 @@ class RegisterModel(RuleBasedStateMachine):
     def lookup_matches(self):
         first, last = self.today - timedelta(days=3650), self.today
         for customer in self.customers:
-            relations = register_lookup(
+            relations = register_lookup_answer(
                 self.register, customer, first.isoformat(), last.isoformat()
-            )
-            answer = {r.org_number: (set(r.roles), r.active) for r in relations}
-            expected: dict[str, tuple[set, bool]] = {}
-            for (who, bank, role), history in self.periods.items():
+            ).institutions
+            answer = {
+                r.org_number: (set(r.roles), r.active, r.ownership, r.active_payment_account)
+                for r in relations
+            }
+            found: dict[str, dict] = {}
+            for (who, bank, role, kind), history in self.periods.items():
                 seen = [p for p in history if p[0] <= last and (p[1] is None or p[1] >= first)]
                 if who != customer or not seen:
                     continue
-                roles, active = expected.get(bank, (set(), False))
+                at = found.setdefault(bank, {"roles": set(), "active": False, "kinds": set(),
+                                             "active_account": False})  # fmt: skip
                 ongoing = any(p[1] is None or p[1] > last for p in seen)
-                expected[bank] = (roles | {role}, active or ongoing)
+                at["roles"].add(role)
+                at["active"] = at["active"] or ongoing
+                if role is Role.OWNER:
+                    at["kinds"].add(kind)
+                    if kind is ProductKind.PAYMENT_ACCOUNT:
+                        at["active_account"] = at["active_account"] or ongoing
+            expected = {bank: (at["roles"], at["active"], _ownership(at["kinds"]),
+                               at["active_account"]) for bank, at in found.items()}  # fmt: skip
             assert answer == expected
+
+
+def _expected_correction(closed: bool, history: list, which: int, change, day: date):
+    """(the error the register must answer a correction with, or None, and the period after it)."""
+    if closed:
+        return PermissionDenied, None
+    if which >= len(history):
+        return NotFound, None
+    first, last = history[which]
+    before = history[which - 1] if which > 0 else None
+    after = history[which + 1] if which + 1 < len(history) else None
+    if change is CorrectionAction.START_CORRECTED:
+        if day != first and (
+            (last is not None and day > last) or (before is not None and day < before[1])
+        ):
+            return InvalidArgument, None
+        return None, [day, last]
+    if change is CorrectionAction.END_CORRECTED:
+        if last is None or (day != last and (day < first or (after and day > after[0]))):
+            return InvalidArgument, None
+        return None, [first, day]
+    if last is not None and after is not None:
+        return InvalidArgument, None
+    return None, [first, None]
+
+
+def _first_starting(history: list, start: date, which: int) -> int:
+    """The register names a period by its start: the first one when two share it (a period
+    that ended on its first day, and the next one begun that day)."""
+    return next((i for i, period in enumerate(history) if period[0] == start), which)
+
+
+def _ownership(owned_kinds: set[ProductKind]) -> OwnershipType:
+    if ProductKind.PAYMENT_ACCOUNT in owned_kinds:
+        return OwnershipType.PRIMARY_OWNER
+    if ProductKind.UNSPECIFIED in owned_kinds:
+        return OwnershipType.UNKNOWN
+    return OwnershipType.NOT_PRIMARY_OWNER
 
 
 TestRegisterModel = RegisterModel.TestCase
