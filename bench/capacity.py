@@ -15,7 +15,9 @@
    from the moment each call was due, so a slow answer cannot hide the ones behind it.
 4. ``kfr report-file`` on a generated file of ``--file-entries`` entries in the reference
    register's batch format: the end-to-end bulk-load rate, client parsing included.
-5. The targets, each with yes/no. The exit status is 1 if any is missed.
+5. ``kfr reconcile`` (a dry run) of the same file against the register, which now holds
+   it and the preload: the reconciliation rate, end to end.
+6. The targets, each with yes/no. The exit status is 1 if any is missed.
 
 A call that fails counts in the latency figures as never answered (an infinite latency),
 and any failed call misses the targets: the figures are the callers' experience.
@@ -70,17 +72,18 @@ class Targets:
     stream_rate: float  # ReportStream relationships/s (chunks of 1,000, asyncio client)
     bulk_rate: float  # report-file relationships/s, end to end
     file_seconds: float  # the whole file in less than this
+    reconcile_seconds: float  # the whole file reconciled in less than this
 
 
 FULL = Targets(
     lookup_ratio=0.8, health_ratio=0.9, p99_ms=5.0, stream_rate=75_000, bulk_rate=100_000,
-    file_seconds=30.0,
+    file_seconds=30.0, reconcile_seconds=60.0,
 )  # fmt: skip
 # The short run inside `make test`: a few seconds of each part on a shared, busy machine,
 # to catch a broken bench or a gross regression, not to measure.
 SMOKE = Targets(
     lookup_ratio=0.4, health_ratio=0.5, p99_ms=100.0, stream_rate=10_000, bulk_rate=10_000,
-    file_seconds=30.0,
+    file_seconds=30.0, reconcile_seconds=60.0,
 )  # fmt: skip
 SMOKE_ARGUMENTS = [
     "--seconds", "2", "--preload", "5000", "--rates", "100,300", "--file-entries", "50000",
@@ -135,8 +138,8 @@ def main() -> None:
             runs = asyncio.run(_measure(server, bare, preload, args, rates))
         finally:
             bare.stop()
-        file_seconds, file_output = _report_file(server, ids, args.file_entries)
-    met = _print(args, rates, stream_seconds, runs, file_seconds, file_output)
+        files = _bulk_files(server, ids, args.file_entries, len(preload))
+    met = _print(args, rates, stream_seconds, runs, files)
     sys.exit(0 if met else 1)
 
 
@@ -171,30 +174,53 @@ async def report_stream(server: BenchServer, customers: list[str], chunk: int = 
     return elapsed
 
 
-def _report_file(server: BenchServer, ids, entries: int) -> tuple[float, str]:
+@dataclass(frozen=True)
+class FileRuns:
+    """``kfr report-file`` of the generated file, then ``kfr reconcile`` of it."""
+
+    entries: int
+    load_seconds: float
+    load_output: str
+    reconcile_seconds: float
+    reconcile_output: str
+
+
+def _bulk_files(server: BenchServer, ids, entries: int, preloaded: int) -> FileRuns:
     with tempfile.TemporaryDirectory(prefix="kfr-bench-file-") as workdir:
         path = Path(workdir) / "load.txt"
         with path.open("w") as out:
+            left = entries
             for batch in iter(lambda: list(itertools.islice(ids, 10)), []):
                 out.write(",".join(f"{c}#2020-01-01" for c in batch) + ",\n")
-                entries -= len(batch)
-                if entries <= 0:
+                left -= len(batch)
+                if left <= 0:
                     break
-        setup = server.setup
-        command = [
-            KFR, "report-file", "--target", server.target, "--ca", str(setup.file("ca.crt")),
-            "--cert", str(setup.file("institution.crt")),
-            "--key", str(setup.file("institution.key")),
-            "--dev", str(setup.directory), "--institution", TEST_INSTITUTION_ORG, str(path),
-        ]  # fmt: skip
-        started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"report-file failed: {result.stdout}{result.stderr}")
+        load_seconds, load_output = _kfr_on_file(server, "report-file", path)
+        reconcile_seconds, reconcile_output = _kfr_on_file(server, "reconcile", path)
+    expected = f"matched {entries:,}; missing from the register 0; active in the register " \
+        f"but not in the file {preloaded:,}"  # fmt: skip
+    if not reconcile_output.startswith(expected):
+        raise SystemExit(f"reconcile said {reconcile_output!r}, expected {expected!r}")
+    return FileRuns(entries, load_seconds, load_output, reconcile_seconds, reconcile_output)
+
+
+def _kfr_on_file(server: BenchServer, command: str, path: Path) -> tuple[float, str]:
+    """Runs ``kfr COMMAND`` on the file as the institution; its seconds and what it said
+    (exit status 2 is a reconciliation's "they differ")."""
+    setup = server.setup
+    argv = [
+        KFR, command, "--target", server.target, "--ca", str(setup.file("ca.crt")),
+        "--cert", str(setup.file("institution.crt")), "--key", str(setup.file("institution.key")),
+        "--dev", str(setup.directory), "--institution", TEST_INSTITUTION_ORG, str(path),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if result.returncode not in (0, 2) or not result.stdout.strip():
+        raise SystemExit(f"{command} failed: {result.stdout}{result.stderr}")
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     summary = result.stdout.strip().splitlines()[0]
-    return elapsed, f"{summary}\n(client peak RSS {peak_mb:.0f} MB)"
+    return elapsed, f"{summary}\n(client peak RSS so far {peak_mb:.0f} MB)"
 
 
 # --- RPC load -------------------------------------------------------------------------------
@@ -291,11 +317,13 @@ async def open_loop(name: str, call: Callable[[], Awaitable], seconds: float, ra
 # --- report ---------------------------------------------------------------------------------
 
 
-def _print(args, rates, stream_seconds, runs, file_seconds, file_output) -> bool:
+def _print(args, rates, stream_seconds, runs, files: FileRuns) -> bool:
     """Prints the tables and the targets; True when every target is met."""
     targets = SMOKE if args.smoke else FULL
     stream_rate = args.preload / stream_seconds
-    file_rate = args.file_entries / file_seconds
+    file_seconds = files.load_seconds
+    file_rate = files.entries / file_seconds
+    reconcile_rate = files.entries / files.reconcile_seconds
     closed = {run.name: run for run in runs if run.offered is None}
     worst_open = next(r for r in runs if r.name == "Lookup" and r.offered == max(rates))
     bare_rate = closed[BARE].rate
@@ -312,7 +340,10 @@ def _print(args, rates, stream_seconds, runs, file_seconds, file_output) -> bool
                f"{stream_seconds:.1f}", f"{stream_rate:,.0f}/s"))  # fmt: skip
     print(_row("kfr report-file (batch file, end to end)", f"{args.file_entries:,}",
                f"{file_seconds:.1f}", f"{file_rate:,.0f}/s"))  # fmt: skip
-    print(f"\nreport-file said: {file_output}\n")
+    print(_row("kfr reconcile (the same file, dry run, end to end)", f"{files.entries:,}",
+               f"{files.reconcile_seconds:.1f}", f"{reconcile_rate:,.0f}/s"))  # fmt: skip
+    print(f"\nreport-file said: {files.load_output}")
+    print(f"reconcile said: {files.reconcile_output}\n")
     errors = sum(run.errors for run in runs)
     p99 = worst_open.percentile_ms(0.99)
     print("| target | measured | met |")
@@ -330,6 +361,9 @@ def _print(args, rates, stream_seconds, runs, file_seconds, file_output) -> bool
                 f"{file_rate:,.0f}/s", file_rate >= targets.bulk_rate),
         _target(f"{args.file_entries:,}-relationship file in < {targets.file_seconds:.0f} s",
                 f"{file_seconds:.1f} s", file_seconds < targets.file_seconds),
+        _target(f"{files.entries:,}-relationship reconciliation in < "
+                f"{targets.reconcile_seconds:.0f} s", f"{files.reconcile_seconds:.1f} s",
+                files.reconcile_seconds < targets.reconcile_seconds),
         _target("no failed call", f"{errors} failed", errors == 0),
     ]  # fmt: skip
     print(f"(vs the reference register's 250 relationships/s: {file_rate / REFERENCE_RATE:,.0f} x)")

@@ -151,7 +151,7 @@ def test_readme_demo_report_then_lookup(served: Served, ids):
     customer = ids.person()
     reported = served.client(
         "institution", "report", "--institution", TEST_INSTITUTION_ORG,
-        "--start-date", "2024-01-15", customer,
+        "--start-date", "2024-01-15", "--kind", "payment_account", customer,
     )  # fmt: skip
     assert _json(reported) == {"registered_count": 1, "already_registered_count": 0}
     assert "correlation-id:" in reported.stderr
@@ -166,8 +166,19 @@ def test_readme_demo_report_then_lookup(served: Served, ids):
                 "name": TEST_INSTITUTION_NAME,
                 "roles": ["ROLE_OWNER"],
                 "active": True,
+                "ownership_type": "OWNERSHIP_TYPE_PRIMARY_OWNER",
+                "active_payment_account": True,
             }
-        ]
+        ],
+        "joined_after_from_date": [
+            {
+                "org_number": TEST_INSTITUTION_ORG,
+                "name": TEST_INSTITUTION_NAME,
+                "joined_date": SystemClock().today().isoformat(),
+                "closed_date": "",
+                "has_collection_accounts": False,
+            }
+        ],
     }
 
     from_file = served.client(
