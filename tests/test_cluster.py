@@ -357,3 +357,32 @@ def test_a_write_refused_or_changing_nothing_on_a_node_behind_is_run_again_at_th
         another = ids.person()
         _report(first, another)
         assert _report(second, another).already_registered_count == 1
+
+
+def test_kinds_corrections_reconciliation_and_participants_through_the_log(nodes, ids):
+    from tests.test_data_quality import ACCOUNT, IN_ERROR, LOAN, own, reconcile, report, retract
+
+    first, second = nodes(2)
+    bank_one = first.client(first.pki.institution)
+    bank_two = second.client(second.pki.institution)
+    kept, mistaken, gone = ids.person(), ids.person(), ids.person()
+    report(
+        bank_one, (kept, pb.ROLE_OWNER, ACCOUNT, "2020-01-01"),
+        (mistaken, pb.ROLE_OWNER, LOAN, "2020-01-01"), (gone, pb.ROLE_OWNER, LOAN, "2020-01-01"),
+    )  # fmt: skip
+    assert (
+        retract(bank_two, (mistaken, pb.ROLE_OWNER, LOAN, "2020-01-01", IN_ERROR)).retracted_count
+        == 1
+    )
+    applied = reconcile(bank_two, [(kept, pb.ROLE_OWNER, ACCOUNT)], apply=True)
+    assert (applied.matched_count, applied.ended_count) == (1, 1)
+    assert own(bank_one, mistaken) == []
+    assert own(bank_one, gone)[0][2][0][1] != ""  # ended, seen on the other node at once
+    agency = first.client(first.pki.agency)
+    answer = agency.lookups.Lookup(pb.LookupRequest(
+        customer_id=kept, from_date="2020-01-01", legal_mandate=MANDATE,
+        account_info_request_id=str(uuid.uuid4()),
+    ))  # fmt: skip
+    assert [i.ownership_type for i in answer.institutions] == [pb.OWNERSHIP_TYPE_PRIMARY_OWNER]
+    assert [p.org_number for p in answer.joined_after_from_date] == [INSTITUTION_ORG]
+    assert len({_digest(node) for node in (first, second)}) == 1

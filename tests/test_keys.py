@@ -56,6 +56,12 @@ def store(tmp_path: Path, keyring_path: Path):
 @pytest.fixture
 def populated(store, ids) -> tuple[Register, list[str]]:
     """300 customers with varied histories at two banks, plus the other kinds of record."""
+    return populate(store, ids, kinds=True)
+
+
+def populate(store, ids, *, kinds: bool) -> tuple[Register, list[str]]:
+    """``populated``; ``kinds``: with loans beside, some corrected (else as a store from
+    before kinds holds)."""
     clock = FixedClock.on(TODAY)
     operations = Operations(store, clock)
     for bank in BANKS:
@@ -67,7 +73,7 @@ def populated(store, ids) -> tuple[Register, list[str]]:
     for customer in customers:
         for bank in rng.sample(BANKS, rng.randint(1, 2)):
             register.report(by(bank), [ReportItem(customer, Role.OWNER, "2015-03-01")])
-            if rng.random() < 0.3:  # a loan besides, its start corrected now and then
+            if kinds and rng.random() < 0.3:  # a loan besides, its start corrected now and then
                 register.report(by(bank), [ReportItem(customer, Role.OWNER, "2016-01-01", LOAN)])
                 if rng.random() < 0.5:
                     register.correct(by(bank), [_LATER_LOAN(customer)])

@@ -11,6 +11,7 @@ import struct
 from datetime import date
 
 import lmdb
+import pytest
 
 from kfr_grpc.keyring import KeyringFile
 from kfr_grpc.register.digest import content_digest
@@ -36,12 +37,20 @@ from tests.test_keys import (
     answers,
     assert_indexes_consistent,
     keyring_path,
-    populated,
+    populate,
     store,
 )
 from tests.test_padding import _unpadded
 
-__all__ = ["keyring_path", "populated", "store"]  # fixtures used here
+__all__ = ["keyring_path", "store"]  # fixtures used here
+
+
+@pytest.fixture
+def populated(store, ids):
+    """As a store from before product kinds holds (the legacy layouts knew none)."""
+    return populate(store, ids, kinds=False)
+
+
 ACCOUNT = "86011117947"
 MANDATE = "Skatteforvaltningsloven § 10-2"
 AGENCY = "312000008"

@@ -16,9 +16,9 @@ rest, and at most ``MAX_REJECTED_LISTED`` positions and rejections.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
 from kfr_grpc.errors import Rejection
 from kfr_grpc.register.bulk import MAX_REJECTED_LISTED, STREAM
@@ -38,6 +38,8 @@ from kfr_grpc.register.storage import ReadTxn, Storage, WriteTxn
 from kfr_grpc.register.values import InvalidValue
 
 _END_BATCH = 10_000  # relationships ended per transaction
+# What comparing one sent item found.
+_MATCHED, _MISSING, _REGISTERED = "matched", "missing", "registered"
 _PERSON, _ORGANISATION = CustomerKind.PERSON, CustomerKind.ORGANISATION
 _ROLE_NUMBER = {role: number for number, role in enumerate(ROLES_IN_ORDER)}
 _KIND_NUMBER = {kind: number for number, kind in enumerate(KINDS_IN_ORDER)}
@@ -129,15 +131,14 @@ class Reconciliation:
                 if row is None:
                     continue
                 found = self._compare_item(txn, row)
-                if found is True:
-                    matched += 1
-                    sent.append(_number_of_row(row))
-                    continue
-                missing.append(offset + index)
+                if found is not _MATCHED:
+                    missing.append(offset + index)
                 if isinstance(found, Rejection):
                     rejections.append(found._replace(item=offset + index))
-                elif found == "registered":
-                    registered += 1
+                    continue
+                matched += found is _MATCHED
+                registered += found is _REGISTERED
+                if found is not _MISSING:
                     sent.append(_number_of_row(row))
             offset += len(parsed)
         return GroupOutcome(
@@ -145,25 +146,27 @@ class Reconciliation:
             tuple(sent),
         )  # fmt: skip
 
-    def _compare_item(self, txn: ReadTxn | WriteTxn, row: ParsedRow) -> bool | str | Rejection:
-        """True when the relationship is active; else False, or with ``apply`` "registered"
-        (a new period begun) or the rejection of its start."""
+    def _compare_item(self, txn: ReadTxn | WriteTxn, row: ParsedRow) -> str | Rejection:
+        """``_MATCHED`` when the relationship is active; else ``_MISSING``, or with
+        ``apply`` (``txn`` is then a write) ``_REGISTERED`` (a new period begun, from the
+        item's start or the set's day, whichever is earlier) or the rejection of that
+        start."""
         digits, is_person, role_value, start_day, kind_value = row
         customer = CustomerId(digits, _PERSON if is_person else _ORGANISATION)
         role, kind = ROLE_OF_VALUE[role_value], KIND_OF_VALUE[kind_value]
         institution = self.call.institution
         history = txn.history(customer, institution, role, kind)
         if is_active(history):
-            return True
+            return _MATCHED
         if not self.apply:
-            return False
+            return _MISSING
         start = min(date.fromordinal(start_day), self.as_of)
         try:
             updated, _ = start_period(history, start)
         except InvalidValue as error:
             return Rejection("start_date", str(error), error.code)
         txn.put_history(customer, institution, role, kind, updated)  # type: ignore[union-attr]
-        return "registered"
+        return _REGISTERED
 
     def merge(self, outcome: GroupOutcome) -> None:
         base = self.items
@@ -183,9 +186,9 @@ class Reconciliation:
 
     # --- after the whole set -------------------------------------------------------------
 
-    def finish(self, storage: Storage, now_record) -> None:
+    def finish(self, storage: Storage, now: Callable[[], datetime]) -> None:
         """Counts the active relationships not sent and, with ``apply``, ends them on the
-        set's day (in batches); then records the call. ``now_record``: the clock's now."""
+        set's day (in batches); then records the call at ``now()``."""
         with storage.read() as view:
             not_sent = [
                 relationship_number(s.customer.digits, s.customer.kind is _PERSON, s.role, s.kind)
@@ -198,7 +201,7 @@ class Reconciliation:
             while batch := list(itertools.islice(batches, _END_BATCH)):
                 self.ended += storage.write(lambda txn, b=batch: self._end(txn, b))
         rejected = tuple(r.located(STREAM) for r in self.rejections)
-        record = self.call.record(now_record(), "OK", counts=self.counts(), rejected=rejected)
+        record = self.call.record(now(), "OK", counts=self.counts(), rejected=rejected)
         storage.write(lambda txn: txn.put_request_record(record))
 
     def _not_sent(self, stored: StoredHistory) -> bool:

@@ -142,10 +142,10 @@ class Register:
         parsed, rejections = self.row_validator()([item.row() for item in items])
 
         def work(txn: WriteTxn) -> ReportResult:
-            _require_open_for_reports(txn, call.institution)
+            institution = _require_open_for_reports(txn, call.institution)
             check_batch_size("relationships", items)
             _raise_rejections(rejections, "relationships")
-            self._note_first_report(txn, call.institution)
+            self._note_first_report(txn, institution)
             registered, conflicts = _apply_reports(txn, call.institution, parsed)
             _raise_rejections(conflicts, "relationships")
             result = ReportResult(registered, len(items) - registered)
@@ -270,8 +270,7 @@ class Register:
         Returns the load with these chunks counted."""
 
         def work(txn: WriteTxn) -> BulkLoad:
-            _require_open_for_reports(txn, call.institution)
-            self._note_first_report(txn, call.institution)
+            self._note_first_report(txn, _require_open_for_reports(txn, call.institution))
             counted = load
             for parsed, rejections in chunks:
                 registered, conflicts = _apply_reports(txn, call.institution, parsed)
@@ -390,14 +389,16 @@ class Register:
             self._participants = (version, known)
         return known
 
-    def _note_first_report(self, txn: WriteTxn, org_number: str) -> None:
+    def _note_first_report(self, txn: WriteTxn, institution: Institution) -> None:
         """Keeps the day the institution joined: its first report. An institution with
-        data from before the register kept that day stays without it (``_participant``)."""
-        institution = txn.institution(org_number)
-        if institution is None or institution.first_report_on is not None:
+        data from before the register kept that day gets the day it was registered, as
+        the participants list shows it (``_participant``)."""
+        if institution.first_report_on is not None:
             return
-        if not txn.has_relationships(org_number):
-            txn.put_institution(replace(institution, first_report_on=self._clock.today()))
+        joined = self._clock.today()
+        if txn.has_relationships(institution.org_number):
+            joined = institution.registered_on
+        txn.put_institution(replace(institution, first_report_on=joined))
 
     def parse_collection_account_lookup(
         self, *, account_number: str, legal_mandate: str, account_info_request_id: str
@@ -599,10 +600,11 @@ def _require_registered(view: ReadTxn, institution: str) -> Institution:
     return registered
 
 
-def _require_open_for_reports(view: ReadTxn, institution: str) -> None:
+def _require_open_for_reports(view: ReadTxn, institution: str) -> Institution:
     registered = _require_registered(view, institution)
     if registered.closed_on is not None:
         raise PermissionDenied(
             f"institution {institution} was closed on {registered.closed_on.isoformat()} "
             "and can no longer report"
         )
+    return registered
