@@ -9,14 +9,15 @@ active relationships that were not sent (those begun after the set's day aside) 
 ``apply``, ends them on that day, in batches. Nothing is ended before the set is complete,
 and every step is idempotent: a reconciliation cut off anywhere is simply run again.
 
-Memory: one integer per matched item (which relationships were sent), a count of the
-rest, and at most ``MAX_REJECTED_LISTED`` positions and rejections.
+Memory: one bit per relationship the institution has reported (which of them were sent,
+by their references: ``ReadTxn.history_and_ref``), and at most ``MAX_REJECTED_LISTED``
+positions and rejections. The scan at the end opens only the relationships not sent.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -65,6 +66,30 @@ def _relationship_of(number: int) -> tuple[CustomerId, Role, ProductKind]:
     return customer, _ROLES_BY_NUMBER[role], _KINDS_BY_NUMBER[kind]
 
 
+class RefSet:
+    """A set of relationship references (small non-negative integers, dense per
+    institution) as a bitmap: a million take 125 KB."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def add(self, ref: int) -> None:
+        byte, bit = divmod(ref, 8)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits) + len(self._bits) // 2))  # amortised
+        self._bits[byte] |= 1 << bit
+
+    def update(self, refs: Iterable[int]) -> None:
+        for ref in refs:
+            self.add(ref)
+
+    def __contains__(self, ref: object) -> bool:
+        if not isinstance(ref, int):
+            return False
+        byte, bit = divmod(ref, 8)
+        return byte < len(self._bits) and bool(self._bits[byte] >> bit & 1)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupOutcome:
     """What comparing one group of chunks found (merged into the reconciliation after its
@@ -76,7 +101,7 @@ class GroupOutcome:
     missing: tuple[int, ...]  # positions in the group
     rejections: tuple[Rejection, ...]  # items named by their place in the group
     registered: int
-    sent: tuple[int, ...]  # relationship numbers now active and sent
+    sent: tuple[int, ...]  # references of the relationships now active and sent
 
 
 @dataclass
@@ -96,7 +121,7 @@ class Reconciliation:
     registered: int = 0
     not_sent: int = 0
     ended: int = 0
-    sent: set[int] = field(default_factory=set)
+    sent: RefSet = field(default_factory=lambda: RefSet())
 
     @property
     def missing_truncated(self) -> bool:
@@ -130,7 +155,7 @@ class Reconciliation:
             for index, row in enumerate(parsed):
                 if row is None:
                     continue
-                found = self._compare_item(txn, row)
+                found, ref = self._compare_item(txn, row)
                 if found is not _MATCHED:
                     missing.append(offset + index)
                 if isinstance(found, Rejection):
@@ -138,35 +163,37 @@ class Reconciliation:
                     continue
                 matched += found is _MATCHED
                 registered += found is _REGISTERED
-                if found is not _MISSING:
-                    sent.append(_number_of_row(row))
+                if ref is not None:
+                    sent.append(ref)
             offset += len(parsed)
         return GroupOutcome(
             offset, len(chunks), matched, tuple(missing), tuple(rejections), registered,
             tuple(sent),
         )  # fmt: skip
 
-    def _compare_item(self, txn: ReadTxn | WriteTxn, row: ParsedRow) -> str | Rejection:
+    def _compare_item(
+        self, txn: ReadTxn | WriteTxn, row: ParsedRow
+    ) -> tuple[str | Rejection, int | None]:
         """``_MATCHED`` when the relationship is active; else ``_MISSING``, or with
         ``apply`` (``txn`` is then a write) ``_REGISTERED`` (a new period begun, from the
         item's start or the set's day, whichever is earlier) or the rejection of that
-        start."""
+        start. With it, the relationship's reference when it is active now."""
         digits, is_person, role_value, start_day, kind_value = row
         customer = CustomerId(digits, _PERSON if is_person else _ORGANISATION)
         role, kind = ROLE_OF_VALUE[role_value], KIND_OF_VALUE[kind_value]
         institution = self.call.institution
-        history = txn.history(customer, institution, role, kind)
+        history, ref = txn.history_and_ref(customer, institution, role, kind)
         if is_active(history):
-            return _MATCHED
+            return _MATCHED, ref
         if not self.apply:
-            return _MISSING
+            return _MISSING, None
         start = min(date.fromordinal(start_day), self.as_of)
         try:
             updated, _ = start_period(history, start)
         except InvalidValue as error:
-            return Rejection("start_date", str(error), error.code)
+            return Rejection("start_date", str(error), error.code), None
         txn.put_history(customer, institution, role, kind, updated)  # type: ignore[union-attr]
-        return _REGISTERED
+        return _REGISTERED, txn.history_and_ref(customer, institution, role, kind)[1]
 
     def merge(self, outcome: GroupOutcome) -> None:
         base = self.items
@@ -192,7 +219,7 @@ class Reconciliation:
         with storage.read() as view:
             not_sent = [
                 relationship_number(s.customer.digits, s.customer.kind is _PERSON, s.role, s.kind)
-                for s in view.institution_histories(self.call.institution)
+                for s in view.institution_histories(self.call.institution, skip=self.sent)
                 if self._not_sent(s)
             ]
         self.not_sent = len(not_sent)
@@ -205,14 +232,9 @@ class Reconciliation:
         storage.write(lambda txn: txn.put_request_record(record))
 
     def _not_sent(self, stored: StoredHistory) -> bool:
-        """Active, begun on or before the set's day, and not in the set."""
+        """(Not in the set, and) active, begun on or before the set's day."""
         periods = stored.periods
-        if not periods or periods[-1].end is not None or periods[-1].start > self.as_of:
-            return False
-        number = relationship_number(
-            stored.customer.digits, stored.customer.kind is _PERSON, stored.role, stored.kind
-        )
-        return number not in self.sent
+        return bool(periods) and periods[-1].end is None and periods[-1].start <= self.as_of
 
     def _end(self, txn: WriteTxn, numbers: Sequence[int]) -> int:
         ended = 0
@@ -226,10 +248,3 @@ class Reconciliation:
                 txn.put_history(customer, self.call.institution, role, kind, updated)
                 ended += 1
         return ended
-
-
-def _number_of_row(row: ParsedRow) -> int:
-    digits, is_person, role_value, _, kind_value = row
-    return relationship_number(
-        digits, is_person, ROLE_OF_VALUE[role_value], KIND_OF_VALUE[kind_value]
-    )

@@ -14,7 +14,7 @@ own types, and a store decides how they are kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -48,6 +48,14 @@ class ReadTxn(Protocol):
         never reported."""
         ...
 
+    def history_and_ref(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> tuple[History, int | None]:
+        """``history``, and a reference to the relationship within its institution: a
+        small non-negative integer, the same for as long as the relationship exists
+        (None if never reported). ``institution_histories`` can pass over references."""
+        ...
+
     def corrections(
         self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
     ) -> Corrections:
@@ -62,8 +70,11 @@ class ReadTxn(Protocol):
         """Every role history of ``customer`` (at ``institution``, if given)."""
         ...
 
-    def institution_histories(self, institution: str) -> Iterator[StoredHistory]:
-        """Every relationship of ``institution``; costs what the institution has."""
+    def institution_histories(
+        self, institution: str, skip: Container[int] | None = None
+    ) -> Iterator[StoredHistory]:
+        """Every relationship of ``institution`` but those whose reference is in ``skip``
+        (which cost next to nothing); costs what the institution has."""
         ...
 
     def expired(self, cutoff: date) -> Iterator[StoredHistory]:

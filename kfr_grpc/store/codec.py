@@ -40,13 +40,13 @@ Those are still read, and moved to the tagged layout by ``kfr migrate``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from kfr_grpc.errors import Rejection
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
@@ -81,6 +81,7 @@ _HEADER = struct.Struct(">BB")
 _COUNT = struct.Struct(">H")
 _PERIOD = struct.Struct(">II")
 _SLOT = struct.Struct(">Q")
+_SLOT_COUNT = struct.Struct(">QH")
 _RELATIONSHIP_FORMAT = 3
 _KINDS_FORMAT = 4  # with a product kind and corrections
 _CORRECTION = struct.Struct(">IBBII")
@@ -140,8 +141,10 @@ def relationship_prefix(version: int, pseudonym: bytes) -> bytes:
     return bytes((version,)) + pseudonym
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedRelationship:
+class DecodedRelationship(NamedTuple):
+    """A decoded relationship value (a tuple: every Lookup and write decodes a few, a
+    reconciliation a million)."""
+
     customer: CustomerId
     institution: str
     role: Role
@@ -228,20 +231,30 @@ def decode_relationship(key: bytes, value: bytes) -> DecodedRelationship:
         _, _, org, role_byte = _LEGACY_RELATIONSHIP_KEY.unpack(key)
     else:
         raise ValueError(f"unknown relationship record format {record_format}")
-    (slot,) = _SLOT.unpack_from(value, offset)
-    offset += _SLOT.size
-    (count,) = _COUNT.unpack_from(value, offset)
-    offset += _COUNT.size
-    history = tuple(
-        Period(date.fromordinal(start), date.fromordinal(end) if end != _OPEN_END else None)
-        for start, end in _PERIOD.iter_unpack(value[offset : offset + count * _PERIOD.size])
+    slot, count = _SLOT_COUNT.unpack_from(value, offset)
+    offset += _SLOT_COUNT.size
+    end_of_periods = offset + count * _PERIOD.size
+    history = tuple(map(_period, _PERIOD.iter_unpack(value[offset:end_of_periods])))
+    corrections = (
+        _unpacked_corrections(value, end_of_periods) if record_format == _KINDS_FORMAT else ()
     )
-    offset += count * _PERIOD.size
-    corrections = _unpacked_corrections(value, offset) if record_format == _KINDS_FORMAT else ()
     customer_kind = CustomerKind.PERSON if len(digits) == 11 else CustomerKind.ORGANISATION
     customer = CustomerId(digits, customer_kind)
     role = _ROLES_BY_BYTE[role_byte]
-    return DecodedRelationship(customer, f"{org:09d}", role, history, slot, kind, corrections)
+    return DecodedRelationship(customer, _org(org), role, history, slot, kind, corrections)
+
+
+# Decoding is on every read's path: the few distinct periods and institutions a store holds
+# are made once (immutable values; bounded caches of pure functions).
+@functools.lru_cache(maxsize=1 << 16)
+def _period(ordinals: tuple[int, int]) -> Period:
+    start, end = ordinals
+    return Period(date.fromordinal(start), date.fromordinal(end) if end != _OPEN_END else None)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _org(number: int) -> str:
+    return f"{number:09d}"
 
 
 def day_key(day: date) -> bytes:

@@ -13,9 +13,9 @@ record it changes to the current version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Container, Iterator
 from datetime import date
+from typing import NamedTuple
 
 from kfr_grpc.errors import CorruptRecord
 from kfr_grpc.register.customer_ids import CustomerId
@@ -45,10 +45,9 @@ from kfr_grpc.store.txn import TxnBase, WriteTxnBase
 log = logging.getLogger("kfr.store")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """A stored relationship: its key, institution, history, by-institution slot and
-    corrections."""
+    corrections (a tuple: one is made per relationship a write touches)."""
 
     key: bytes
     institution: str
@@ -97,6 +96,14 @@ class RelationshipReads(TxnBase):
         found = self._locate(customer, institution, role, kind)
         return found.history if found is not None else ()
 
+    def history_and_ref(
+        self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
+    ) -> tuple[History, int | None]:
+        """``history``, and the relationship's reference within its institution (its
+        by-institution slot; None if never reported)."""
+        found = self._locate(customer, institution, role, kind)
+        return (found.history, found.slot) if found is not None else ((), None)
+
     def corrections(
         self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
     ) -> Corrections:
@@ -104,9 +111,12 @@ class RelationshipReads(TxnBase):
         found = self._locate(customer, institution, role, kind)
         return found.corrections if found is not None else ()
 
-    def institution_histories(self, institution: str) -> Iterator[StoredHistory]:
-        """Every relationship of ``institution``, through the by-institution index."""
-        for _, key in self._institution_entries(institution):
+    def institution_histories(
+        self, institution: str, skip: Container[int] | None = None
+    ) -> Iterator[StoredHistory]:
+        """Every relationship of ``institution``, through the by-institution index, but
+        those whose reference (slot) is in ``skip``: not even opened."""
+        for _, key in self._institution_entries(institution, skip):
             stored = self._stored_history(key)
             if stored is None:
                 raise CorruptRecord("the institution index names a relationship that is gone")
@@ -116,10 +126,15 @@ class RelationshipReads(TxnBase):
         """Whether the store holds any relationship of ``institution``."""
         return next(self._institution_entries(institution), None) is not None
 
-    def _institution_entries(self, institution: str) -> Iterator[tuple[bytes, bytes]]:
-        """(index key, relationship key) of every by-institution entry of ``institution``."""
+    def _institution_entries(
+        self, institution: str, skip: Container[int] | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(index key, relationship key) of every by-institution entry of ``institution``
+        whose slot is not in ``skip``."""
         for prefix in self._institution_prefixes(institution):
             for index_key, value in self._range(BY_INSTITUTION, prefix):
+                if skip is not None and codec.slot_of(index_key) in skip:
+                    continue
                 if codec.is_legacy_slot_key(index_key):
                     if len(prefix) == len(codec.org_key(institution)):
                         yield index_key, value
