@@ -39,7 +39,7 @@ from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG
 from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 from kfr_grpc.register.bulk import BulkLoad
 from kfr_grpc.register.customer_ids import CustomerId, CustomerKind
-from kfr_grpc.register.model import CallInfo, Period, Role
+from kfr_grpc.register.model import CallInfo, Period, ProductKind, Role
 from kfr_grpc.register.service import Register
 from kfr_grpc.store import codec
 from kfr_grpc.store.layout import BY_INSTITUTION, RELATIONSHIPS, pad
@@ -88,7 +88,7 @@ def _measure(store, args) -> None:
     history = (Period(date(2020, 1, 1)),)
     org = TEST_INSTITUTION_ORG
 
-    place = codec.place(org, Role.OWNER)
+    place = codec.place(org, Role.OWNER, ProductKind.UNSPECIFIED)
 
     def key_of(customer: CustomerId) -> bytes:
         pseudonym = pseudonymiser.pseudonym(customer.digits)
@@ -96,7 +96,7 @@ def _measure(store, args) -> None:
         return codec.relationship_key(1, pseudonym, tag)
 
     keys = [key_of(c) for c in customers]
-    encoded = [codec.encode_relationship(c, place, history, 1) for c in customers]
+    encoded = [codec.encode_relationship(c, place, history, 1, ()) for c in customers]
 
     def parse() -> None:
         for data in sample:
@@ -120,7 +120,7 @@ def _measure(store, args) -> None:
 
     def encoding() -> None:
         for customer in customers:
-            codec.encode_relationship(customer, place, history, 1)
+            codec.encode_relationship(customer, place, history, 1, ())
 
     def sealing() -> None:
         for value, key in zip(encoded, keys, strict=True):
