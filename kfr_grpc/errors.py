@@ -91,6 +91,12 @@ class PermissionDenied(KfrError):
     status = "PERMISSION_DENIED"
 
 
+class FailedPrecondition(KfrError):
+    """The system is not in the state the call needs (the message says what to do first)."""
+
+    status = "FAILED_PRECONDITION"
+
+
 class AlreadyExists(KfrError):
     """The thing to create exists already."""
 

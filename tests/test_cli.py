@@ -466,6 +466,16 @@ def test_kfr_reconcile_compares_applies_and_is_run_again_after_a_kill(
     assert "nothing was changed: run again with --apply" in compared.stdout
     assert not any(value in compared.output for value in [*current, leaver])
 
+    # With --apply, an unreadable line stops it before anything is sent.
+    typo = tmp_path / "typo.txt"
+    typo.write_text(",".join(f"{c}##payment_account" for c in current) + f",{leaver}##loans\n")
+    refused = served.client("institution", "reconcile", "--institution", TEST_INSTITUTION_ORG,
+                            "--apply", str(typo))  # fmt: skip
+    assert refused.exit_code == 1 and "1 lines of typo.txt cannot be read (line 1: kind" in (
+        refused.output
+    )
+    assert "correlation-id" not in refused.output  # nothing was sent
+
     # A long reconciliation killed part way, then run again: the same end state.
     many = [ids.person() for _ in range(20_000)]
     big = tmp_path / "big.txt"

@@ -386,8 +386,14 @@ def test_reconciliation_dry_run_then_apply(server, ids):
     assert dry.chunk_count == 4
     assert own(bank, lacking[0]) == [] and own(bank, extra)[0][2] == [("2020-01-01", "")]
 
+    # With a rejected item nothing is ended: its relationship cannot be matched.
+    withheld = reconcile(bank, sent, apply=True, as_of=as_of)
+    assert (withheld.registered_count, withheld.ended_count) == (3, 0)
+    assert withheld.ending_withheld and own(bank, extra)[0][2] == [("2020-01-01", "")]
+    sent.remove(("not an id", OWNER, ACCOUNT))
     applied = reconcile(bank, sent, apply=True, as_of=as_of)
-    assert (applied.registered_count, applied.ended_count, applied.applied) == (3, 1, True)
+    assert (applied.registered_count, applied.ended_count, applied.applied) == (0, 1, True)
+    assert not applied.ending_withheld
     assert own(bank, lacking[0]) == [(OWNER, ACCOUNT, [(as_of, "")])]
     assert own(bank, lacking[1]) == [(DISPONENT, LOAN, [(as_of, "")])]
     assert own(bank, ended) == [(OWNER, ACCOUNT, [("2020-01-01", "2021-01-01"), (as_of, "")])]
@@ -396,6 +402,19 @@ def test_reconciliation_dry_run_then_apply(server, ids):
 
     again = reconcile(bank, sent, as_of=as_of)
     assert (again.matched_count, again.missing_count, again.not_sent_count) == (6, 0, 0)
+
+
+def test_an_applied_reconciliation_is_a_first_report(server, ids):
+    agency = server.client(server.pki.agency)
+    bank = server.client(server.pki.other_institution)
+    applied = reconcile(
+        bank, [(ids.person(), OWNER, ACCOUNT)], apply=True, org=OTHER_INSTITUTION_ORG
+    )
+    assert applied.registered_count == 1
+    listed = agency.lookups.ListParticipants(pb.ListParticipantsRequest()).participants
+    assert [(p.org_number, p.joined_date) for p in listed] == [
+        (INSTITUTION_ORG, ""), (OTHER_INSTITUTION_ORG, TODAY.isoformat()),
+    ]  # fmt: skip
 
 
 def test_a_reconciliation_refuses_a_closed_or_foreign_institution(server, ids):

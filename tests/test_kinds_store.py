@@ -89,6 +89,21 @@ def test_a_format_5_store_reads_on_and_goes_up_only_for_a_record_that_needs_it(
         second.close()
 
 
+def test_a_store_not_yet_migrated_takes_no_kinds_until_it_is(store, ids):
+    from kfr_grpc.errors import FailedPrecondition
+    from kfr_grpc.store.layout import UNTAGGED_FORMAT
+
+    register = Register(store, FixedClock.on(TODAY), test_mode=True)
+    store.write(lambda txn: txn._txn.put(FORMAT_KEY, UNTAGGED_FORMAT, db=txn._db[META]))
+    customer = ids.person()
+    register.report(by(BANK), [ReportItem(customer, OWNER, "2020-01-01")])  # as before
+    with pytest.raises(FailedPrecondition, match="kfr migrate"):
+        register.report(by(BANK), [ReportItem(customer, OWNER, "2020-01-01", LOAN)])
+    assert _format(store) == UNTAGGED_FORMAT and _record_formats(store) == [3]
+    assert store.migrate(lambda _: None).finished and _format(store) == STORE_FORMAT
+    register.report(by(BANK), [ReportItem(customer, OWNER, "2020-01-01", LOAN)])
+
+
 def test_retention_and_closure_handle_kinds_and_their_corrections(store, ids):
     clock = FixedClock.on(date(2014, 1, 1))
     register = Register(store, clock, test_mode=True)

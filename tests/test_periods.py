@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 
 from kfr_grpc.register.model import Period
-from kfr_grpc.register.periods import end_period, start_period
+from kfr_grpc.register.periods import correct_start, end_period, start_period
 from kfr_grpc.register.values import InvalidValue, parse_date
 
 JAN = date(2024, 1, 1)
@@ -34,6 +34,26 @@ def test_re_entry_may_start_on_the_previous_end_day_but_not_before():
     assert start_period(history, MAR)[1] is True
     with pytest.raises(InvalidValue, match="previous period"):
         start_period(history, date(2024, 2, 1))
+
+
+def test_no_two_periods_begin_on_one_day():
+    """A period of one day and another begun that day could not be told apart by their
+    start, which names a period in a correction."""
+    one_day = (Period(JAN, JAN),)
+    with pytest.raises(InvalidValue) as refused:
+        start_period(one_day, JAN)
+    assert refused.value.code == "START_ON_PREVIOUS_START"
+    assert start_period(one_day, MAR)[1] is True
+    two = (Period(JAN, MAR), Period(JUN))
+    for index, day in ((1, JAN), (0, JUN)):
+        with pytest.raises(InvalidValue) as refused:
+            correct_start(
+                ((Period(JAN, JAN), Period(MAR)) if index else (Period(MAR, JUN), Period(JUN))),
+                index,
+                day,
+            )
+        assert refused.value.code in ("START_ON_PREVIOUS_START", "START_ON_NEXT_START")
+    assert correct_start(two, 1, MAR)[1] is True
 
 
 def test_end_closes_the_active_period():

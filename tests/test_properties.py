@@ -199,8 +199,8 @@ class RegisterModel(RuleBasedStateMachine):
             expected_error = PermissionDenied
         elif history and history[-1][1] is None:
             pass  # already active: a no-op
-        elif history and start < history[-1][1]:
-            expected_error = InvalidArgument
+        elif history and (start < history[-1][1] or start == history[-1][0]):
+            expected_error = InvalidArgument  # before the previous end, or on its start
         report = [ReportItem(customer, role, start.isoformat(), kind)]
         if not _answers_as_expected(lambda: self.register.report(by(bank), report), expected_error):
             return
@@ -239,7 +239,6 @@ class RegisterModel(RuleBasedStateMachine):
         key = (self.customers[c], bank, role, kind)
         history = self.periods.get(key, [])
         start = history[which][0] if which < len(history) else date(2014, 1, 1)
-        which = _first_starting(history, start, which)
         expected_error = PermissionDenied if bank in self.closed else None
         if expected_error is None and which >= len(history):
             expected_error = NotFound
@@ -264,7 +263,6 @@ class RegisterModel(RuleBasedStateMachine):
         history = self.periods.get(key, [])
         day = self.today - timedelta(days=back)
         start = history[which][0] if which < len(history) else date(2014, 1, 1)
-        which = _first_starting(history, start, which)
         expected_error, updated = _expected_correction(
             bank in self.closed, history, which, change, day
         )
@@ -356,7 +354,9 @@ def _expected_correction(closed: bool, history: list, which: int, change, day: d
     after = history[which + 1] if which + 1 < len(history) else None
     if change is CorrectionAction.START_CORRECTED:
         if day != first and (
-            (last is not None and day > last) or (before is not None and day < before[1])
+            (last is not None and day > last)
+            or (before is not None and (day < before[1] or day == before[0]))
+            or (after is not None and day == after[0])
         ):
             return InvalidArgument, None
         return None, [day, last]
@@ -367,12 +367,6 @@ def _expected_correction(closed: bool, history: list, which: int, change, day: d
     if last is not None and after is not None:
         return InvalidArgument, None
     return None, [first, None]
-
-
-def _first_starting(history: list, start: date, which: int) -> int:
-    """The register names a period by its start: the first one when two share it (a period
-    that ended on its first day, and the next one begun that day)."""
-    return next((i for i, period in enumerate(history) if period[0] == start), which)
 
 
 def _ownership(owned_kinds: set[ProductKind]) -> OwnershipType:

@@ -280,7 +280,7 @@ class ReconcileRequest(_message.Message):
     def __init__(self, institution_org_number: _Optional[str] = ..., relationships: _Optional[_Iterable[_Union[Relationship, _Mapping]]] = ..., apply: _Optional[bool] = ..., as_of_date: _Optional[str] = ...) -> None: ...
 
 class ReconcileResponse(_message.Message):
-    __slots__ = ("matched_count", "missing_count", "missing_positions", "missing_truncated", "not_sent_count", "rejected_count", "rejected", "rejected_truncated", "registered_count", "ended_count", "chunk_count", "applied")
+    __slots__ = ("matched_count", "missing_count", "missing_positions", "missing_truncated", "not_sent_count", "rejected_count", "rejected", "rejected_truncated", "registered_count", "ended_count", "chunk_count", "applied", "ending_withheld")
     MATCHED_COUNT_FIELD_NUMBER: _ClassVar[int]
     MISSING_COUNT_FIELD_NUMBER: _ClassVar[int]
     MISSING_POSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +293,7 @@ class ReconcileResponse(_message.Message):
     ENDED_COUNT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ENDING_WITHHELD_FIELD_NUMBER: _ClassVar[int]
     matched_count: int
     missing_count: int
     missing_positions: _containers.RepeatedScalarFieldContainer[int]
@@ -305,7 +306,8 @@ class ReconcileResponse(_message.Message):
     ended_count: int
     chunk_count: int
     applied: bool
-    def __init__(self, matched_count: _Optional[int] = ..., missing_count: _Optional[int] = ..., missing_positions: _Optional[_Iterable[int]] = ..., missing_truncated: _Optional[bool] = ..., not_sent_count: _Optional[int] = ..., rejected_count: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedItem, _Mapping]]] = ..., rejected_truncated: _Optional[bool] = ..., registered_count: _Optional[int] = ..., ended_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., applied: _Optional[bool] = ...) -> None: ...
+    ending_withheld: bool
+    def __init__(self, matched_count: _Optional[int] = ..., missing_count: _Optional[int] = ..., missing_positions: _Optional[_Iterable[int]] = ..., missing_truncated: _Optional[bool] = ..., not_sent_count: _Optional[int] = ..., rejected_count: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedItem, _Mapping]]] = ..., rejected_truncated: _Optional[bool] = ..., registered_count: _Optional[int] = ..., ended_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., applied: _Optional[bool] = ..., ending_withheld: _Optional[bool] = ...) -> None: ...
 
 class GetRequestLogRequest(_message.Message):
     __slots__ = ("institution_org_number", "correlation_id")

@@ -267,4 +267,5 @@ def reconciliation_to_pb(reconciliation: Reconciliation) -> pb.ReconcileResponse
         ended_count=reconciliation.ended,
         chunk_count=reconciliation.chunks,
         applied=reconciliation.apply,
+        ending_withheld=reconciliation.ending_withheld,
     )

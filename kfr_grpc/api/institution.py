@@ -30,7 +30,7 @@ from kfr_grpc.api.convert import (
 )
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.errors import ClientGone, InvalidArgument, KfrError
-from kfr_grpc.register.bulk import BulkLoad
+from kfr_grpc.register.bulk import BulkLoad, with_partial_note
 from kfr_grpc.register.model import CallInfo
 from kfr_grpc.register.reconcile import Reconciliation
 from kfr_grpc.register.reports import Row, ValidatedRows, check_chunk_size
@@ -90,15 +90,15 @@ class InstitutionServicer(kfr_pb2_grpc.InstitutionServiceServicer):
         load = _Reconcile(self, context)
         try:
             await load.run(requests)
+            reconciliation = load.reconciliation
+            assert reconciliation is not None
+            await self._blocking.run(self._register.finish_reconciliation, reconciliation)
         except asyncio.CancelledError:
             await load.settle()
             raise ClientGone(deadline_passed(context), load.applied_note()) from None
         except KfrError as error:
             await load.settle()
-            raise error from None
-        reconciliation = load.reconciliation
-        assert reconciliation is not None
-        await self._blocking.run(self._register.finish_reconciliation, reconciliation)
+            raise with_partial_note(error, load.applied_note()) from None
         return reconciliation_to_pb(reconciliation)
 
     async def Retract(
@@ -313,9 +313,10 @@ class _Reconcile(_Load):
     def applied_note(self) -> str:
         """What an interrupted reconciliation changed, in words."""
         reconciliation = self.reconciliation
-        if reconciliation is None or not reconciliation.registered:
+        if reconciliation is None or not (reconciliation.registered or reconciliation.ended):
             return ""
         return (
-            f"{reconciliation.registered} missing relationships were reported before this; "
-            "nothing was ended: run the reconciliation again"
+            f"{reconciliation.registered} missing relationships were reported and "
+            f"{reconciliation.ended} not sent were ended before this: run the reconciliation "
+            "again"
         )

@@ -427,6 +427,8 @@ def reconcile(
     nothing was applied).
     """
     source_file = _EntryFile(path, file_format, _ROLE_CHOICE[role], KINDS[kind])
+    if apply:
+        source_file.require_readable()
     response = source_file.stream(
         options, f"{'reconciling' if apply else 'comparing'} {path.name}",
         lambda entries: chunks(
@@ -480,6 +482,22 @@ class _EntryFile:
             stream = messages(entries)
             return _invoke(options, "institution", lambda c, m: send(c, stream, m))
 
+    def require_readable(self) -> None:
+        """Fails, before anything is sent, if any line cannot be read: with --apply a
+        relationship left out of the set would be ended."""
+        with self.path.open(encoding="utf-8-sig") as source:
+            unreadable = [
+                item
+                for item in read_entries(source, self.format, self.role, self.kind)
+                if isinstance(item, Malformed)
+            ]
+        if unreadable:
+            shown = "; ".join(f"line {m.line}: {m.reason}" for m in unreadable[:5])
+            fail(
+                f"{len(unreadable):,} lines of {self.path.name} cannot be read ({shown}); fix "
+                "them first: with --apply, a relationship left out of the set would be ended"
+            )
+
     def lines_of(self, positions: set[int]) -> dict[int, int]:
         with self.path.open(encoding="utf-8-sig") as source:
             return lines_of_positions(source, self.format, self.role, positions, self.kind)
@@ -524,6 +542,11 @@ def _print_reconciliation(response: Any, lines: dict[int, int], malformed: _Capp
     if response.applied:
         click.echo(
             f"applied: reported {response.registered_count:,}, ended {response.ended_count:,}"
+        )
+    if response.ending_withheld:
+        click.echo(
+            "nothing was ended: the rejected entries name no relationship the register can "
+            "match, so theirs would have been ended too; fix them and run again"
         )
     elif response.missing_count or response.not_sent_count:
         click.echo("nothing was changed: run again with --apply to report and end these")

@@ -77,11 +77,16 @@ class BulkLoad:
 
     def annotate(self, error: KfrError) -> KfrError:
         """``error``, telling the caller what was committed before it (the chunks so far)."""
-        note = self.committed()
-        if not note:
-            return error
-        if isinstance(error, InvalidArgument | NotFound):
-            return error.with_rejection(Rejection(STREAM, note, "PARTIAL"))
-        annotated = type(error)(f"{error}; {note}")
-        annotated.rejections = (*error.rejections, Rejection(STREAM, note, "PARTIAL"))
-        return annotated
+        return with_partial_note(error, self.committed())
+
+
+def with_partial_note(error: KfrError, note: str) -> KfrError:
+    """``error``, telling the caller (``note``) what a stream committed before it: a
+    ``PARTIAL`` violation (and, for other errors than about fields, in the message)."""
+    if not note:
+        return error
+    if isinstance(error, InvalidArgument | NotFound):
+        return error.with_rejection(Rejection(STREAM, note, "PARTIAL"))
+    annotated = type(error)(f"{error}; {note}")
+    annotated.rejections = (*error.rejections, Rejection(STREAM, note, "PARTIAL"))
+    return annotated

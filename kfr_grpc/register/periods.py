@@ -15,17 +15,29 @@ from kfr_grpc.register.values import InvalidValue
 def start_period(history: History, start: date) -> tuple[History, bool]:
     """Begins a period; a no-op when one is already active.
 
-    A customer who comes back gets a new period after the earlier ones; it may begin on
-    the day the previous one ended, not before.
+    A customer who comes back gets a new period after the earlier ones (``_check_after``).
     """
     if history and history[-1].is_active:
         return history, False
-    if history and start < history[-1].end:
+    if history:
+        _check_after(history[-1], start)
+    return (*history, Period(start)), True
+
+
+def _check_after(previous: Period, start: date) -> None:
+    """A period may begin on the day the one before it ended, not before; and not on the
+    day the one before began (a period of one day, then another that day: two periods
+    one could not tell apart by their start, which names a period in a correction)."""
+    if start < previous.end:
         raise InvalidValue(
             "is before the end of this customer's previous period with this role",
             "START_BEFORE_PREVIOUS_END",
         )
-    return (*history, Period(start)), True
+    if start == previous.start:
+        raise InvalidValue(
+            "is the day this customer's previous period with this role began and ended",
+            "START_ON_PREVIOUS_START",
+        )
 
 
 def end_period(history: History, end: date) -> tuple[History, bool]:
@@ -66,10 +78,12 @@ def correct_start(history: History, index: int, start: date) -> tuple[History, b
         return history, False
     if period.end is not None and start > period.end:
         raise InvalidValue("is after the end of the period it corrects", "START_AFTER_END")
-    if index > 0 and start < history[index - 1].end:
+    if index > 0:
+        _check_after(history[index - 1], start)
+    if index + 1 < len(history) and start == history[index + 1].start:
         raise InvalidValue(
-            "is before the end of this customer's previous period with this role",
-            "START_BEFORE_PREVIOUS_END",
+            "is the day this customer's next period with this role begins",
+            "START_ON_NEXT_START",
         )
     return _replaced(history, index, Period(start, period.end)), True
 

@@ -16,7 +16,6 @@ positions and rejections. The scan at the end opens only the relationships not s
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -121,6 +120,7 @@ class Reconciliation:
     registered: int = 0
     not_sent: int = 0
     ended: int = 0
+    ending_withheld: bool = False  # apply ended nothing: the set had rejected items
     sent: RefSet = field(default_factory=lambda: RefSet())
 
     @property
@@ -138,6 +138,7 @@ class Reconciliation:
         }  # fmt: skip
         if self.apply:
             counts.update(registered=self.registered, ended=self.ended)
+            counts.update(ending_withheld=int(self.ending_withheld))
         return counts
 
     # --- comparing the set, group by group -----------------------------------------------
@@ -214,8 +215,14 @@ class Reconciliation:
     # --- after the whole set -------------------------------------------------------------
 
     def finish(self, storage: Storage, now: Callable[[], datetime]) -> None:
-        """Counts the active relationships not sent and, with ``apply``, ends them on the
-        set's day (in batches); then records the call at ``now()``."""
+        """Counts the active relationships not sent and, with ``apply`` and a set without
+        rejected items, ends them on the set's day, in batches; the call's request record
+        goes in the last transaction (``now()`` its time).
+
+        A rejected item names no relationship the register can match, so its relationship
+        counts as not sent: ending those would end what the institution did send. So a set
+        with rejected items ends nothing (``ending_withheld``): fix them and run again.
+        """
         with storage.read() as view:
             not_sent = [
                 relationship_number(s.customer.digits, s.customer.kind is _PERSON, s.role, s.kind)
@@ -223,20 +230,23 @@ class Reconciliation:
                 if self._not_sent(s)
             ]
         self.not_sent = len(not_sent)
-        if self.apply:
-            batches = iter(not_sent)
-            while batch := list(itertools.islice(batches, _END_BATCH)):
-                self.ended += storage.write(lambda txn, b=batch: self._end(txn, b))
-        rejected = tuple(r.located(STREAM) for r in self.rejections)
-        record = self.call.record(now(), "OK", counts=self.counts(), rejected=rejected)
-        storage.write(lambda txn: txn.put_request_record(record))
+        self.ending_withheld = self.apply and bool(self.rejected_count) and bool(not_sent)
+        to_end = not_sent if self.apply and not self.ending_withheld else []
+        batches = [to_end[i : i + _END_BATCH] for i in range(0, len(to_end), _END_BATCH)] or [[]]
+        for number, batch in enumerate(batches, 1):
+            last = number == len(batches)
+            self.ended += storage.write(lambda txn, b=batch, e=last: self._end(txn, b, e, now))
 
     def _not_sent(self, stored: StoredHistory) -> bool:
         """(Not in the set, and) active, begun on or before the set's day."""
         periods = stored.periods
         return bool(periods) and periods[-1].end is None and periods[-1].start <= self.as_of
 
-    def _end(self, txn: WriteTxn, numbers: Sequence[int]) -> int:
+    def _end(
+        self, txn: WriteTxn, numbers: Sequence[int], last: bool, now: Callable[[], datetime]
+    ) -> int:
+        """Ends the relationships ``numbers`` still active (and begun by the set's day);
+        the last batch also records the call."""
         ended = 0
         for number in numbers:
             customer, role, kind = _relationship_of(number)
@@ -247,4 +257,8 @@ class Reconciliation:
             if changed:
                 txn.put_history(customer, self.call.institution, role, kind, updated)
                 ended += 1
+        if last:
+            counts = self.counts() | ({"ended": self.ended + ended} if self.apply else {})
+            rejected = tuple(r.located(STREAM) for r in self.rejections)
+            txn.put_request_record(self.call.record(now(), "OK", counts=counts, rejected=rejected))
         return ended

@@ -311,7 +311,8 @@ class Register:
         if reconciliation.apply:
 
             def work(txn: WriteTxn) -> GroupOutcome:
-                _require_open_for_reports(txn, reconciliation.call.institution)
+                institution = _require_open_for_reports(txn, reconciliation.call.institution)
+                self._note_first_report(txn, institution)
                 return reconciliation.compared(txn, chunks)
 
             outcome = self._storage.write(work)

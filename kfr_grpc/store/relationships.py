@@ -17,7 +17,7 @@ from collections.abc import Container, Iterator
 from datetime import date
 from typing import NamedTuple
 
-from kfr_grpc.errors import CorruptRecord
+from kfr_grpc.errors import CorruptRecord, FailedPrecondition
 from kfr_grpc.register.customer_ids import CustomerId
 from kfr_grpc.register.model import (
     Corrections,
@@ -38,6 +38,7 @@ from kfr_grpc.store.layout import (
     RELATIONSHIPS,
     STORE_FORMAT,
     TAGGED_FORMAT,
+    TAGGED_FORMATS,
     meta_number,
 )
 from kfr_grpc.store.txn import TxnBase, WriteTxnBase
@@ -319,8 +320,16 @@ class RelationshipWrites(WriteTxnBase, RelationshipReads):
 
     def _mark_kinds_format(self) -> None:
         """A record of format 4 (kinds, corrections) is about to be written: a store of
-        format 5 becomes format 6, which an older kfr refuses instead of misreading."""
-        if self._txn.get(FORMAT_KEY, db=self._db[META]) == TAGGED_FORMAT:
+        format 5 becomes format 6, which an older kfr refuses instead of misreading. A
+        store still in the legacy layout (formats 3, 4) takes none: it must be migrated
+        first (its format mark must keep saying that legacy entries remain)."""
+        store_format = self._txn.get(FORMAT_KEY, db=self._db[META])
+        if store_format not in TAGGED_FORMATS:
+            raise FailedPrecondition(
+                f"the store is of format {store_format.decode()}, which holds no product kinds "
+                "or corrections: the operator must run `kfr migrate` first"
+            )
+        if store_format == TAGGED_FORMAT:
             self._txn.put(FORMAT_KEY, STORE_FORMAT, db=self._db[META])
         self._format_current = True
 
