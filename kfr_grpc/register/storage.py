@@ -52,8 +52,9 @@ class ReadTxn(Protocol):
         self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
     ) -> tuple[History, int | None]:
         """``history``, and a reference to the relationship within its institution: a
-        small non-negative integer, the same for as long as the relationship exists
-        (None if never reported). ``institution_histories`` can pass over references."""
+        small non-negative integer, the same for as long as the relationship exists (once it
+        is gone, a new one may get it; None if never reported). ``institution_histories``
+        can pass over references."""
         ...
 
     def corrections(
