@@ -321,7 +321,7 @@ def test_start_and_end_dates_are_corrected_and_a_period_reopened(server, ids):
     for expected in (
         "DATE_IN_FUTURE",
         "CHANGE_MISSING",
-        "corrections[2].new_date:NEW_DATE_MISSING",
+        "corrections[2].new_end_date:NEW_DATE_MISSING",
     ):
         assert expected in described(error), expected
     error = rpc_error(
@@ -334,8 +334,9 @@ def test_start_and_end_dates_are_corrected_and_a_period_reopened(server, ids):
     )
     assert error.code() == StatusCode.INVALID_ARGUMENT
     for expected in (
-        "corrections[0].new_date:START_AFTER_END", "corrections[1].new_date:END_AFTER_NEXT_START",
-        "corrections[2].start_date:NOT_LAST_PERIOD", "corrections[3].new_date:PERIOD_ACTIVE",
+        "corrections[0].new_start_date:START_AFTER_END",
+        "corrections[1].new_end_date:END_AFTER_NEXT_START",
+        "corrections[2].start_date:NOT_LAST_PERIOD", "corrections[3].new_end_date:PERIOD_ACTIVE",
     ):  # fmt: skip
         assert expected in described(error), expected
     assert own(bank, customer) == [
@@ -511,3 +512,24 @@ async def _settled() -> None:
     import asyncio
 
     await asyncio.sleep(0.3)
+
+
+def test_an_applied_reconciliation_ends_no_more_than_max_ends(server, ids):
+    bank = server.client(server.pki.institution)
+    customers = [ids.person() for _ in range(3)]
+    report(bank, *[(c, OWNER, LOAN, "2020-01-01") for c in customers])
+    wrong_file = [(customers[0], OWNER, ACCOUNT)]  # the kinds forgotten: nothing matches
+
+    def apply_with(max_ends: int):
+        return bank.institutions.Reconcile(iter([pb.ReconcileRequest(
+            institution_org_number=INSTITUTION_ORG, apply=True, max_ends=max_ends,
+            relationships=[pb.Relationship(customer_id=c, role=r, kind=k)
+                           for c, r, k in wrong_file],
+        )]))  # fmt: skip
+
+    withheld = apply_with(2)
+    assert (withheld.not_sent_count, withheld.ended_count, withheld.ending_withheld) == (3, 0, True)
+    assert all((OWNER, LOAN, [("2020-01-01", "")]) in own(bank, c) for c in customers)
+    assert withheld.registered_count == 1  # what was missing is reported all the same
+    applied = apply_with(0)
+    assert (applied.ended_count, applied.ending_withheld) == (3, False)

@@ -268,16 +268,18 @@ class CorrectResponse(_message.Message):
     def __init__(self, corrected_count: _Optional[int] = ..., unchanged_count: _Optional[int] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
-    __slots__ = ("institution_org_number", "relationships", "apply", "as_of_date")
+    __slots__ = ("institution_org_number", "relationships", "apply", "as_of_date", "max_ends")
     INSTITUTION_ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
     RELATIONSHIPS_FIELD_NUMBER: _ClassVar[int]
     APPLY_FIELD_NUMBER: _ClassVar[int]
     AS_OF_DATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENDS_FIELD_NUMBER: _ClassVar[int]
     institution_org_number: str
     relationships: _containers.RepeatedCompositeFieldContainer[Relationship]
     apply: bool
     as_of_date: str
-    def __init__(self, institution_org_number: _Optional[str] = ..., relationships: _Optional[_Iterable[_Union[Relationship, _Mapping]]] = ..., apply: _Optional[bool] = ..., as_of_date: _Optional[str] = ...) -> None: ...
+    max_ends: int
+    def __init__(self, institution_org_number: _Optional[str] = ..., relationships: _Optional[_Iterable[_Union[Relationship, _Mapping]]] = ..., apply: _Optional[bool] = ..., as_of_date: _Optional[str] = ..., max_ends: _Optional[int] = ...) -> None: ...
 
 class ReconcileResponse(_message.Message):
     __slots__ = ("matched_count", "missing_count", "missing_positions", "missing_truncated", "not_sent_count", "rejected_count", "rejected", "rejected_truncated", "registered_count", "ended_count", "chunk_count", "applied", "ending_withheld")

@@ -294,10 +294,12 @@ class _Reconcile(_Load):
         self.reconciliation: Reconciliation | None = None
         self._apply_changes = False
         self._as_of = ""
+        self._max_ends = 0
 
     def _stream_call(self, chunk: pb.ReconcileRequest) -> CallInfo:
         if self.call is None:
             self._apply_changes, self._as_of = chunk.apply, chunk.as_of_date
+            self._max_ends = chunk.max_ends
         return super()._stream_call(chunk)
 
     def _apply(
@@ -305,7 +307,7 @@ class _Reconcile(_Load):
     ) -> BulkLoad:
         if self.reconciliation is None:
             self.reconciliation = self._register.start_reconciliation(
-                call, apply=self._apply_changes, as_of=self._as_of
+                call, apply=self._apply_changes, as_of=self._as_of, max_ends=self._max_ends
             )
         self._register.reconcile_chunks(self.reconciliation, chunks)
         return done

@@ -402,9 +402,14 @@ def report_file(
     "only compare).",
 )  # fmt: skip
 @click.option(
-    "--end-date", "as_of", default="",
-    help="YYYY-MM-DD: the day the file is as of, on which --apply ends relationships not in "
-    "it; default today.",
+    "--as-of", "--end-date", "as_of", default="",
+    help="YYYY-MM-DD: the day the file is as of: --apply ends relationships not in it on "
+    "that day, and reports the missing ones from it at the latest; default today.",
+)  # fmt: skip
+@click.option(
+    "--max-end", default=1000, show_default=True, type=click.IntRange(0),
+    help="With --apply: if more relationships than this are not in the file, end none (a "
+    "wrong file must not end your customers); 0: no limit.",
 )  # fmt: skip
 @click.option("--chunk-size", default=20_000, show_default=True, type=click.IntRange(1, 20_000))
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -415,6 +420,7 @@ def reconcile(
     kind: str,
     apply: bool,
     as_of: str,
+    max_end: int,
     chunk_size: int,
     path: Path,
     **options: Any,
@@ -432,7 +438,8 @@ def reconcile(
     response = source_file.stream(
         options, f"{'reconciling' if apply else 'comparing'} {path.name}",
         lambda entries: chunks(
-            entries, institution, chunk_size, pb.ReconcileRequest, apply=apply, as_of_date=as_of
+            entries, institution, chunk_size, pb.ReconcileRequest, apply=apply, as_of_date=as_of,
+            max_ends=max_end,
         ),
         lambda c, stream, m: c.institutions.Reconcile.with_call(stream, metadata=m),
     )  # fmt: skip
@@ -543,12 +550,17 @@ def _print_reconciliation(response: Any, lines: dict[int, int], malformed: _Capp
         click.echo(
             f"applied: reported {response.registered_count:,}, ended {response.ended_count:,}"
         )
-    if response.ending_withheld:
+    if response.ending_withheld and response.rejected_count:
         click.echo(
             "nothing was ended: the rejected entries name no relationship the register can "
             "match, so theirs would have been ended too; fix them and run again"
         )
-    elif response.missing_count or response.not_sent_count:
+    elif response.ending_withheld:
+        click.echo(
+            f"nothing was ended: {response.not_sent_count:,} relationships are not in the file, "
+            "more than --max-end; if the file is right, run again with a higher --max-end"
+        )
+    elif not response.applied and (response.missing_count or response.not_sent_count):
         click.echo("nothing was changed: run again with --apply to report and end these")
     problems = [
         (lines.get(position, 0), position + 1, "missing from the register")

@@ -47,6 +47,11 @@ _NO_SUCH_PERIOD = "no period of this relationship at this institution starts on 
 # What a correction may change (``CorrectItem.change``).
 DATE_CHANGES = (CorrectionAction.START_CORRECTED, CorrectionAction.END_CORRECTED)
 CHANGES = (*DATE_CHANGES, CorrectionAction.REOPENED)
+# The contract's field of each date change (where its faults are named).
+_DATE_FIELD = {
+    CorrectionAction.START_CORRECTED: "new_start_date",
+    CorrectionAction.END_CORRECTED: "new_end_date",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +126,15 @@ def parse_corrections(
         action = _parse_change(parsed, index, item.change)
         new_date = None
         if action in DATE_CHANGES and not item.new_date.strip():
-            parsed.add("new_date", "is required: the corrected date", "NEW_DATE_MISSING", index)
+            parsed.add(
+                _DATE_FIELD[action], "is required: the corrected date", "NEW_DATE_MISSING", index
+            )
         elif action in DATE_CHANGES:
-            new_date = parsed.parse("new_date", parse_date, item.new_date, today, item=index)
+            new_date = parsed.parse(
+                _DATE_FIELD[action], parse_date, item.new_date, today, item=index
+            )
         elif action is CorrectionAction.REOPENED and item.new_date.strip():
-            parsed.add("new_date", "must be empty when reopening a period", "INVALID_VALUE", index)
+            parsed.add("reopen", "takes no new date", "INVALID_VALUE", index)
         if target is not None and action is not None and (new_date or action not in DATE_CHANGES):
             parsed.targets.append(target(action, new_date))
     return parsed
@@ -168,7 +177,7 @@ def _parse_target(
         if action is CorrectionAction.START_CORRECTED and new_date is not None:
             early = early_start(new_date.toordinal(), customer, born)
             if early is not None:
-                parsed.add("new_date", *early, index)
+                parsed.add("new_start_date", *early, index)
         return _Target(index, customer, role, kind, start, reason, action, new_date)
 
     return target
@@ -230,7 +239,7 @@ def apply_corrections(
         try:
             updated, note = _corrected(history, index, target, today)
         except InvalidValue as error:
-            field = "new_date" if target.action in DATE_CHANGES else "start_date"
+            field = _DATE_FIELD.get(target.action, "start_date")
             conflicts.add(field, str(error), error.code, target.index)
             continue
         if note is None:

@@ -110,6 +110,7 @@ class Reconciliation:
     call: CallInfo
     apply: bool
     as_of: date
+    max_ends: int = 0  # with apply: end nothing if more were not sent (0: no limit)
     items: int = 0
     chunks: int = 0
     matched: int = 0
@@ -215,8 +216,9 @@ class Reconciliation:
     # --- after the whole set -------------------------------------------------------------
 
     def finish(self, storage: Storage, now: Callable[[], datetime]) -> None:
-        """Counts the active relationships not sent and, with ``apply`` and a set without
-        rejected items, ends them on the set's day, in batches; the call's request record
+        """Counts the active relationships not sent and, with ``apply``, a set without
+        rejected items and no more than ``max_ends`` of them, ends them on the set's day, in
+        batches; the call's request record
         goes in the last transaction (``now()`` its time).
 
         A rejected item names no relationship the register can match, so its relationship
@@ -230,7 +232,10 @@ class Reconciliation:
                 if self._not_sent(s)
             ]
         self.not_sent = len(not_sent)
-        self.ending_withheld = self.apply and bool(self.rejected_count) and bool(not_sent)
+        too_many = self.max_ends > 0 and len(not_sent) > self.max_ends
+        self.ending_withheld = (
+            self.apply and bool(not_sent) and (bool(self.rejected_count) or too_many)
+        )
         to_end = not_sent if self.apply and not self.ending_withheld else []
         batches = [to_end[i : i + _END_BATCH] for i in range(0, len(to_end), _END_BATCH)] or [[]]
         for number, batch in enumerate(batches, 1):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import date
 
 from kfr_grpc.clock import Clock
-from kfr_grpc.errors import NotFound, PermissionDenied, Rejection
+from kfr_grpc.errors import InvalidArgument, NotFound, PermissionDenied, Rejection
 from kfr_grpc.register.bulk import STREAM, BulkLoad, ChunkOutcome
 from kfr_grpc.register.corrections import (
     CorrectionResult,
@@ -294,15 +294,19 @@ class Register:
 
     # --- reconciliation -----------------------------------------------------------------
 
-    def start_reconciliation(self, call: CallInfo, *, apply: bool, as_of: str) -> Reconciliation:
+    def start_reconciliation(
+        self, call: CallInfo, *, apply: bool, as_of: str, max_ends: int = 0
+    ) -> Reconciliation:
         """A reconciliation of ``call.institution``'s set as of ``as_of`` (empty: today)."""
         day = parse_or_raise("as_of_date", parse_date, as_of, self._clock.today())
+        if max_ends < 0:
+            raise InvalidArgument.field("max_ends", "may not be negative", "INVALID_VALUE")
         with self._storage.read() as view:
             if apply:
                 _require_open_for_reports(view, call.institution)
             else:
                 _require_registered(view, call.institution)
-        return Reconciliation(call, apply, day)
+        return Reconciliation(call, apply, day, max_ends)
 
     def reconcile_chunks(
         self, reconciliation: Reconciliation, chunks: Sequence[ValidatedRows]
