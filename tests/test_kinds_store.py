@@ -12,6 +12,7 @@ import pytest
 from kfr_grpc.clock import FixedClock
 from kfr_grpc.keyring import Keyring, KeyringFile
 from kfr_grpc.register.corrections import CorrectItem, RetractItem
+from kfr_grpc.register.digest import content_digest
 from kfr_grpc.register.model import CorrectionAction, CorrectionReason, ProductKind, Role
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register, ReportItem
@@ -125,13 +126,30 @@ def test_retention_and_closure_handle_kinds_and_their_corrections(store, ids):
     loan = register.list_own(by(BANK), customer)
     assert [(h.kind, len(h.periods), len(h.corrections)) for h in loan] == [(LOAN, 2, 2)]
     assert store.problems() == []
+    # The content digest (nodes and backups compared) covers the corrections too.
+    with store.read() as view:
+        before = content_digest(view).digest
+    register.correct(by(BANK), [
+        CorrectItem(customer, OWNER, LOAN, "2013-08-01", CorrectionAction.START_CORRECTED,
+                    "2013-08-01", CorrectionReason.WRONG_DATE),  # as it is: no change
+    ])  # fmt: skip
+    with store.read() as view:
+        assert content_digest(view).digest == before
+    register.correct(by(BANK), [
+        CorrectItem(customer, OWNER, LOAN, "2013-08-01", CorrectionAction.START_CORRECTED,
+                    "2013-07-15", CorrectionReason.WRONG_DATE),
+        CorrectItem(customer, OWNER, LOAN, "2013-07-15", CorrectionAction.START_CORRECTED,
+                    "2013-08-01", CorrectionReason.WRONG_DATE),  # the periods as before
+    ])  # fmt: skip
+    with store.read() as view:
+        assert content_digest(view).digest != before
 
     # Eleven years on the first loan period has expired: its correction goes with it.
     clock.set(FixedClock.on(date(2024, 6, 2)).now())
     operations.purge()
     (history,) = register.list_own(by(BANK), customer)
     assert [p.start for p in history.periods] == [date(2013, 8, 1)]
-    assert [c.action for c in history.corrections] == [CorrectionAction.START_CORRECTED]
+    assert [c.action for c in history.corrections] == [CorrectionAction.START_CORRECTED] * 3
 
     # Closure ends every kind.
     register.report(by(BANK), [ReportItem(customer, OWNER, "2024-01-01", ACCOUNT)])

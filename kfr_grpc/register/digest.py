@@ -43,4 +43,8 @@ def _line(history: StoredHistory) -> bytes:
     role = history.role.name
     if history.kind is not ProductKind.UNSPECIFIED:  # as before kinds, for those without
         role += f" {history.kind.name}"
-    return f"{customer} {history.customer.kind.name} {role} {periods}\n".encode()
+    notes = "".join(
+        f" {c.made_on}:{c.action.name}:{c.reason.name}:{c.period_start or ''}:{c.previous or ''}"
+        for c in history.corrections
+    )  # none for a relationship never corrected: its line is as before corrections
+    return f"{customer} {history.customer.kind.name} {role} {periods}{notes}\n".encode()

@@ -167,6 +167,7 @@ class StoredHistory:
     role: Role
     kind: ProductKind
     periods: History
+    corrections: Corrections = ()
 
 
 @dataclass(frozen=True, slots=True)

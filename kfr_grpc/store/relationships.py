@@ -192,8 +192,9 @@ class RelationshipReads(TxnBase):
             return None
         record = self._decoded(key, sealed)
         return StoredHistory(
-            record.customer, record.institution, record.role, record.kind, record.history
-        )
+            record.customer, record.institution, record.role, record.kind, record.history,
+            record.corrections,
+        )  # fmt: skip
 
     def _locate(
         self, customer: CustomerId, institution: str, role: Role, kind: ProductKind
