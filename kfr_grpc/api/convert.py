@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import UTC, date
 
 from kfr_grpc._proto import kfr_pb2 as pb
+from kfr_grpc.errors import Rejection
 from kfr_grpc.register.bulk import BulkLoad
 from kfr_grpc.register.corrections import CorrectItem, RetractItem
 from kfr_grpc.register.model import (
@@ -241,10 +242,7 @@ def bulk_load_to_pb(load: BulkLoad) -> pb.ReportStreamResponse:
         registered_count=load.registered,
         already_registered_count=load.already_registered,
         rejected_count=load.rejected_count,
-        rejected=[
-            pb.RejectedItem(position=r.item, field=r.field, code=r.code, reason=r.reason)
-            for r in load.rejections
-        ],
+        rejected=rejected_items_to_pb(load.rejections),
         rejected_truncated=load.truncated,
         chunk_count=load.chunks,
     )
@@ -258,10 +256,7 @@ def reconciliation_to_pb(reconciliation: Reconciliation) -> pb.ReconcileResponse
         missing_truncated=reconciliation.missing_truncated,
         not_sent_count=reconciliation.not_sent,
         rejected_count=reconciliation.rejected_count,
-        rejected=[
-            pb.RejectedItem(position=r.item, field=r.field, code=r.code, reason=r.reason)
-            for r in reconciliation.rejections
-        ],
+        rejected=rejected_items_to_pb(reconciliation.rejections),
         rejected_truncated=reconciliation.rejected_truncated,
         registered_count=reconciliation.registered,
         ended_count=reconciliation.ended,
@@ -269,3 +264,11 @@ def reconciliation_to_pb(reconciliation: Reconciliation) -> pb.ReconcileResponse
         applied=reconciliation.apply,
         ending_withheld=reconciliation.ending_withheld,
     )
+
+
+def rejected_items_to_pb(rejections: Iterable[Rejection]) -> list[pb.RejectedItem]:
+    """Rejected stream items, named by their position (``Rejection.item``)."""
+    return [
+        pb.RejectedItem(position=r.item, field=r.field, code=r.code, reason=r.reason)
+        for r in rejections
+    ]

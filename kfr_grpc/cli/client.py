@@ -176,15 +176,33 @@ _IDS_FROM = click.option(
 )
 
 
-_KIND = click.option(
-    "--kind", type=click.Choice(KIND_CHOICES), default="unspecified", show_default=True,
-    help="The product kind: payment_account (a payment or deposit account), loan (loan or "
-    "credit), other.",
-)  # fmt: skip
-_KIND_OF_BATCH = click.option(
-    "--kind", type=click.Choice(KIND_CHOICES), default="unspecified", show_default=True,
-    help="The product kind of every batch-format entry that names none.",
-)  # fmt: skip
+def _kind_option(what: str) -> Callable:
+    return click.option(
+        "--kind", type=click.Choice(KIND_CHOICES), default="unspecified", show_default=True,
+        help=f"The product kind {what}: payment_account (a payment or deposit account), loan "
+        "(loan or credit), other.",
+    )  # fmt: skip
+
+
+_KIND = _kind_option("reported")
+
+
+def _entry_file_options(command: Callable) -> Callable:
+    """The options of a command that streams a file of entries (report-file, reconcile)."""
+    for option in reversed([
+        click.option("--institution", required=True, help="Your organisation number."),
+        click.option(
+            "--format", "file_format", type=click.Choice(FORMATS), default="auto",
+            show_default=True,
+        ),
+        click.option(
+            "--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True,
+            help="The role of every entry of a batch-format file.",
+        ),
+        _kind_option("of every batch-format entry that names none"),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
 
 
 @main.command()
@@ -345,15 +363,7 @@ def request_log(institution: str, logged_id: str, **options: Any) -> None:
 
 @main.command("report-file")
 @_client_options
-@click.option("--institution", required=True, help="Your organisation number.")
-@click.option(
-    "--format", "file_format", type=click.Choice(FORMATS), default="auto", show_default=True
-)
-@click.option(
-    "--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True,
-    help="The role of every entry of a batch-format file.",
-)  # fmt: skip
-@_KIND_OF_BATCH
+@_entry_file_options
 @click.option("--chunk-size", default=20_000, show_default=True, type=click.IntRange(1, 20_000))
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report_file(
@@ -387,15 +397,7 @@ def report_file(
 
 @main.command()
 @_client_options
-@click.option("--institution", required=True, help="Your organisation number.")
-@click.option(
-    "--format", "file_format", type=click.Choice(FORMATS), default="auto", show_default=True
-)
-@click.option(
-    "--role", type=click.Choice(list(_ROLE_CHOICE)), default="owner", show_default=True,
-    help="The role of every entry of a batch-format file.",
-)  # fmt: skip
-@_KIND_OF_BATCH
+@_entry_file_options
 @click.option(
     "--apply", is_flag=True,
     help="Report what the register lacks and end what the file does not hold (default: "

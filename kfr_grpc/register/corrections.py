@@ -30,7 +30,6 @@ from kfr_grpc.register.model import (
     Role,
     RoleChoice,
     UnknownNumber,
-    UnknownRole,
 )
 from kfr_grpc.register.periods import (
     correct_end,
@@ -39,7 +38,7 @@ from kfr_grpc.register.periods import (
     reopen_period,
     retract_period,
 )
-from kfr_grpc.register.reports import early_start
+from kfr_grpc.register.reports import early_start, role_problem
 from kfr_grpc.register.storage import WriteTxn
 from kfr_grpc.register.values import InvalidValue, Rejections, parse_date
 
@@ -111,9 +110,9 @@ def parse_retractions(
 ) -> _Parsed:
     parsed = _Parsed()
     for index, item in enumerate(items):
-        target = _parse_target(parsed, index, item, allow_synthetic=allow_synthetic, today=today)
-        if target is not None:
-            parsed.targets.append(target(CorrectionAction.RETRACTED, None))
+        named = _parse_named(parsed, index, item, allow_synthetic=allow_synthetic, today=today)
+        if named is not None:
+            parsed.targets.append(named.target(index, CorrectionAction.RETRACTED))
     return parsed
 
 
@@ -122,7 +121,7 @@ def parse_corrections(
 ) -> _Parsed:
     parsed = _Parsed()
     for index, item in enumerate(items):
-        target = _parse_target(parsed, index, item, allow_synthetic=allow_synthetic, today=today)
+        named = _parse_named(parsed, index, item, allow_synthetic=allow_synthetic, today=today)
         action = _parse_change(parsed, index, item.change)
         new_date = None
         if action in DATE_CHANGES and not item.new_date.strip():
@@ -135,21 +134,41 @@ def parse_corrections(
             )
         elif action is CorrectionAction.REOPENED and item.new_date.strip():
             parsed.add("reopen", "takes no new date", "INVALID_VALUE", index)
-        if target is not None and action is not None and (new_date or action not in DATE_CHANGES):
-            parsed.targets.append(target(action, new_date))
+        if action is CorrectionAction.START_CORRECTED and named is not None and new_date:
+            early = early_start(new_date.toordinal(), named.customer, named.born)
+            if early is not None:
+                parsed.add("new_start_date", *early, index)
+        if named is not None and action is not None and (new_date or action not in DATE_CHANGES):
+            parsed.targets.append(named.target(index, action, new_date))
     return parsed
 
 
-def _parse_target(
+@dataclass(frozen=True, slots=True)
+class _Named:
+    """What every correction names, validated: the relationship and its period's start."""
+
+    customer: CustomerId
+    born: date | None
+    role: Role
+    kind: ProductKind
+    start: date
+    reason: CorrectionReason
+
+    def target(self, index: int, action: CorrectionAction, new_date: date | None = None) -> _Target:
+        return _Target(
+            index, self.customer, self.role, self.kind, self.start, self.reason, action, new_date
+        )
+
+
+def _parse_named(
     parsed: Rejections,
     index: int,
     item: RetractItem | CorrectItem,
     *,
     allow_synthetic: bool,
     today: date,
-):
-    """Validates what every correction names; returns a maker of its ``_Target`` (given
-    the action and new date), or None when something is wrong (noted in ``parsed``)."""
+) -> _Named | None:
+    """What the item names, or None when something is wrong (noted in ``parsed``)."""
     try:
         customer, born = parse_customer(
             item.customer_id, allow_synthetic=allow_synthetic, today=today
@@ -157,7 +176,9 @@ def _parse_target(
     except InvalidValue as error:
         parsed.add("customer_id", str(error), error.code, index)
         customer = born = None
-    role = _required_role(parsed, index, item.role)
+    role_fault = role_problem(item.role, None)  # a disponent's customer: NOT_FOUND if wrong
+    if role_fault is not None:
+        parsed.add("role", *role_fault, index)
     kind = item.kind
     if isinstance(kind, UnknownNumber):
         parsed.add("kind", f"has unknown value {kind.number}", "KIND_UNKNOWN", index)
@@ -169,55 +190,39 @@ def _parse_target(
         )  # fmt: skip
     else:
         start = parsed.parse("start_date", parse_date, item.start_date, today, item=index)
-    reason = _required_reason(parsed, index, item.reason)
-    if None in (customer, role, start, reason) or isinstance(kind, UnknownNumber):
+    reason = _required_choice(
+        parsed, index, "reason", item.reason, "why the data is corrected", "REASON"
+    )
+    if customer is None or role_fault is not None or start is None or reason is None:
         return None
-
-    def target(action: CorrectionAction, new_date: date | None) -> _Target:
-        if action is CorrectionAction.START_CORRECTED and new_date is not None:
-            early = early_start(new_date.toordinal(), customer, born)
-            if early is not None:
-                parsed.add("new_start_date", *early, index)
-        return _Target(index, customer, role, kind, start, reason, action, new_date)
-
-    return target
-
-
-def _required_role(parsed: Rejections, index: int, role: RoleChoice) -> Role | None:
-    if role is None:
-        parsed.add("role", "is required: ROLE_OWNER or ROLE_DISPONENT", "ROLE_MISSING", index)
+    if isinstance(kind, UnknownNumber):
         return None
-    if isinstance(role, UnknownRole):
-        parsed.add("role", f"has unknown value {role.number}", "ROLE_UNKNOWN", index)
-        return None
-    return role
+    assert isinstance(item.role, Role)
+    return _Named(customer, born, item.role, kind, start, reason)
 
 
-def _required_reason(
-    parsed: Rejections, index: int, reason: ReasonChoice
-) -> CorrectionReason | None:
-    if reason is None:
-        parsed.add("reason", "is required: why the data is corrected", "REASON_MISSING", index)
+def _required_choice(parsed: Rejections, index: int, field: str, value, what: str, code: str):
+    """``value`` (an enum member), or None after noting it missing (``CODE_MISSING``) or a
+    number the contract does not define (``CODE_UNKNOWN``)."""
+    if value is None:
+        parsed.add(field, f"is required: {what}", f"{code}_MISSING", index)
         return None
-    if isinstance(reason, UnknownNumber):
-        parsed.add("reason", f"has unknown value {reason.number}", "REASON_UNKNOWN", index)
+    if isinstance(value, UnknownNumber):
+        parsed.add(field, f"has unknown value {value.number}", f"{code}_UNKNOWN", index)
         return None
-    return reason
+    return value
 
 
 def _parse_change(
     parsed: Rejections, index: int, change: CorrectionAction | UnknownNumber | None
 ) -> CorrectionAction | None:
-    if change is None:
-        parsed.add(
-            "change", "is required: new_start_date, new_end_date or reopen", "CHANGE_MISSING",
-            index,
-        )  # fmt: skip
-        return None
-    if isinstance(change, UnknownNumber) or change not in CHANGES:
+    action = _required_choice(
+        parsed, index, "change", change, "new_start_date, new_end_date or reopen", "CHANGE"
+    )
+    if action is not None and action not in CHANGES:
         parsed.add("change", "is not a change a correction can make", "CHANGE_UNKNOWN", index)
         return None
-    return change
+    return action
 
 
 def apply_corrections(

@@ -114,7 +114,6 @@ class UnknownNumber:
     number: int
 
 
-UnknownKind = UnknownNumber
 KindChoice = ProductKind | UnknownNumber
 ReasonChoice = CorrectionReason | UnknownNumber | None  # None: not given
 

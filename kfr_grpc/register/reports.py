@@ -21,7 +21,7 @@ from kfr_grpc.register.model import (
     ProductKind,
     Role,
     RoleChoice,
-    UnknownKind,
+    UnknownNumber,
     UnknownRole,
 )
 from kfr_grpc.register.values import InvalidValue, parse_date
@@ -65,7 +65,7 @@ KIND_OF_VALUE: dict[str, ProductKind] = {kind.value: kind for kind in ProductKin
 
 
 def kind_to_row(kind: KindChoice) -> str | int:
-    return kind.number if isinstance(kind, UnknownKind) else kind.value
+    return kind.number if isinstance(kind, UnknownNumber) else kind.value
 
 
 def role_to_row(role: RoleChoice) -> str | int | None:
@@ -112,9 +112,9 @@ def validate_rows(
             if early is not None:
                 rejections.append(Rejection("start_date", *early, index))
         role = ROLE_OF_VALUE.get(role_row) if isinstance(role_row, str) else role_of_row(role_row)
-        role_problem = _role_problem(role, customer)
-        if role_problem is not None:
-            rejections.append(Rejection("role", *role_problem, index))
+        role_fault = role_problem(role, customer)
+        if role_fault is not None:
+            rejections.append(Rejection("role", *role_fault, index))
         if kind_row not in KIND_OF_VALUE:
             rejections.append(
                 Rejection("kind", f"has unknown value {kind_row}", "KIND_UNKNOWN", index)
@@ -141,7 +141,7 @@ def early_start(
     return None
 
 
-def _role_problem(role: RoleChoice, customer: CustomerId | None) -> tuple[str, str] | None:
+def role_problem(role: RoleChoice, customer: CustomerId | None) -> tuple[str, str] | None:
     """(reason, code) when the role is missing, unknown or not possible for the customer."""
     if role is None:
         return _ROLE_REQUIRED, "ROLE_MISSING"

@@ -118,17 +118,15 @@ class _ParsedEnd:
 
 class Register:
     """The register's rules over a ``Storage``. Thread-safe; its only state is a memo of
-    institution names."""
+    the participants."""
 
     def __init__(self, storage: Storage, clock: Clock, *, test_mode: bool) -> None:
         self._storage = storage
         self._clock = clock
         self._test_mode = test_mode
-        # An institution's name never changes once registered (adding it again under
-        # another name is refused), so lookups can remember names instead of reading them.
-        self._names: dict[str, str] = {}
-        # The participants, with the store's institutions version they were read at.
-        self._participants: tuple[int, tuple[Participant, ...]] = (-1, ())
+        # The participants by org number, with the store's institutions version they were
+        # read at: lookups take names and join dates from it instead of reading them.
+        self._participants: tuple[int, dict[str, Participant]] = (-1, {})
 
     @property
     def reads_wait(self) -> bool:
@@ -368,29 +366,31 @@ class Register:
                 if in_window:
                     ongoing = any(period.ongoing_at(query.last_day) for period in in_window)
                     found.setdefault(history.institution, _InWindow()).add(history, ongoing)
-            names = {org: self._institution_name(view, org) for org in found}
             participants = self._current_participants(view)
         relations = tuple(
-            found[org].relation(org, names[org])
+            found[org].relation(org, participants[org].name if org in participants else "")
             for org in sorted(found)
             if not query.only_primary_owner or found[org].primary
         )
         joined_after = tuple(
-            p for p in participants if p.joined_on is not None and p.joined_on > query.first_day
+            p
+            for p in participants.values()
+            if p.joined_on is not None and p.joined_on > query.first_day
         )
         return LookupAnswer(relations, joined_after)
 
     def participants(self) -> tuple[Participant, ...]:
         """Every registered institution as agencies see it, by org number."""
         with self._storage.read() as view:
-            return self._current_participants(view)
+            return tuple(self._current_participants(view).values())
 
-    def _current_participants(self, view: ReadTxn) -> tuple[Participant, ...]:
-        """The participants, read again only when an institution record has changed."""
+    def _current_participants(self, view: ReadTxn) -> dict[str, Participant]:
+        """The participants by org number (in order), read again only when an institution
+        record has changed."""
         version = view.institutions_version()
         known_version, known = self._participants
         if version != known_version:
-            known = tuple(_participant(view, i) for i in view.institutions())
+            known = {i.org_number: _participant(view, i) for i in view.institutions()}
             self._participants = (version, known)
         return known
 
@@ -421,15 +421,6 @@ class Register:
             owner = view.collection_account_owner(query.account)
             institution = view.institution(owner) if owner is not None else None
         return [institution] if institution is not None else []
-
-    def _institution_name(self, view: ReadTxn, org_number: str) -> str:
-        name = self._names.get(org_number)
-        if name is None:
-            institution = view.institution(org_number)
-            if institution is None:
-                return ""
-            name = self._names[org_number] = institution.name
-        return name
 
     # --- parsing --------------------------------------------------------------------------
 
