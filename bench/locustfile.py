@@ -130,7 +130,7 @@ class RegisterUser(User):
     def on_start(self) -> None:
         target = self.host or os.environ.get("KFR_TARGET", "localhost:50051")
         self.institution = _Identity("institution", TEST_INSTITUTION_ORG, "bits:kundeforhold.write")
-        self.agency = _Identity("agency", TEST_AGENCY_ORG, "bits:kundeforhold.read")
+        self.agency = _Identity("agency", TEST_AGENCY_ORG, "bits:kundeforhold")
         self.writer = self.institution.client(target)
         self.reader = self.agency.client(target)
         for client, who in ((self.writer, self.institution), (self.reader, self.agency)):

@@ -76,7 +76,20 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _scopes(value: Any) -> Any:
+    """A scope setting: one scope name, or a list of names of which a token needs one."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a scope name or a non-empty list of them")
+    if not all(isinstance(name, str) and name.strip() and " " not in name for name in value):
+        raise ValueError("must be a scope name or a non-empty list of them (no spaces)")
+    return tuple(value)
+
+
 Address = Annotated[str, AfterValidator(_address)]
+# Scopes a service accepts: a token carrying any one of them may call it.
+Scopes = Annotated[tuple[str, ...], BeforeValidator(_scopes)]
 ConfigPath = Annotated[Path, BeforeValidator(_resolved)]
 OrgNumber = Annotated[str, AfterValidator(_org_number)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -108,14 +121,24 @@ class TokenConfig(_Table):
     issuer: str
     jwks: str  # an https URL, or a JWKS file path (resolved)
     audience: str | None = None
-    institution_scope: str = "bits:kundeforhold.write"
-    agency_scope: str = "bits:kundeforhold.read"
+    # The scopes of the operator's contract (README, Scopes). Each setting takes one name
+    # or a list (any one of them will do): keep an older name accepted while clients move.
+    institution_scope: Scopes = ("bits:kundeforhold.write",)  # reporting and own data
+    agency_scope: Scopes = ("bits:kundeforhold",)  # Lookup, ListParticipants
+    account_scope: Scopes = ("bits:kundeforhold.konto",)  # LookupCollectionAccount
     leeway_seconds: int = MAX_LEEWAY_SECONDS
     # Tokens valid for longer (exp minus iat) are refused; Maskinporten's default is 120 s.
     max_lifetime_seconds: Annotated[float, Field(gt=0)] = 300.0
     jwks_ca: ConfigPath | None = None
     jwks_min_refresh_seconds: Seconds = 30.0
     cache_size: Positive = 10_000
+
+    def dev_scope(self, audience: str) -> str:
+        """The scope a dev token for ``audience`` (institution or agency) carries: the
+        first name each of its services accepts."""
+        if audience == "institution":
+            return self.institution_scope[0]
+        return f"{self.agency_scope[0]} {self.account_scope[0]}"
 
     @field_validator("jwks")
     @classmethod
@@ -204,6 +227,17 @@ class MetricsConfig(_Table):
     listen: Address | None = None  # host:port of the Prometheus endpoint; None: off
 
 
+class RestConfig(_Table):
+    """The operator's REST contract (README, REST), served beside gRPC over mutual TLS."""
+
+    listen: Address | None = None  # host:port of the HTTPS endpoint; None: off
+    max_batch_mb: Annotated[float, Field(gt=0, le=64)] = 10.0  # a batch upload, at most
+    # Connections at once; past it new ones wait in the kernel's queue.
+    max_connections: Positive = 1000
+    # An idle keep-alive connection is closed after this long.
+    idle_connection_seconds: Annotated[float, Field(gt=0)] = 75.0
+
+
 class ClusterConfig(_Table):
     """Cluster mode (README, Running a cluster): writes go through a log in etcd."""
 
@@ -264,6 +298,7 @@ class Config(_Table):
     rate_limits: RateLimitConfig = RateLimitConfig()
     enumeration: EnumerationConfig = EnumerationConfig()
     metrics: MetricsConfig = MetricsConfig()
+    rest: RestConfig = RestConfig()
     cluster: ClusterConfig | None = None  # none: one node on its own LMDB store
     agencies: Annotated[tuple[AgencyConfig, ...], BeforeValidator(_tuple)] = ()
     _path: Path = PrivateAttr(default=Path("kfr.toml"))

@@ -32,6 +32,7 @@ from kfr_grpc.api.institution import InstitutionServicer
 from kfr_grpc.api.interceptor import RequestInterceptor
 from kfr_grpc.api.lookup import LookupServicer
 from kfr_grpc.api.observability import CallObserver
+from kfr_grpc.api.queries import AgencyQueries
 from kfr_grpc.api.recording import MetricsRecorder, RegisterRecorder
 from kfr_grpc.auth.authenticator import Authenticator
 from kfr_grpc.auth.jwks import JwksSource
@@ -52,6 +53,10 @@ from kfr_grpc.register.enumeration import EnumerationSettings, EnumerationWatch,
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register
 from kfr_grpc.register.statistics import LookupStatistics
+from kfr_grpc.rest.batch import BatchLoader
+from kfr_grpc.rest.calls import RestCalls
+from kfr_grpc.rest.routes import BATCH_ROUTE, RestRoutes
+from kfr_grpc.rest.server import RestServer
 from kfr_grpc.store import LmdbStore
 from kfr_grpc.watched import WatchedFiles
 
@@ -121,6 +126,7 @@ def build_authenticator(
     scopes = {
         _service_name("InstitutionService"): tokens.institution_scope,
         _service_name("LookupService"): tokens.agency_scope,
+        LOOKUP_COLLECTION_ACCOUNT: tokens.account_scope,
     }
     return Authenticator(trust.get, verifier, scopes)
 
@@ -133,6 +139,7 @@ def _service_name(service: str) -> str:
 HEALTH_SERVICES = ("", _service_name("InstitutionService"), _service_name("LookupService"))
 REPORT_STREAM = f"/{_service_name('InstitutionService')}/ReportStream"
 RECONCILE = f"/{_service_name('InstitutionService')}/Reconcile"
+LOOKUP_COLLECTION_ACCOUNT = f"/{_service_name('LookupService')}/LookupCollectionAccount"
 REFLECTION = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
 MAX_REFLECTION_STREAMS = 8  # an operator's grpcurl or grpcui needs one at a time
 # gRPC's own hard limits sit above the server's, which refuse with a reason, are counted
@@ -163,7 +170,9 @@ class KfrServer:
     blocking: Blocking
     validation: ProcessPoolExecutor | None
     interceptor: RequestInterceptor
+    rest: RestServer | None = None
     metrics_port: int = 0
+    rest_port: int = 0
     _metrics_http: Any = None
     _health_watch: asyncio.Task[None] | None = None
 
@@ -171,6 +180,12 @@ class KfrServer:
         """Starts serving; returns the bound port."""
         await asyncio.to_thread(self.store.start)
         await self.grpc_server.start()
+        if self.rest is not None:
+            try:
+                self.rest_port = await self.rest.start(self.config.server.grace_seconds)
+            except ConfigError:
+                await self.stop(grace=0)
+                raise
         self.maintenance.start()
         listen = self.config.metrics.listen
         if listen:
@@ -250,7 +265,10 @@ class KfrServer:
         asyncio.get_running_loop().call_later(
             max(0.0, grace - _CUT_OFF_MARGIN_SECONDS), self.interceptor.cut_off
         )
-        await self.grpc_server.stop(grace)
+        if self.rest is not None:
+            await asyncio.gather(self.grpc_server.stop(grace), self.rest.stop())
+        else:
+            await self.grpc_server.stop(grace)
         await asyncio.to_thread(self._stop_the_rest)
         log.info("stopped")
 
@@ -303,6 +321,7 @@ async def build_server(
                 per_method={
                     REPORT_STREAM: (settings.max_bulk_streams, "server.max_bulk_streams"),
                     RECONCILE: (settings.max_bulk_streams, "server.max_bulk_streams"),
+                    BATCH_ROUTE: (settings.max_bulk_streams, "server.max_bulk_streams"),
                     REFLECTION: (MAX_REFLECTION_STREAMS, "reflection streams at once"),
                 },
                 rate_of=policy.rate_of,
@@ -328,8 +347,27 @@ async def build_server(
             maximum_concurrent_rpcs=settings.max_concurrent_calls * _HARD_LIMIT_FACTOR,
             options=_grpc_options(settings, shared_port),
         )
-        watch = _enumeration_watch(config, metrics)
-        health_servicer = _add_services(grpc_server, register, policy, blocking, validation, watch)
+        queries = AgencyQueries(register, policy, blocking, _enumeration_watch(config, metrics))
+        health_servicer = _add_services(
+            grpc_server, register, policy, blocking, validation, queries
+        )
+        rest = None
+        if config.rest.listen is not None:
+            rest = RestServer(
+                config.rest,
+                RestRoutes(
+                    register, policy, blocking, queries,
+                    BatchLoader(
+                        register, blocking, validation,
+                        max_bytes=int(config.rest.max_batch_mb * 1024 * 1024),
+                        read_timeout=settings.request_timeout_seconds,
+                    ),
+                ).routes(),
+                RestCalls(authenticator, observer, admission, clock),
+                tls.ssl_context(),
+                clock,
+                shared_port=shared_port,
+            )  # fmt: skip
         port = _bind(grpc_server, config.listen, tls)
         maintenance = Maintenance(
             config.maintenance,
@@ -355,6 +393,7 @@ async def build_server(
         blocking=blocking,
         validation=validation,
         interceptor=interceptor,
+        rest=rest,
     )
 
 
@@ -402,14 +441,12 @@ def _add_services(
     policy: AccessPolicy,
     blocking: Blocking,
     validation: ProcessPoolExecutor | None,
-    watch: EnumerationWatch,
+    queries: AgencyQueries,
 ) -> HealthServicer:
     kfr_pb2_grpc.add_InstitutionServiceServicer_to_server(
         InstitutionServicer(register, policy, blocking, validation), grpc_server
     )
-    kfr_pb2_grpc.add_LookupServiceServicer_to_server(
-        LookupServicer(register, policy, blocking, watch), grpc_server
-    )
+    kfr_pb2_grpc.add_LookupServiceServicer_to_server(LookupServicer(queries), grpc_server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     # Reflection, so grpcurl and grpcui can list and call the services (with the same

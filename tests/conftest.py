@@ -216,6 +216,7 @@ def server_factory(
         cluster_toml: str = "",
         rate_limits_toml: str = "",
         enumeration_toml: str = "",
+        rest: bool = False,
     ) -> RunningServer:
         """A started server; the ``*_toml`` lines go into its [tokens], [maintenance],
         [store], [rate_limits] (else none to speak of), [enumeration] and (if given)
@@ -235,6 +236,7 @@ def server_factory(
             cluster=cluster_toml,
             rate_limits=rate_limits_toml,
             enumeration=enumeration_toml,
+            rest='listen = "127.0.0.1:0"' if rest else "",
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)

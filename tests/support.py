@@ -36,7 +36,9 @@ TEST_AUDIENCE = "https://kfr.test.invalid/"
 WRITE_SCOPE = "bits:kundeforhold.write"
 # Tests call as fast as they can; the rate limits have tests of their own.
 UNLIMITED_RATE = "calls_per_second = 1000000\nburst = 1000000"
-READ_SCOPE = "bits:kundeforhold.read"
+LOOKUP_SCOPE = "bits:kundeforhold"
+ACCOUNT_SCOPE = "bits:kundeforhold.konto"
+READ_SCOPE = f"{LOOKUP_SCOPE} {ACCOUNT_SCOPE}"  # what the test agencies' tokens carry
 
 
 def refused_in_the_handshake(server: RunningServer, error, customer: str) -> None:
@@ -229,6 +231,16 @@ class RunningServer:
     def jwks_path(self) -> Path:
         return self.directory / "jwks.json"
 
+    def rest(self, identity: Identity, *, token: str | None = DEFAULT) -> RestClient:
+        """An HTTPS client of the REST endpoint over mutual TLS as ``identity``, sending
+        ``token`` (by default a fresh one for it; None: none)."""
+        assert self.server is not None and self.server.rest_port, "a server with [rest]"
+        if token is DEFAULT:
+            token = self.token(identity)
+        return RestClient(
+            f"https://localhost:{self.server.rest_port}", self.pki.ca, identity, token
+        )
+
     def metrics(self) -> str:
         """The Prometheus endpoint's text."""
         import urllib.request
@@ -242,6 +254,36 @@ class RunningServer:
         assert self.server is not None
         with self.server.store.read() as view:
             return view.relationship_count()
+
+
+class RestClient:
+    """``requests`` over mutual TLS against the REST endpoint; paths under the base path.
+    Every call carries a fresh CorrelationID unless ``headers`` set one (None: none)."""
+
+    BASE = "/kar-ws/api/v1"
+
+    def __init__(self, url: str, ca: Path, identity: Identity, token: str | None) -> None:
+        import requests
+
+        self.url = url
+        self.session = requests.Session()
+        self.session.trust_env = False  # (REQUESTS_CA_BUNDLE would replace our CA)
+        self.session.verify = str(ca)
+        self.session.cert = (str(identity.cert), str(identity.key))
+        if token is not None:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, headers: dict | None = None, **kwargs):
+        import uuid
+
+        sent = {"CorrelationID": str(uuid.uuid4()), **(headers or {})}
+        sent = {key: value for key, value in sent.items() if value is not None}
+        return self.session.request(
+            method, self.url + self.BASE + path, headers=sent, timeout=30, **kwargs
+        )
+
+    def close(self) -> None:
+        self.session.close()
 
 
 def write_config(
@@ -258,6 +300,7 @@ def write_config(
     cluster: str = "",
     rate_limits: str = "",
     enumeration: str = "",
+    rest: str = "",
 ) -> Path:
     path = directory / "kfr.toml"
     metrics = 'listen = "127.0.0.1:0"' if metrics else ""
@@ -299,6 +342,9 @@ validation_processes = {validation_processes}
 
 [metrics]
 {metrics}
+
+[rest]
+{rest}
 
 {"[cluster]" if cluster else ""}
 {cluster}

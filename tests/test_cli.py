@@ -271,7 +271,7 @@ def test_dev_token_revocation_and_explicit_tokens(served: Served, ids):
     )  # fmt: skip
     assert _json(result)["registered_count"] == 1
     read_only = run(
-        "dev", "token", "--org", TEST_INSTITUTION_ORG, "--scope", "bits:kundeforhold.read",
+        "dev", "token", "--org", TEST_INSTITUTION_ORG, "--scope", "bits:kundeforhold",
         "--dev", str(directory),
     ).output.strip()  # fmt: skip
     denied = served.client(

@@ -40,9 +40,10 @@ def test_minimal_config_has_sensible_defaults_and_resolves_paths(tmp_path: Path)
     assert config.tls.crls == ()
     tokens = config.tokens
     assert tokens.jwks == str((tmp_path / "jwks.json").resolve())
-    assert (tokens.institution_scope, tokens.agency_scope) == (
-        "bits:kundeforhold.write",
-        "bits:kundeforhold.read",
+    assert (tokens.institution_scope, tokens.agency_scope, tokens.account_scope) == (
+        ("bits:kundeforhold.write",),
+        ("bits:kundeforhold",),
+        ("bits:kundeforhold.konto",),
     )
     assert tokens.audience == "https://kfr.example/api" and tokens.leeway_seconds == 30
 

@@ -65,7 +65,7 @@ def _serve(directory: Path, extra_config: str = "") -> Served:
     )
     attacker = Identity(
         setup.file("attacker.crt"), setup.file("attacker.key"), ATTACKER_ORG,
-        "bits:kundeforhold.read",
+        "bits:kundeforhold bits:kundeforhold.konto",
     )  # fmt: skip
     server = start_server(setup.config)
     return Served(setup, server, setup.clients(server.target), attacker)

@@ -134,9 +134,7 @@ def test_collection_account_lookup_follows_the_agency_rules(server):
     denied = rpc_error(ask, owner_only, mandate=OTHER_MANDATE)
     assert denied.code() is StatusCode.PERMISSION_DENIED
     institution = server.pki.institution
-    reader = server.client(
-        institution, token=server.token(institution, scope="bits:kundeforhold.read")
-    )
+    reader = server.client(institution, token=server.token(institution, scope="bits:kundeforhold"))
     assert rpc_error(ask, reader).code() is StatusCode.PERMISSION_DENIED
 
 

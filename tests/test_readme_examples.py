@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 BUF = REPO / "node_modules" / ".bin" / "buf"
 
 
+AGENCY_SCOPES = "bits:kundeforhold bits:kundeforhold.konto"
+
+
 def _block(after: str, language: str) -> str:
     """The first ``language`` code block of the README after the line starting ``after``."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
@@ -51,7 +54,7 @@ def test_the_python_client_runs_as_written(served: Served, ids):
         ),
         "AGENCY_CERT": str(directory / "agency.crt"),
         "AGENCY_KEY": str(directory / "agency.key"),
-        "AGENCY_TOKEN": _token(directory, "312000008", "bits:kundeforhold.read", "agency"),
+        "AGENCY_TOKEN": _token(directory, "312000008", AGENCY_SCOPES, "agency"),
         "CUSTOMER_ID": customer,
     }  # fmt: skip
     code = _block("### Calling KFR from your code", "python")

@@ -18,6 +18,7 @@ from kfr_grpc.dev import pki, tokens
 from tests.support import (
     AGENCY_ORG,
     INSTITUTION_ORG,
+    LOOKUP_SCOPE,
     MANDATE,
     OTHER_INSTITUTION_ORG,
     READ_SCOPE,
@@ -239,7 +240,7 @@ def test_institution_token_on_lookup(server, ids):
     institution_token = server.token(server.pki.agency, scope=WRITE_SCOPE)
     error = rpc_error(lookup, server.client(server.pki.agency, token=institution_token), customer)
     assert error.code() is StatusCode.PERMISSION_DENIED
-    assert READ_SCOPE in error.details()
+    assert LOOKUP_SCOPE in error.details()
     assert server.relationship_count() == before
 
 

@@ -22,7 +22,7 @@ from kfr_grpc.dev import pki, tokens
 from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, TEST_MANDATE, DevSetup
 from kfr_grpc.server import open_store
 
-WRITE, READ = "bits:kundeforhold.write", "bits:kundeforhold.read"
+WRITE, READ = "bits:kundeforhold.write", "bits:kundeforhold"
 
 
 class Served:

@@ -7,7 +7,8 @@
   for someone), the supplier must be the certificate's organisation, and the consumer
   is the party the call is made for.
 - A token carrying ``cnf.x5t#S256`` is bound to one certificate: it must be this one.
-- The token must carry the scope the service requires (else PERMISSION_DENIED).
+- The token must carry a scope the method (or its service) requires (else
+  PERMISSION_DENIED).
 
 A client makes many calls with the same certificate and token: the caller they
 identify is remembered (bounded) for as long as the token is valid, the client CA and
@@ -53,11 +54,13 @@ class Authenticator:
         self,
         trust: Callable[[], ClientTrust],
         verifier: TokenVerifier,
-        scopes_by_service: Mapping[str, str],
+        scopes: Mapping[str, tuple[str, ...]],
     ) -> None:
+        """``scopes``: by full method name (``/kfr.v1.LookupService/Lookup``), else by
+        service name, the scopes of which a token must carry one."""
         self._trust = trust
         self._verifier = verifier
-        self._scopes_by_service = dict(scopes_by_service)
+        self._scopes = dict(scopes)
         self._parse_certificate = cached_parser()
         self._identified: dict[tuple[bytes, str], _Identified] = {}
 
@@ -85,11 +88,13 @@ class Authenticator:
         return caller
 
     def authorize(self, method: str, caller: Caller) -> None:
-        """Checks the caller's token carries the scope that ``method``'s service requires."""
-        required = self._scopes_by_service.get(_service_of(method))
-        if required is not None and required not in caller.scopes:
+        """Checks the caller's token carries a scope that ``method`` (or its service)
+        requires."""
+        required = self._scopes.get(method) or self._scopes.get(_service_of(method))
+        if required is not None and caller.scopes.isdisjoint(required):
             raise PermissionDenied(
-                f"the access token lacks the scope {required} that this service requires"
+                f"the access token lacks the scope {' or '.join(required)} that this "
+                "service requires"
             )
 
     def _certificate(

@@ -1,14 +1,17 @@
 """The server side of mutual TLS: the server's certificate and key, and the client trust
-(CA bundle and CRLs), handed to gRPC through dynamic credentials.
+(CA bundle and CRLs), handed to gRPC through dynamic credentials and to the REST endpoint
+as Python ``ssl`` contexts.
 
 gRPC asks before every new connection's handshake whether the configuration changed; a
 changed CA bundle or CRL (re-read when its file changes) and a certificate swapped by
-``reload`` (SIGHUP) apply to new connections, without dropping the ones open.
+``reload`` (SIGHUP) apply to new connections, without dropping the ones open. The REST
+endpoint's context does the same from its handshake callback.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from pathlib import Path
 
@@ -28,6 +31,7 @@ class ServerTls:
     def __init__(self, tls: TlsConfig, *, check_seconds: float) -> None:
         self._config = tls
         self._pair = read_key_pair(tls)
+        self._files = (tls.cert, tls.key)
         self.trust = WatchedFiles(
             "client CA bundle and CRLs",
             [tls.client_ca, *tls.crls],
@@ -36,6 +40,7 @@ class ServerTls:
         )
         self._lock = threading.Lock()
         self._served: tuple[tuple[bytes, bytes], ClientTrust] | None = None
+        self._contexts: tuple[tuple[bytes, bytes], ClientTrust, ssl.SSLContext] | None = None
 
     @property
     def certificate_pem(self) -> bytes:
@@ -47,6 +52,35 @@ class ServerTls:
             self._configuration_if_changed,
             require_client_authentication=True,
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A context for Python's TLS (the REST endpoint) with the same certificate and
+        client trust: each handshake switches to a context made from the current ones."""
+        front = self._current_context()
+
+        def switch(ssl_object: ssl.SSLObject, _name: str | None, _: ssl.SSLContext) -> None:
+            try:
+                ssl_object.context = self._current_context()
+            except Exception:  # never fail a handshake for it: the context before serves
+                log.exception("could not refresh the TLS configuration; keeping the current one")
+
+        front.sni_callback = switch
+        return front
+
+    def _current_context(self) -> ssl.SSLContext:
+        pair, trust = self._pair, self.trust.get()
+        made = self._contexts
+        if made is not None and made[0] is pair and made[1] is trust:
+            return made[2]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=trust.ca_pem.decode("ascii"))
+        context.set_alpn_protocols(["http/1.1"])
+        # (``ssl`` reads a key pair from files only: the configured ones, checked already)
+        context.load_cert_chain(self._files[0], self._files[1])
+        self._contexts = (pair, trust, context)
+        return context
 
     def reload(self, tls: TlsConfig) -> None:
         """Re-reads the server certificate and key (kept if the new pair is unusable) and
@@ -61,7 +95,7 @@ class ServerTls:
             log.error("keeping the current server certificate: %s", error)
         else:
             with self._lock:
-                self._pair = pair
+                self._pair, self._files = pair, (tls.cert, tls.key)
         self.trust.check()
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:

@@ -145,7 +145,7 @@ def _dev_token(options: dict[str, Any], audience: str) -> str:
     with kfr_errors():
         issuer = setup.token_issuer()
         settings = load_config(setup.config).tokens
-    scope = settings.institution_scope if audience == "institution" else settings.agency_scope
+    scope = settings.dev_scope(audience)
     return issuer.mint(
         _org_number_of(certificate), scope, now=SystemClock().now(), cnf_certificate=certificate
     )

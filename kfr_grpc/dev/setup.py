@@ -66,13 +66,11 @@ class DevSetup:
     def identity(self, who: str) -> Identity:
         """The test ``"institution"`` or ``"agency"``, with the scope its service needs."""
         settings = load_config(self.config).tokens
-        if who == "institution":
-            org, scope = TEST_INSTITUTION_ORG, settings.institution_scope
-        elif who == "agency":
-            org, scope = TEST_AGENCY_ORG, settings.agency_scope
-        else:
+        orgs = {"institution": TEST_INSTITUTION_ORG, "agency": TEST_AGENCY_ORG}
+        if who not in orgs:
             raise ValueError(f"no test identity {who!r}: institution or agency")
-        return Identity(self.file(f"{who}.crt"), self.file(f"{who}.key"), org, scope)
+        scope = settings.dev_scope(who)
+        return Identity(self.file(f"{who}.crt"), self.file(f"{who}.key"), orgs[who], scope)
 
     def clients(self, target: str) -> Clients:
         """Channels to the server at ``target`` as this setup's identities."""

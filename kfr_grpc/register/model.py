@@ -279,7 +279,9 @@ class LookupAnswer:
     window began (their data before joining is not in the register)."""
 
     institutions: tuple[InstitutionRelation, ...]
-    joined_after_from_date: tuple[Participant, ...]
+    joined_after_from_date: tuple[Participant, ...] = ()
+    # Whether the window ends today: the REST contract's activeAccount holds only then.
+    ends_today: bool = False
 
 
 @dataclass(frozen=True, slots=True)

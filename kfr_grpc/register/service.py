@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 
@@ -210,6 +210,30 @@ class Register:
         )
         return histories
 
+    def own_relation(
+        self, call: CallInfo, customer_id: str, from_date: str, to_date: str
+    ) -> LookupAnswer:
+        """The institution's own relationship with one customer in a window, as a Lookup
+        would show it (no institution: none in the window)."""
+        today = self._clock.today()
+        rejections = Rejections()
+        customer = rejections.parse("customer_id", self._parse_customer, customer_id)
+        first = rejections.parse("from_date", parse_date, from_date, today)
+        last = rejections.parse("to_date", parse_date, to_date, today)
+        _check_window(rejections, first, last)
+        with self._storage.read() as view:
+            institution = _require_registered(view, call.institution)
+            rejections.raise_if_any()
+            assert first is not None and last is not None
+            found = _in_window(view.relationships(customer, call.institution), first, last)
+        counts = {"relationships": len(found)}
+        self._storage.write(
+            lambda txn: txn.put_request_record(call.record(self._clock.now(), "OK", counts=counts))
+        )
+        window = found.get(call.institution)
+        relations = (window.relation(call.institution, institution.name),) if window else ()
+        return LookupAnswer(relations, ends_today=last == today)
+
     def request_log(self, call: CallInfo, correlation_id: str) -> list[RequestRecord]:
         """The records of the institution's calls under ``correlation_id``, oldest first."""
         rejections = Rejections()
@@ -347,25 +371,18 @@ class Register:
         last = rejections.parse("to_date", parse_date, to_date, today)
         mandate = rejections.parse("legal_mandate", require_text, legal_mandate)
         case = rejections.parse("account_info_request_id", parse_uuid, account_info_request_id)
-        if first is not None and last is not None and last < first:
-            rejections.add("to_date", "is before from_date", "DATE_RANGE_INVERTED")
+        _check_window(rejections, first, last)
         rejections.raise_if_any()
         return LookupQuery(customer, first, last, owner_only, mandate, case, only_primary_owner)
 
     def lookup(self, query: LookupQuery) -> LookupAnswer:
         """Institutions where the customer had a relationship overlapping the query's window,
         and the participants that joined after the window began."""
-        found: dict[str, _InWindow] = {}
         with self._storage.read() as view:
-            for history in view.relationships(query.customer):
-                if query.owner_only and history.role is not Role.OWNER:
-                    continue
-                in_window = [
-                    p for p in history.periods if p.overlaps(query.first_day, query.last_day)
-                ]
-                if in_window:
-                    ongoing = any(period.ongoing_at(query.last_day) for period in in_window)
-                    found.setdefault(history.institution, _InWindow()).add(history, ongoing)
+            found = _in_window(
+                view.relationships(query.customer), query.first_day, query.last_day,
+                owner_only=query.owner_only,
+            )  # fmt: skip
             participants = self._current_participants(view)
         relations = tuple(
             found[org].relation(org, participants[org].name if org in participants else "")
@@ -377,7 +394,7 @@ class Register:
             for p in participants.values()
             if p.joined_on is not None and p.joined_on > query.first_day
         )
-        return LookupAnswer(relations, joined_after)
+        return LookupAnswer(relations, joined_after, query.last_day == self._clock.today())
 
     def participants(self) -> tuple[Participant, ...]:
         """Every registered institution as agencies see it, by org number."""
@@ -472,6 +489,26 @@ def _kinds_to_end(
 
 def _role_then_kind(history: RoleHistory) -> tuple[int, int]:
     return ROLES_IN_ORDER.index(history.role), KINDS_IN_ORDER.index(history.kind)
+
+
+def _check_window(rejections: Rejections, first: date | None, last: date | None) -> None:
+    if first is not None and last is not None and last < first:
+        rejections.add("to_date", "is before from_date", "DATE_RANGE_INVERTED")
+
+
+def _in_window(
+    histories: Iterable[RoleHistory], first: date, last: date, *, owner_only: bool = False
+) -> dict[str, _InWindow]:
+    """What the histories hold in the window [first, last], by institution."""
+    found: dict[str, _InWindow] = {}
+    for history in histories:
+        if owner_only and history.role is not Role.OWNER:
+            continue
+        in_window = [period for period in history.periods if period.overlaps(first, last)]
+        if in_window:
+            ongoing = any(period.ongoing_at(last) for period in in_window)
+            found.setdefault(history.institution, _InWindow()).add(history, ongoing)
+    return found
 
 
 class _InWindow:
