@@ -216,9 +216,10 @@ def server_factory(
         cluster_toml: str = "",
         rate_limits_toml: str = "",
         enumeration_toml: str = "",
-        rest: bool = False,
+        rest: bool | str = False,
     ) -> RunningServer:
-        """A started server; the ``*_toml`` lines go into its [tokens], [maintenance],
+        """A started server (``rest``: with the REST endpoint, or these lines in [rest]);
+        the ``*_toml`` lines go into its [tokens], [maintenance],
         [store], [rate_limits] (else none to speak of), [enumeration] and (if given)
         [cluster]."""
         directory = tmp_path / f"server{len(servers)}"
@@ -236,7 +237,7 @@ def server_factory(
             cluster=cluster_toml,
             rate_limits=rate_limits_toml,
             enumeration=enumeration_toml,
-            rest='listen = "127.0.0.1:0"' if rest else "",
+            rest=rest if isinstance(rest, str) else 'listen = "127.0.0.1:0"' if rest else "",
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)

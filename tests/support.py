@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 from dataclasses import dataclass
@@ -256,15 +257,31 @@ class RunningServer:
             return view.relationship_count()
 
 
+@functools.cache
+def openapi_schema():
+    """Our OpenAPI document (kfr_grpc/rest/openapi.json), for schemathesis."""
+    import schemathesis
+
+    from kfr_grpc.rest.routes import openapi_document
+
+    return schemathesis.openapi.from_dict(openapi_document())
+
+
 class RestClient:
     """``requests`` over mutual TLS against the REST endpoint; paths under the base path.
-    Every call carries a fresh CorrelationID unless ``headers`` set one (None: none)."""
+    Every call carries a fresh CorrelationID unless ``headers`` set one (None: none), and
+    every answer is checked against our OpenAPI document."""
 
     BASE = "/kar-ws/api/v1"
 
     def __init__(self, url: str, ca: Path, identity: Identity, token: str | None) -> None:
+        import logging
+
         import requests
 
+        # (urllib3 logs the client's URLs: some tests put an ID where it must not go, to
+        # see that the server never logs it; the client's own log is not the server's)
+        logging.getLogger("urllib3").setLevel(logging.INFO)
         self.url = url
         self.session = requests.Session()
         self.session.trust_env = False  # (REQUESTS_CA_BUNDLE would replace our CA)
@@ -278,9 +295,17 @@ class RestClient:
 
         sent = {"CorrelationID": str(uuid.uuid4()), **(headers or {})}
         sent = {key: value for key, value in sent.items() if value is not None}
-        return self.session.request(
+        response = self.session.request(
             method, self.url + self.BASE + path, headers=sent, timeout=30, **kwargs
         )
+        operation = openapi_schema().find_operation_by_path(method, path)
+        if operation is not None:  # (else no such path: the test looks at the answer)
+            operation.validate_response(response)
+            documented = operation.definition.raw["responses"]
+            assert str(response.status_code) in documented, (
+                f"{method} {operation.path} answered {response.status_code}, not documented"
+            )
+        return response
 
     def close(self) -> None:
         self.session.close()

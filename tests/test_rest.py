@@ -5,18 +5,18 @@ error code of ``../shared/DSOP_REST.md``."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, timedelta
+from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
 
 from tests.support import (
-    AGENCY_ORG,
     INSTITUTION_NAME,
     INSTITUTION_ORG,
     MANDATE,
     OTHER_INSTITUTION_ORG,
     TODAY,
+    UNREGISTERED_ORG,
     WRITE_SCOPE,
 )
 
@@ -101,3 +101,310 @@ def test_agency_lookup_v1_and_v2(served, bank, agency, ids):
     assert v2.json()["banks"][0]["ownershipType"] == "unknown"
     only = agency.call("GET", LOOKUP, agency_headers(customer), params={"onlyPrimaryOwner": "true"})
     assert only.json() == {"banks": []}
+
+
+def test_correlation_id_is_required_and_always_echoed(bank, ids):
+    customer = ids.person()
+    missing = bank.call("POST", RELATIONSHIP, {"CustomerID": customer, "CorrelationID": None})
+    body = error_of(missing, 400, "KFR-004")
+    assert "CorrelationID" in body["errorMessage"]
+    assert uuid.UUID(missing.headers["CorrelationID"])
+    malformed = bank.call("POST", RELATIONSHIP, {"CustomerID": customer, "CorrelationID": customer})
+    error_of(malformed, 400, "KFR-004")
+    assert malformed.headers["CorrelationID"] != customer  # never echoed: it could be an ID
+    assert customer not in malformed.text
+
+
+def test_institution_errors(served, bank, ids):
+    customer = ids.person()
+    error_of(bank.call("POST", RELATIONSHIP, {"CustomerID": "12345678901"}), 400, "KFR-005")
+    error_of(bank.call("POST", RELATIONSHIP, {}), 400, "KFR-005")
+    other_type = RELATIONSHIP.replace("DSOPBANK", "LOAN")
+    error_of(bank.call("POST", other_type, {"CustomerID": customer}), 400, "KFR-009")
+    other_org = RELATIONSHIP.replace(INSTITUTION_ORG, OTHER_INSTITUTION_ORG)
+    error_of(bank.call("POST", other_org, {"CustomerID": customer}), 403, "KFR-003")
+    bad_fid = RELATIONSHIP.replace(INSTITUTION_ORG, "123")
+    error_of(bank.call("POST", bad_fid, {"CustomerID": customer}), 400, "KFR-004")
+    unregistered = served.rest(served.pki.unregistered)
+    path = RELATIONSHIP.replace(INSTITUTION_ORG, UNREGISTERED_ORG)
+    error_of(unregistered.call("POST", path, {"CustomerID": customer}), 403, "KFR-003")
+    bad_date = bank.call("GET", OWN, {"CustomerID": customer}, params={"fromDate": "15.06.2026"})
+    body = error_of(bad_date, 400, "KFR-010")
+    assert "fromDate" in body["errorMessage"]
+    unknown = bank.call("GET", OWN, {"CustomerID": customer}, params={"customerId": customer})
+    body = error_of(unknown, 400, "KFR-004")
+    assert customer not in body["errorMessage"]
+    no_token = served.rest(served.pki.institution, token=None)
+    error_of(no_token.call("POST", RELATIONSHIP, {"CustomerID": customer}), 401, "KFR-001")
+    agency_token = served.token(served.pki.institution, scope="bits:kundeforhold")
+    wrong_scope = served.rest(served.pki.institution, token=agency_token)
+    body = error_of(wrong_scope.call("POST", RELATIONSHIP, {"CustomerID": customer}), 403,
+                    "KFR-002")  # fmt: skip
+    assert WRITE_SCOPE in body["errorMessage"]
+    assert served.relationship_count() == 0  # no refused call wrote anything
+
+
+def test_a_token_bound_to_another_certificate_or_organisation_is_refused(served, ids):
+    customer = ids.person()
+    other_cert = served.pki.other_institution.cert.read_bytes()
+    bound = served.token(served.pki.institution, cnf_certificate=other_cert)
+    refused = served.rest(served.pki.institution, token=bound)
+    body = error_of(refused.call("POST", RELATIONSHIP, {"CustomerID": customer}), 401, "KFR-001")
+    assert "cnf" in body["errorMessage"]
+    theirs = served.token(served.pki.other_institution)
+    borrowed = served.rest(served.pki.institution, token=theirs)
+    error_of(borrowed.call("POST", RELATIONSHIP, {"CustomerID": customer}), 401, "KFR-001")
+    own_cert = served.pki.institution.cert.read_bytes()
+    good = served.token(served.pki.institution, cnf_certificate=own_cert)
+    accepted = served.rest(served.pki.institution, token=good)
+    assert accepted.call("POST", RELATIONSHIP, {"CustomerID": customer}).status_code == 201
+
+
+def test_a_revoked_certificate_is_refused_and_none_is_refused_in_the_handshake(served, ids):
+    import requests
+
+    from kfr_grpc.dev import pki
+
+    customer = ids.person()
+    bank = served.rest(served.pki.institution)
+    assert bank.call("POST", RELATIONSHIP, {"CustomerID": customer}).status_code == 201
+    serial = pki.x509.load_pem_x509_certificate(served.pki.institution.cert.read_bytes())
+    served.crl_path.write_bytes(pki.make_crl(served.pki.authority, [serial.serial_number]))
+    body = error_of(bank.call("GET", OWN, {"CustomerID": customer}), 401, "KFR-001")
+    assert "revoked" in body["errorMessage"]
+    anonymous = requests.Session()
+    anonymous.trust_env = False
+    with pytest.raises(requests.exceptions.ConnectionError):  # (TLS 1.3: after the handshake)
+        anonymous.get(bank.url + bank.BASE + OWN, verify=str(served.pki.ca), timeout=10)
+    anonymous.close()
+
+
+def test_a_vendor_reports_for_an_institution(served, ids):
+    from tests.support import VENDOR_ORG
+
+    token = served.token(served.pki.vendor, consumer=INSTITUTION_ORG, supplier=VENDOR_ORG)
+    vendor = served.rest(served.pki.vendor, token=token)
+    assert vendor.call("POST", RELATIONSHIP, {"CustomerID": ids.person()}).status_code == 201
+
+
+def test_agency_errors(served, agency, bank, ids):
+    customer = ids.person()
+    error_of(agency.call("GET", LOOKUP, agency_headers("12345678901")), 400, "ERR-002")
+    bad_period = agency.call("GET", LOOKUP, agency_headers(customer),
+                             params={"fromDate": "2026-06-16", "toDate": "2026-06-01"})  # fmt: skip
+    error_of(bad_period, 400, "ERR-003")
+    error_of(agency.call("GET", LOOKUP, agency_headers(customer), params={"toDate": "x"}), 400,
+             "ERR-003")  # fmt: skip
+    no_mandate = agency.call("GET", LOOKUP, agency_headers(customer, **{"Legal-Mandate": None}))
+    assert "Legal-Mandate" in error_of(no_mandate, 400, "ERR-005")["errorMessage"]
+    no_case = agency.call("GET", LOOKUP, agency_headers(customer, AccountInfoRequestID=None))
+    assert "AccountInfoRequestID" in error_of(no_case, 400, "ERR-005")["errorMessage"]
+    maybe = agency.call("GET", LOOKUP, agency_headers(customer), params={"onlyPrimaryOwner": "x"})
+    error_of(maybe, 400, "ERR-005")
+    not_allowed = agency.call("GET", LOOKUP, agency_headers(customer, **{"Legal-Mandate": "Other"}))
+    error_of(not_allowed, 403, "ERR-001")
+    as_bank = served.rest(served.pki.institution, token=served.token(
+        served.pki.institution, scope="bits:kundeforhold"))  # fmt: skip
+    error_of(as_bank.call("GET", LOOKUP, agency_headers(customer)), 403, "ERR-001")
+    error_of(bank.call("GET", LOOKUP, agency_headers(customer)), 403, "ERR-001")  # scope
+    no_token = served.rest(served.pki.agency, token=None)
+    error_of(no_token.call("GET", LOOKUP, agency_headers(customer)), 401, "ERR-001")
+    error_of(agency.call("GET", ACCOUNT, agency_headers("", AccountID="1234")), 400, "ERR-004")
+
+
+def test_account_servicing_provider(served, agency):
+    from kfr_grpc.register.operations import Operations
+
+    Operations(served.server.store, served.clock).set_collection_accounts(
+        INSTITUTION_ORG, ["86011117947"]
+    )
+    found = agency.call("GET", ACCOUNT, agency_headers("", AccountID="8601.11.17947"))
+    assert found.status_code == 200, found.text
+    assert found.json() == {"organizationId": INSTITUTION_ORG, "bankName": INSTITUTION_NAME}
+    missing = agency.call("GET", ACCOUNT, agency_headers("", AccountID="86011117955"))
+    error_of(missing, 404, "ERR-006")
+    lookup_only = served.rest(served.pki.agency, token=served.token(
+        served.pki.agency, scope="bits:kundeforhold"))  # fmt: skip
+    body = error_of(lookup_only.call("GET", ACCOUNT, agency_headers("", AccountID="86011117947")),
+                    403, "ERR-001")  # fmt: skip
+    assert "bits:kundeforhold.konto" in body["errorMessage"]
+
+
+def test_active_account_needs_a_payment_account_and_to_date_today(served, agency, ids):
+    from kfr_grpc._proto import kfr_pb2 as pb
+
+    customer = ids.person()
+    client = served.client(served.pki.institution)
+    client.institutions.Report(pb.ReportRequest(
+        institution_org_number=INSTITUTION_ORG,
+        relationships=[pb.Relationship(customer_id=customer, role=pb.ROLE_OWNER,
+                                       kind=pb.PRODUCT_KIND_PAYMENT_ACCOUNT,
+                                       start_date="2026-01-01")],
+    ), timeout=10)  # fmt: skip
+    today = agency.call(
+        "GET", LOOKUP, agency_headers(customer), params={"onlyPrimaryOwner": "true"}
+    )
+    assert today.json()["banks"] == [
+        {"organizationID": INSTITUTION_ORG, "bankName": INSTITUTION_NAME, "activeAccount": True,
+         "ownershipType": "primaryOwner"}
+    ]  # fmt: skip
+    earlier = {"fromDate": "2026-02-01", "toDate": "2026-03-01"}
+    before = agency.call("GET", LOOKUP, agency_headers(customer), params=earlier)
+    assert before.json()["banks"][0]["activeAccount"] is False  # toDate is not today
+    bank = served.rest(served.pki.institution)
+    own = bank.call("GET", OWN, {"CustomerID": customer})
+    assert own.json()["banks"][0]["activeAccount"] is True
+
+
+def old_client_upload(entries: bytes, customer_type: bytes = b"DSOPBANK") -> tuple[dict, bytes]:
+    """A multipart body as the old register's clients send it (a Java HTTP client's
+    boundary, the text field first, then the file part with a filename)."""
+    boundary = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
+    body = b"".join([
+        b"--" + boundary + b"\r\n",
+        b'Content-Disposition: form-data; name="customer_type"\r\n\r\n',
+        customer_type + b"\r\n",
+        b"--" + boundary + b"\r\n",
+        b'Content-Disposition: form-data; name="customers"; filename="customers.txt"\r\n',
+        b"Content-Type: text/plain\r\n\r\n",
+        entries + b"\r\n",
+        b"--" + boundary + b"--\r\n",
+    ])  # fmt: skip
+    return {"Content-Type": "multipart/form-data; boundary=" + boundary.decode()}, body
+
+
+def test_batch_as_an_old_client_sends_it(served, bank, agency, ids):
+    customers = [ids.person() for _ in range(5)]
+    entries = ",".join([
+        customers[0], f"{customers[1]}#2020-01-31", f"{customers[2]}#2031-01-01", "12345678901",
+    ]).encode() + b",\r\n" + f"{customers[3]}#2026-06-01,{customers[4]}".encode()  # fmt: skip
+    headers, body = old_client_upload(entries)
+    sent = str(uuid.uuid4())
+    response = bank.call("POST", BATCH, {**headers, "CorrelationID": sent}, data=body)
+    assert response.status_code == 201, response.text
+    assert response.headers["CorrelationID"] == sent
+    result = response.json()
+    assert (result["entries"], result["registered"], result["alreadyRegistered"]) == (6, 4, 0)
+    assert result["rejectedCount"] == 2
+    assert [(r["index"], r["field"], r["code"]) for r in result["rejected"]] == [
+        (2, "startDate", "DATE_IN_FUTURE"), (3, "customerId", "CUSTOMER_ID_CHECKSUM"),
+    ]  # fmt: skip
+    assert not any(c in response.text for c in customers)
+    for customer in (customers[0], customers[1], customers[3], customers[4]):
+        found = agency.call("GET", LOOKUP, agency_headers(customer, **{}),
+                            params={"fromDate": "2020-01-31"})  # fmt: skip
+        assert found.json()["banks"][0]["organizationID"] == INSTITUTION_ORG
+    again = bank.call("POST", BATCH, headers, data=body)
+    assert again.json()["alreadyRegistered"] == 4
+    records = served.client(served.pki.institution).institutions.GetRequestLog(
+        __import__("kfr_grpc._proto.kfr_pb2", fromlist=["pb"]).GetRequestLogRequest(
+            institution_org_number=INSTITUTION_ORG, correlation_id=sent),
+        timeout=10,
+    ).records  # fmt: skip
+    assert len(records) == 1 and "batch" in records[0].method
+
+
+def test_batch_errors(served, bank, ids):
+    customer = ids.person()
+    headers, body = old_client_upload(customer.encode(), customer_type=b"LOAN")
+    error_of(bank.call("POST", BATCH, headers, data=body), 400, "KFR-009")
+    headers, body = old_client_upload(b" , ,\r\n")
+    error_of(bank.call("POST", BATCH, headers, data=body), 400, "KFR-004")
+    error_of(bank.call("POST", BATCH, {"Content-Type": "text/plain"}, data=customer), 400,
+             "KFR-004")  # fmt: skip
+    only_type = bank.call("POST", BATCH, files={"customer_type": (None, "DSOPBANK")})
+    assert "customers" in error_of(only_type, 400, "KFR-004")["errorMessage"]
+    other = BATCH.replace(INSTITUTION_ORG, OTHER_INSTITUTION_ORG)
+    headers, body = old_client_upload(customer.encode())
+    error_of(bank.call("POST", other, headers, data=body), 403, "KFR-003")
+    assert served.relationship_count() == 0
+
+
+def test_a_batch_over_the_size_limit_is_refused_whole(server_factory, ids):
+    served = server_factory(rest='listen = "127.0.0.1:0"\nmax_batch_mb = 0.001')
+    bank = served.rest(served.pki.institution)
+    headers, body = old_client_upload(",".join(ids.person() for _ in range(200)).encode())
+    error_of(bank.call("POST", BATCH, headers, data=body), 413, "KFR-004")
+    assert served.relationship_count() == 0
+
+
+def test_unknown_paths_and_methods_answer_in_the_contract_s_body(bank):
+    missing = bank.call("GET", "/customers/nothing")
+    error_of(missing, 404, "ERR-005")
+    assert uuid.UUID(missing.headers["CorrelationID"])
+    wrong = bank.call("PUT", RELATIONSHIP, {"CustomerID": "x"})
+    error_of(wrong, 405, "KFR-004")
+    assert "POST" in wrong.headers["Allow"]
+
+
+def test_rate_limits_answer_429_with_retry_after(server_factory, ids):
+    served = server_factory(rest=True, rate_limits_toml="calls_per_second = 1\nburst = 2")
+    bank = served.rest(served.pki.institution)
+    answers = [bank.call("POST", RELATIONSHIP, {"CustomerID": ids.person()}) for _ in range(4)]
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited, [a.status_code for a in answers]
+    error_of(limited[0], 429, "KFR-011")
+    assert int(limited[0].headers["Retry-After"]) >= 1
+
+
+def test_an_internal_error_names_the_correlation_id_and_no_customer(served, bank, ids, caplog,
+                                                                     monkeypatch):  # fmt: skip
+    from kfr_grpc.register.service import Register
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Register, "own_relation", broken)  # (a bug cannot be made otherwise)
+    customer = ids.person()
+    response = bank.call("GET", OWN, {"CustomerID": customer})
+    body = error_of(response, 500, "KFR-007")
+    assert response.headers["CorrelationID"] in body["errorMessage"]
+    assert customer not in caplog.text
+
+
+def test_no_customer_id_in_any_log_line(served, bank, agency, ids, caplog):
+    caplog.set_level("DEBUG", logger="kfr")
+    customer = ids.person()
+    bank.call("POST", RELATIONSHIP, {"CustomerID": customer})
+    bank.call("GET", OWN, {"CustomerID": customer}, params={"fromDate": customer})
+    agency.call("GET", LOOKUP, agency_headers(customer))
+    agency.call("GET", LOOKUP, agency_headers(customer), params={customer: "1"})
+    bank.call("DELETE", RELATIONSHIP, {"CustomerID": customer})
+    kfr_lines = [r.getMessage() for r in caplog.records if r.name.startswith("kfr")]
+    assert any("REST GET /customers/customerRelationships" in line for line in kfr_lines)
+    assert not any(customer in line for line in kfr_lines)
+
+
+def test_rest_calls_are_in_the_request_log_and_the_metrics(server_factory, ids):
+    from kfr_grpc._proto import kfr_pb2 as pb
+
+    served = server_factory(rest=True, metrics=True)
+    bank = served.rest(served.pki.institution)
+    sent = str(uuid.uuid4())
+    refused = bank.call("POST", RELATIONSHIP, {"CustomerID": "12345678901", "CorrelationID": sent})
+    error_of(refused, 400, "KFR-005")
+    records = (
+        served.client(served.pki.institution)
+        .institutions.GetRequestLog(
+            pb.GetRequestLogRequest(institution_org_number=INSTITUTION_ORG, correlation_id=sent),
+            timeout=10,
+        )
+        .records
+    )
+    assert [(r.method, r.status) for r in records] == [
+        ("REST POST /customers/financialInstitutions/{fid}/relationshipType/{type}",
+         "INVALID_ARGUMENT")
+    ]  # fmt: skip
+    assert "REST POST /customers/financialInstitutions/{fid}/relationshipType/{type}" in (
+        served.metrics()
+    )
+
+
+def test_the_openapi_document_is_served_without_a_token(served):
+    from kfr_grpc.rest.routes import openapi_document
+
+    anonymous = served.rest(served.pki.agency, token=None)
+    response = anonymous.call("GET", "/openapi.json", {"CorrelationID": None})
+    assert response.status_code == 200
+    assert response.json() == openapi_document()
+

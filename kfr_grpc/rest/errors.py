@@ -72,6 +72,7 @@ _WIRE_NAMES = {
     "relationshipType": "path type",
     "onlyPrimaryOwner": "query onlyPrimaryOwner",
 }
+_DATE_FIELDS = {"from_date", "to_date", "start_date", "end_date"}
 _STATUS_OF = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
@@ -161,7 +162,7 @@ def _invalid(codes: _Codes, rejections: tuple[Rejection, ...]) -> RestRefusal:
     field = _field(rejections[0])
     code = (
         codes.customer if field == "customer_id"
-        else codes.date if field.endswith("date")
+        else codes.date if field in _DATE_FIELDS
         else codes.account if field == "account_number"
         else codes.relationship_type if field == "relationshipType"
         else codes.invalid

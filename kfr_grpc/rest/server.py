@@ -56,6 +56,14 @@ class RestServer:
         self._listener: asyncio.Server | None = None
         self.port = 0
 
+    def paths(self) -> list[tuple[str, str]]:
+        """What it serves: (method, path under the base path)."""
+        return [
+            (route.method, route.resource.canonical.removeprefix(BASE_PATH))
+            for route in self._app.router.routes()
+            if route.resource is not None and route.method != "HEAD"
+        ]
+
     async def start(self, grace: float) -> int:
         """Binds ``[rest] listen`` and serves; returns the bound port."""
         runner = web.AppRunner(
