@@ -407,4 +407,3 @@ def test_the_openapi_document_is_served_without_a_token(served):
     response = anonymous.call("GET", "/openapi.json", {"CorrelationID": None})
     assert response.status_code == 200
     assert response.json() == openapi_document()
-

@@ -80,9 +80,7 @@ class AgencyQueries:
             account_info_request_id=account_info_request_id,
         )
         self._policy.require_mandate(agency, query.legal_mandate)
-        institutions = await self._read(
-            lambda: self._register.lookup_collection_account(query)
-        )
+        institutions = await self._read(lambda: self._register.lookup_collection_account(query))
         self._watch.record(agency.org_number, found=bool(institutions))
         return institutions
 

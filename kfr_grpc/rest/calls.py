@@ -190,4 +190,3 @@ class _Asked(NamedTuple):
     """What the lookup counters read of an agency's request (as of a gRPC request)."""
 
     legal_mandate: str
-

@@ -113,8 +113,8 @@ class RestServer:
         except web.HTTPException as error:
             if error.status < 400:
                 raise
-            family = Family.INSTITUTION if "/financialInstitutions/" in request.path else (
-                Family.AGENCY
+            family = (
+                Family.INSTITUTION if "/financialInstitutions/" in request.path else (Family.AGENCY)
             )
             correlation_id = self._correlation_ids.fresh()
             refusal = plain_refusal(error.status, family, _reason(error))
@@ -133,7 +133,6 @@ def _reason(error: web.HTTPException) -> str:
     if error.status == 413:
         return "the request body is larger than this path takes"
     return error.reason
-
 
 
 class _Connections:
