@@ -66,6 +66,11 @@ class ServerProcess:
         return f"localhost:{self.port}"
 
     @property
+    def rest_url(self) -> str:
+        """The REST endpoint's base URL (a single-process server's)."""
+        return f"https://localhost:{self.ready['rest_port']}/kar-ws/api/v1"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ready['metrics_port']}/metrics"
 

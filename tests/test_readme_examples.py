@@ -1,6 +1,7 @@
 """The README's examples that talk to a server are run here, as written, against
-``kfr serve`` on a fresh dev setup: the Python client of "Calling KFR from your code"
-and the ``buf curl`` commands of "Health and reflection"."""
+``kfr serve`` on a fresh dev setup: the Python client of "Calling KFR from your code",
+the ``buf curl`` commands of "Health and reflection" and the ``curl`` commands of
+"REST: the operator's contract"."""
 
 from __future__ import annotations
 
@@ -90,3 +91,22 @@ def test_the_buf_curl_commands_run_as_written(served: Served):
     assert done.returncode == 0, done.stderr
     assert "kfr.v1.LookupService" in done.stdout and '"status": "SERVING"' in done.stdout
     assert done.stdout.rstrip().endswith("{}")  # the Lookup: nobody with that synthetic ID
+
+
+def test_the_rest_curl_commands_run_as_written(served: Served):
+    commands = _block("### REST: the operator's contract", "sh")
+    rest_port = served.server.ready["rest_port"]
+    commands = commands.replace("localhost:50053", f"localhost:{rest_port}")
+    environment = {
+        **os.environ, "KFR_DEV": str(served.directory),
+        "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ["PATH"])),
+    }  # fmt: skip
+    done = subprocess.run(
+        [shutil.which("bash") or "bash", "-euo", "pipefail", "-c", commands],
+        env=environment, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    printed = re.search(r"\nprints\n\n```\n(.*?)```", text[text.index(commands[:40]) :], re.DOTALL)
+    assert printed, "the README says what the commands print"
+    assert done.stdout == printed.group(1)

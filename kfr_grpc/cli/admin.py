@@ -54,7 +54,8 @@ from kfr_grpc.supervisor import Supervisor
 )  # fmt: skip
 @click.option(
     "--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Write {pid, port, metrics_port} here as JSON once serving (removed at stop).",
+    help="Write {pid, port, metrics_port, rest_port} here as JSON once serving (removed at "
+    "stop).",
 )  # fmt: skip
 @click.option("--worker-index", type=int, default=None, hidden=True)
 @click.option("--supervisor-pid", type=int, default=None, hidden=True)
@@ -113,8 +114,12 @@ async def _run_server(
     port = await server.start()
     if ready_file is not None:
         write_ready(
-            ready_file, {"pid": os.getpid(), "port": port, "metrics_port": server.metrics_port}
-        )
+            ready_file,
+            {
+                "pid": os.getpid(), "port": port, "metrics_port": server.metrics_port,
+                "rest_port": server.rest_port,
+            },
+        )  # fmt: skip
     await stopping.wait()
     if ready_file is not None:
         remove_ready(ready_file)

@@ -113,7 +113,8 @@ def dev_unrevoke(certificate: Path, dev_dir: Path) -> None:
 @click.option("--etcd-members", default=3, show_default=True, type=click.IntRange(1, 9))
 @click.option(
     "--base-port", default=DEFAULT_BASE_PORT, show_default=True, type=int,
-    help="Node N serves on BASE+2(N-1) (metrics: the next port); etcd from BASE+100.",
+    help="Node N serves on BASE+2(N-1) (metrics: the next port; REST: BASE+50+(N-1)); etcd "
+    "from BASE+100.",
 )  # fmt: skip
 @click.option(
     "--etcd", "etcd_binary", default=None,

@@ -7,7 +7,8 @@
 - ``Procfile``: one ``name: command`` line per process (the foreman/honcho convention).
 
 Ports from ``base_port``: node N serves on ``base + 2(N-1)`` and its metrics on the next
-port; etcd member N takes ``base + 100 + 2(N-1)`` (clients) and the next (peers).
+port, REST on ``base + 50 + (N-1)``; etcd member N takes ``base + 100 + 2(N-1)``
+(clients) and the next (peers).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kfr_grpc.errors import ConfigError
 
 DEFAULT_BASE_PORT = 50100
 ETCD_PORT_OFFSET = 100
+REST_PORT_OFFSET = 50  # node N serves REST on base + 50 + (N-1)
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,9 @@ def create_dev_cluster(
         config = cluster.node_config(n)
         config.parent.mkdir(mode=0o700)
         section = f'\n[cluster]\nnode = "node{n}"\netcd_endpoints = [{endpoints}]\n'
+        rest = f"127.0.0.1:{base_port + REST_PORT_OFFSET + n - 1}"
         text = config_text(
-            f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", shared="../", cluster=section
+            f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", rest, shared="../", cluster=section
         )
         config.write_text(text, encoding="utf-8")
     kfr = Path(sys.executable).parent / "kfr"

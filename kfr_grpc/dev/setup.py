@@ -99,21 +99,23 @@ def create_dev_setup(
     with the test institution registered. Refuses a directory that already has a config.
 
     The metrics endpoint listens on ``metrics_listen``; by default on loopback at the
-    gRPC port + 1 (port 0, the kernel's choice, when the gRPC port is 0).
+    gRPC port + 1 (port 0, the kernel's choice, when the gRPC port is 0). The REST
+    endpoint listens on the gRPC host at its port + 2 (0 when that is 0).
     """
     for option, address in (("--listen", listen), ("--metrics-listen", metrics_listen)):
         try:
             host_port(address or "x:0")
         except ValueError:
             raise ConfigError(f"{option} {address} is not host:port") from None
+    host, port = host_port(listen)
+    if port > 65533:
+        raise ConfigError(
+            f"--listen port {port} leaves no port + 1 for metrics and + 2 for REST; choose a "
+            "lower port"
+        )
     if metrics_listen is None:
-        port = host_port(listen)[1]
-        if port == 65535:
-            raise ConfigError(
-                "--listen port 65535 leaves no port + 1 for metrics; choose a lower port or "
-                "give --metrics-listen"
-            )
         metrics_listen = f"127.0.0.1:{port + 1 if port else 0}"
+    rest_listen = f"{host}:{port + 2 if port else 0}"
     setup = DevSetup(directory.resolve())
     if setup.config.exists():
         raise ConfigError(f"{setup.config} already exists; remove {directory} to start afresh")
@@ -122,7 +124,7 @@ def create_dev_setup(
     except OSError as error:
         raise ConfigError(f"cannot create {setup.directory}: {error.strerror}") from None
     write_shared_files(setup)
-    setup.config.write_text(config_text(listen, metrics_listen), encoding="utf-8")
+    setup.config.write_text(config_text(listen, metrics_listen, rest_listen), encoding="utf-8")
     register_test_institution(setup.config)
     return setup
 
@@ -157,7 +159,9 @@ def register_test_institution(config: Path) -> None:
         store.close()
 
 
-def config_text(listen: str, metrics: str, *, shared: str = "", cluster: str = "") -> str:
+def config_text(
+    listen: str, metrics: str, rest: str, *, shared: str = "", cluster: str = ""
+) -> str:
     """A dev server's config; ``shared``: where the shared files are, relative to it."""
     return f'''# Local development setup made by `kfr dev init` or `kfr dev cluster`; see README.md.
 listen = "{listen}"
@@ -190,6 +194,10 @@ burst = 100000
 [metrics]
 # Prometheus metrics, plain HTTP on loopback: http://{metrics}/metrics
 listen = "{metrics}"
+
+[rest]
+# The operator's REST contract over mutual TLS: https://{rest}/kar-ws/api/v1
+listen = "{rest}"
 {cluster}
 [[agencies]]
 org_number = "{TEST_AGENCY_ORG}"
