@@ -46,7 +46,7 @@ def nodes(etcd: LocalEtcd, server_factory):
     """``nodes(n)``: n started nodes of one cluster (prefix of its own per test)."""
     made = []
 
-    def start(count: int, **settings: str):
+    def start(count: int, *, rest: bool = False, **settings: str):
         extra = "\n".join(f"{key} = {value}" for key, value in settings.items())
         for _ in range(count):
             name = f"node{len(made) + 1}"
@@ -54,7 +54,8 @@ def nodes(etcd: LocalEtcd, server_factory):
             made.append(
                 server_factory(
                     cluster_toml=f'node = "{name}"\netcd_endpoints = [{endpoints}]\n'
-                    f"etcd_timeout_seconds = 1.5\n{extra}"
+                    f"etcd_timeout_seconds = 1.5\n{extra}",
+                    rest=rest,
                 )
             )
         return made
@@ -385,4 +386,33 @@ def test_kinds_corrections_reconciliation_and_participants_through_the_log(nodes
     ))  # fmt: skip
     assert [i.ownership_type for i in answer.institutions] == [pb.OWNERSHIP_TYPE_PRIMARY_OWNER]
     assert [p.org_number for p in answer.joined_after_from_date] == [INSTITUTION_ORG]
+    assert len({_digest(node) for node in (first, second)}) == 1
+
+
+def test_the_rest_contract_writes_through_the_log_and_reads_on_every_node(nodes, ids):
+    from urllib.parse import quote
+
+    from tests.test_rest import BATCH, LOOKUP, RELATIONSHIP, old_client_upload
+
+    first, second = nodes(2, rest=True)
+    bank_one, bank_two = (node.rest(node.pki.institution) for node in (first, second))
+    customers = [ids.person() for _ in range(3)]
+    assert bank_one.call("POST", RELATIONSHIP, {"CustomerID": customers[0]}).status_code == 201
+    headers, body = old_client_upload(",".join(customers[1:]).encode())
+    loaded = bank_two.call("POST", BATCH, headers, data=body)
+    assert loaded.status_code == 201 and loaded.json()["registered"] == 2, loaded.text
+    for node in (first, second):
+        agency = node.rest(node.pki.agency)
+        for customer in customers:
+            found = agency.call("GET", LOOKUP, {
+                "CustomerID": customer, "Legal-Mandate": quote(MANDATE),
+                "AccountInfoRequestID": str(uuid.uuid4()),
+            })  # fmt: skip
+            assert [b["organizationID"] for b in found.json()["banks"]] == [INSTITUTION_ORG]
+    assert bank_two.call("DELETE", RELATIONSHIP, {"CustomerID": customers[0]}).status_code == 204
+    own = first.client(first.pki.institution).institutions.ListOwn(
+        pb.ListOwnRequest(institution_org_number=INSTITUTION_ORG, customer_id=customers[0]),
+        timeout=10,
+    )
+    assert own.relationships[0].periods[-1].end_date == first.clock.today().isoformat()
     assert len({_digest(node) for node in (first, second)}) == 1
