@@ -13,6 +13,10 @@
    metrics), and KFR's Lookup (the same plus the register's work).
 3. Open loop: Lookup (and KFR's health Check) offered at fixed rates, latency measured
    from the moment each call was due, so a slow answer cannot hide the ones behind it.
+   The REST contract beside gRPC, same server, same run: single reports (a new customer
+   each: a write each) over gRPC's Report and REST's POST, closed loop; Lookup over REST
+   (GET customerRelationships, aiohttp client, keep-alive), closed loop and at the same
+   offered rates.
 4. ``kfr report-file`` on a generated file of ``--file-entries`` entries in the reference
    register's batch format: the end-to-end bulk-load rate, client parsing included.
 5. ``kfr reconcile`` (a dry run) of the same file against the register, which now holds
@@ -43,6 +47,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -54,6 +59,7 @@ from bench.common import (
     percentile,
     start_bare_server,
 )
+from bench.rest_load import Refused, RestLoad, caller
 from kfr_grpc._proto import kfr_pb2 as pb
 from kfr_grpc._proto import kfr_pb2_grpc
 from kfr_grpc.dev.clients import Clients
@@ -62,6 +68,12 @@ from kfr_grpc.dev.synthetic import unique_synthetic_person_ids
 
 REFERENCE_RATE = 250  # relationships/s, the reference register's bulk load
 BARE = "bare grpc.aio health Check"
+GRPC_REPORT = "Report (one new relationship)"
+REST_REPORT = "REST POST relationshipType (one new)"
+REST_LOOKUP = "REST GET customerRelationships"
+REST_RATE = 500  # the REST lookup's aim: p99 ≤ 10 ms at 500/s
+# What a call can fail with: gRPC's status, or a REST call's error or unexpected status.
+_FAILED = (grpc.RpcError, aiohttp.ClientError, asyncio.TimeoutError, Refused)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Targets:
     lookup_ratio: float  # Lookup closed-loop throughput / the bare server's health Check
     health_ratio: float  # KFR's health Check throughput / the bare server's
     p99_ms: float  # Lookup p99 at the highest offered rate
+    rest_p99_ms: float  # REST lookup p99 at 500/s offered (the highest rate in a smoke run)
     stream_rate: float  # ReportStream relationships/s (chunks of 1,000, asyncio client)
     bulk_rate: float  # report-file relationships/s, end to end
     file_seconds: float  # the whole file in less than this
@@ -76,14 +89,14 @@ class Targets:
 
 
 FULL = Targets(
-    lookup_ratio=0.8, health_ratio=0.9, p99_ms=5.0, stream_rate=75_000, bulk_rate=100_000,
-    file_seconds=30.0, reconcile_seconds=60.0,
+    lookup_ratio=0.8, health_ratio=0.9, p99_ms=5.0, rest_p99_ms=10.0, stream_rate=75_000,
+    bulk_rate=100_000, file_seconds=30.0, reconcile_seconds=60.0,
 )  # fmt: skip
 # The short run inside `make test`: a few seconds of each part on a shared, busy machine,
 # to catch a broken bench or a gross regression, not to measure.
 SMOKE = Targets(
-    lookup_ratio=0.4, health_ratio=0.5, p99_ms=100.0, stream_rate=10_000, bulk_rate=10_000,
-    file_seconds=30.0, reconcile_seconds=60.0,
+    lookup_ratio=0.4, health_ratio=0.5, p99_ms=100.0, rest_p99_ms=100.0, stream_rate=10_000,
+    bulk_rate=10_000, file_seconds=30.0, reconcile_seconds=60.0,
 )  # fmt: skip
 SMOKE_ARGUMENTS = [
     "--seconds", "2", "--preload", "5000", "--rates", "100,300", "--file-entries", "50000",
@@ -135,7 +148,7 @@ def main() -> None:
         stream_seconds = asyncio.run(report_stream(server, preload))
         bare = start_bare_server(server.setup.config)
         try:
-            runs = asyncio.run(_measure(server, bare, preload, args, rates))
+            runs = asyncio.run(_measure(server, bare, preload, ids, args, rates))
         finally:
             bare.stop()
         files = _bulk_files(server, ids, args.file_entries, len(preload))
@@ -227,14 +240,51 @@ def _kfr_on_file(server: BenchServer, command: str, path: Path) -> tuple[float, 
 
 
 async def _measure(
-    server: BenchServer, bare: ServerProcess, known: list[str], args, rates: list[int]
+    server: BenchServer, bare: ServerProcess, known: list[str], fresh, args, rates: list[int]
+) -> list[Run]:
+    runs = await _measure_grpc(server, bare, known, fresh, args, rates)
+    runs += await _measure_rest(server, known, fresh, args, rates)
+    return runs
+
+
+async def _measure_rest(server: BenchServer, known: list[str], fresh, args, rates) -> list[Run]:
+    """The REST contract: single reports and lookups, as the gRPC runs before."""
+    rest_url = server.server.rest_url
+    cycle = itertools.cycle(known)
+    async with (
+        RestLoad(rest_url, server.clients, server.setup.identity("institution")) as bank,
+        RestLoad(rest_url, server.clients, server.setup.identity("agency")) as agency,
+    ):
+        find = caller(agency.lookup, cycle)
+        await _closed("warm-up", find, 2.0, args.concurrency)
+        runs = [
+            await _closed(REST_REPORT, caller(bank.report, fresh), args.seconds, args.concurrency),
+            await _closed(REST_LOOKUP, find, args.seconds, args.concurrency),
+        ]
+        for rate in rates:
+            runs.append(await open_loop(REST_LOOKUP, find, args.seconds, rate))
+        return runs
+
+
+async def _measure_grpc(
+    server: BenchServer, bare: ServerProcess, known: list[str], fresh, args, rates: list[int]
 ) -> list[Run]:
     agency = server.setup.identity("agency")
+    institution = server.setup.identity("institution")
     bare_clients = Clients(bare.target, server.clients.ca, server.clients.issuer)
     async with (
         server.clients.aio_channel(agency) as channel,
+        server.clients.aio_channel(institution) as writer,
         bare_clients.aio_channel(agency) as bare_channel,
     ):
+        report = kfr_pb2_grpc.InstitutionServiceStub(writer).Report
+
+        def report_one() -> Awaitable:
+            relationship = pb.Relationship(customer_id=next(fresh), role=pb.ROLE_OWNER)
+            return report(pb.ReportRequest(
+                institution_org_number=TEST_INSTITUTION_ORG, relationships=[relationship]
+            ))  # fmt: skip
+
         health = health_pb2_grpc.HealthStub(channel).Check
         bare_health = health_pb2_grpc.HealthStub(bare_channel).Check
         lookup = kfr_pb2_grpc.LookupServiceStub(channel).Lookup
@@ -260,6 +310,7 @@ async def _measure(
             await _closed(BARE, bare_check, args.seconds, args.concurrency),
             await _closed("health Check", check, args.seconds, args.concurrency),
             await _closed("Lookup", find, args.seconds, args.concurrency),
+            await _closed(GRPC_REPORT, report_one, args.seconds, args.concurrency),
         ]
         for rate in rates:
             runs.append(await open_loop("Lookup", find, args.seconds, rate))
@@ -281,7 +332,7 @@ async def _closed(
             try:
                 await call()
                 latencies.append(time.perf_counter() - started)
-            except grpc.RpcError:
+            except _FAILED:
                 errors += 1
 
     started = time.perf_counter()
@@ -299,7 +350,7 @@ async def open_loop(name: str, call: Callable[[], Awaitable], seconds: float, ra
         try:
             await call()
             latencies.append(time.perf_counter() - due)
-        except grpc.RpcError:
+        except _FAILED:
             errors += 1
 
     tasks = []
@@ -344,8 +395,12 @@ def _print(args, rates, stream_seconds, runs, files: FileRuns) -> bool:
                f"{files.reconcile_seconds:.1f}", f"{reconcile_rate:,.0f}/s"))  # fmt: skip
     print(f"\nreport-file said: {files.load_output}")
     print(f"reconcile said: {files.reconcile_output}\n")
+    _print_rest(closed)
     errors = sum(run.errors for run in runs)
     p99 = worst_open.percentile_ms(0.99)
+    rest_rate = REST_RATE if REST_RATE in rates else max(rates)
+    rest_open = next(r for r in runs if r.name == REST_LOOKUP and r.offered == rest_rate)
+    rest_p99 = rest_open.percentile_ms(0.99)
     print("| target | measured | met |")
     print("|---|---|---|")
     results = [
@@ -355,6 +410,8 @@ def _print(args, rates, stream_seconds, runs, files: FileRuns) -> bool:
                 f"{health_ratio:.2f} x", health_ratio >= targets.health_ratio),
         _target(f"Lookup p99 ≤ {targets.p99_ms:.0f} ms at {max(rates):,}/s offered",
                 f"{p99:.1f} ms", p99 <= targets.p99_ms),
+        _target(f"REST lookup p99 ≤ {targets.rest_p99_ms:.0f} ms at {rest_rate:,}/s offered",
+                f"{rest_p99:.1f} ms", rest_p99 <= targets.rest_p99_ms),
         _target(f"ReportStream ≥ {targets.stream_rate:,.0f} relationships/s",
                 f"{stream_rate:,.0f}/s", stream_rate >= targets.stream_rate),
         _target(f"report-file ≥ {targets.bulk_rate:,.0f} relationships/s end to end",
@@ -373,6 +430,20 @@ def _print(args, rates, stream_seconds, runs, files: FileRuns) -> bool:
     met = all(results)
     print(f"\nCAPACITY {'OK' if met else 'FAILED'}{' (smoke targets)' if args.smoke else ''}")
     return met
+
+
+def _print_rest(closed: dict[str, Run]) -> None:
+    """REST against gRPC, closed loop, in this run."""
+    print("| REST against gRPC (closed loop, this run) | REST | gRPC | REST / gRPC |")
+    print("|---|---|---|---|")
+    for name, rest, grpc_run in (
+        ("lookup", closed[REST_LOOKUP], closed["Lookup"]),
+        ("single report", closed[REST_REPORT], closed[GRPC_REPORT]),
+    ):
+        print(_row(name, f"{rest.rate:,.0f}/s, p99 {rest.percentile_ms(0.99):.2f} ms",
+                   f"{grpc_run.rate:,.0f}/s, p99 {grpc_run.percentile_ms(0.99):.2f} ms",
+                   f"{rest.rate / grpc_run.rate:.2f} x"))  # fmt: skip
+    print()
 
 
 def _row(*cells: object) -> str:
