@@ -66,9 +66,11 @@ bench-compaction: install
 
 # The Locust SLA suite, headless: 10 requests/s for DURATION (90, 90s, 10m; at least 60 s).
 # CLUSTER=1: against a local cluster (3 etcd members, 3 nodes), one node killed half way.
+# REST=1: the same mix over the REST contract. RATE=500: another rate (default 10/s).
 sla: DURATION ?= 60
+sla: RATE ?= 10
 sla: install
-	$(BIN)/python -m bench.sla --duration $(DURATION) $(if $(CLUSTER),--cluster)
+	$(BIN)/python -m bench.sla --duration $(DURATION) --rate $(RATE) $(if $(CLUSTER),--cluster) $(if $(REST),--rest)
 
 # kill -9 during writes, ROUNDS times (make test runs 2).
 ROUNDS ?= 10
@@ -85,10 +87,13 @@ chaos: install
 bench-cluster: install
 	$(BIN)/python -m bench.cluster_bench
 
-# Random, mutated and hostile inputs to every RPC for DURATION (make test runs 5 s).
+# Random, mutated and hostile inputs to every RPC for DURATION (make test runs 5 s), then
+# the REST fuzz with REST_EXAMPLES cases per path and mode (make test runs 25).
 fuzz: DURATION ?= 5m
+fuzz: REST_EXAMPLES ?= 1000
 fuzz: install
 	$(BIN)/python -m bench.fuzz --duration $(DURATION)
+	KFR_REST_FUZZ_EXAMPLES=$(REST_EXAMPLES) $(BIN)/pytest -q tests/test_rest_fuzz.py
 
 # The SLA mix at 50 x the SLA rate (500 calls/s) for DURATION: no errors, RssAnon flat.
 soak: DURATION ?= 10m

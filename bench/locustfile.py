@@ -4,7 +4,12 @@ them up, in a realistic mix, over mutual TLS with access tokens.
 Headless, as ``make sla`` runs it (10 users at one request per second each = 10
 requests/s; exits non-zero if p99 > 500 ms or any request failed):
 
-    locust -f bench/locustfile.py --headless -u 10 -r 10 -t 60s --host localhost:50051
+    locust -f bench/locustfile.py --headless -u 10 -r 10 -t 60s --host localhost:50051 RegisterUser
+
+The same mix over the REST contract (``make sla REST=1``), against its HTTPS base URL:
+
+    locust -f bench/locustfile.py --headless -u 10 -r 10 -t 60s \
+        --host https://localhost:50053/kar-ws/api/v1 RestUser
 
 With the web UI, against any server: ``locust -f bench/locustfile.py --host HOST:PORT``.
 
@@ -29,11 +34,13 @@ import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+from urllib.parse import quote  # noqa: E402
 
 import gevent.event  # noqa: E402
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from locust import User, constant_throughput, events, task  # noqa: E402
+from locust import HttpUser, User, constant_throughput, events, task  # noqa: E402
+from locust.clients import HttpSession  # noqa: E402
 
 from kfr_grpc._proto import kfr_pb2 as pb  # noqa: E402
 from kfr_grpc.client import KfrClient, secure_channel  # noqa: E402
@@ -195,6 +202,75 @@ class RegisterUser(User):
             context={},
         )
         return error is None
+
+
+class RestUser(HttpUser):
+    """RegisterUser's mix over the REST contract (``--host`` its base URL): reports
+    (POST), ends (DELETE) and lookups (GET), as an institution's and an agency's
+    integration would make them, each over its own keep-alive connection (its TLS
+    handshake counted in its first call)."""
+
+    wait_time = constant_throughput(1)
+
+    def on_start(self) -> None:
+        self.institution = _Identity("institution", TEST_INSTITUTION_ORG, "bits:kundeforhold.write")
+        self.agency = _Identity("agency", TEST_AGENCY_ORG, "bits:kundeforhold")
+        self.writer = self._session(self.client, self.institution)
+        self.reader = self._session(
+            HttpSession(self.host, self.environment.events.request, self), self.agency
+        )
+        self.relationship = (
+            f"/customers/financialInstitutions/{self.institution.org}/relationshipType/DSOPBANK"
+        )
+        self.mandate = quote(_setting("KFR_MANDATE", lambda: TEST_MANDATE))
+        self.rng = random.Random()
+        self.known: list[str] = []
+
+    @staticmethod
+    def _session(session: HttpSession, who: _Identity) -> HttpSession:
+        session.trust_env = False  # (REQUESTS_CA_BUNDLE would replace the dev CA)
+        session.verify = str(who.ca)
+        session.cert = (str(who.cert), str(who.key))
+        session.headers["Authorization"] = f"Bearer {who.token}"
+        return session
+
+    @task(3)
+    def report(self) -> None:
+        customer = synthetic_person_id(self.rng)
+        if self._call(self.writer, "POST", self.relationship, "REST report", {201, 200},
+                      {"CustomerID": customer}):  # fmt: skip
+            self.known = [*self.known[-_KNOWN_PER_USER:], customer]
+
+    @task(1)
+    def end(self) -> None:
+        if not self.known:
+            return self.report()
+        customer = self.known.pop(self.rng.randrange(len(self.known)))
+        self._call(self.writer, "DELETE", self.relationship, "REST end", {204},
+                   {"CustomerID": customer})  # fmt: skip
+        return None
+
+    @task(6)
+    def lookup(self) -> None:
+        known = self.known and self.rng.random() < 0.8
+        customer = self.rng.choice(self.known) if known else synthetic_person_id(self.rng)
+        headers = {
+            "CustomerID": customer, "Legal-Mandate": self.mandate,
+            "AccountInfoRequestID": str(uuid.uuid4()),
+        }  # fmt: skip
+        self._call(self.reader, "GET", "/customers/customerRelationships", "REST lookup", {200},
+                   headers, params={"fromDate": "2016-01-01"})  # fmt: skip
+
+    @staticmethod
+    def _call(session: HttpSession, method: str, path: str, name: str, expected: set[int],
+              headers: dict[str, str], **kwargs: Any) -> bool:  # fmt: skip
+        headers = {"CorrelationID": str(uuid.uuid4()), **headers}
+        with session.request(method, path, name=name, headers=headers, timeout=10,
+                             catch_response=True, **kwargs) as response:  # fmt: skip
+            if response.status_code not in expected:
+                response.failure(f"status {response.status_code}")
+                return False
+            return True
 
 
 @events.quitting.add_listener

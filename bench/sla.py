@@ -1,6 +1,6 @@
 """``make sla``: the Locust SLA suite, headless, against a server of its own.
 
-    python -m bench.sla [--duration 60] [--rate 10] [--cluster]
+    python -m bench.sla [--duration 60] [--rate 10] [--cluster] [--rest]
 
 Starts ``kfr serve`` on a fresh dev setup, runs ``bench/locustfile.py`` with ``--rate``
 users at one request per second each, prints Locust's summary and the SLA line (p50,
@@ -9,6 +9,11 @@ failed.
 
 ``--cluster`` (``make sla CLUSTER=1``): against a local cluster of three etcd members and
 three nodes instead, through the node list, and kills node2 (kill -9) half way.
+
+``--rest`` (``make sla REST=1``): the same mix over the REST contract (Locust's
+``RestUser``: HTTPS with the same certificates and tokens) against the server's REST
+endpoint. (Not with ``--cluster``: REST clients reach one node; a load balancer in front
+of the nodes is the operator's.)
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=int, default=10, help="requests/s (default 10)")
     parser.add_argument("--cluster", action="store_true", help="a local cluster, node2 killed")
+    parser.add_argument("--rest", action="store_true", help="over the REST contract")
     args = parser.parse_args()
+    if args.rest and args.cluster:
+        parser.error("--rest runs against one server, not --cluster")
     if args.cluster:
         with local_cluster() as cluster:
             half_way = threading.Timer(args.duration / 2, _kill_node2, [cluster])
@@ -44,7 +52,8 @@ def main() -> None:
                 half_way.cancel()
     else:
         with bench_server() as server:
-            status = _locust(args, server.setup.directory, server.target)
+            target = server.server.rest_url if args.rest else server.target
+            status = _locust(args, server.setup.directory, target)
     sys.exit(status)
 
 
@@ -59,6 +68,7 @@ def _locust(args: argparse.Namespace, dev_directory: Path, target: str) -> int:
         str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE),
         "--headless", "--users", str(args.rate), "--spawn-rate", str(args.rate),
         "--run-time", f"{args.duration:.0f}s", "--host", target, "--stop-timeout", "5",
+        "RestUser" if args.rest else "RegisterUser",
     ]  # fmt: skip
     print(f"SLA run: {args.rate} requests/s for {args.duration:.0f} s against {target}")
     return subprocess.call(command, env=environment)

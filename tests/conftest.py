@@ -217,6 +217,7 @@ def server_factory(
         rate_limits_toml: str = "",
         enumeration_toml: str = "",
         rest: bool | str = False,
+        server_toml: str = "",
     ) -> RunningServer:
         """A started server (``rest``: with the REST endpoint, or these lines in [rest]);
         the ``*_toml`` lines go into its [tokens], [maintenance],
@@ -238,6 +239,7 @@ def server_factory(
             rate_limits=rate_limits_toml,
             enumeration=enumeration_toml,
             rest=rest if isinstance(rest, str) else 'listen = "127.0.0.1:0"' if rest else "",
+            server=server_toml,
         )
         tokens.write_jwks(directory / "jwks.json", {SIGNING_KID: signing_key})
         _register_institutions(config_path)

@@ -326,6 +326,7 @@ def write_config(
     rate_limits: str = "",
     enumeration: str = "",
     rest: str = "",
+    server: str = "",
 ) -> Path:
     path = directory / "kfr.toml"
     metrics = 'listen = "127.0.0.1:0"' if metrics else ""
@@ -352,6 +353,7 @@ threads = 4
 grace_seconds = 1
 file_check_seconds = 0
 validation_processes = {validation_processes}
+{server}
 
 [maintenance]
 {maintenance}

@@ -407,3 +407,90 @@ def test_the_openapi_document_is_served_without_a_token(served):
     response = anonymous.call("GET", "/openapi.json", {"CorrelationID": None})
     assert response.status_code == 200
     assert response.json() == openapi_document()
+
+
+def test_a_stalled_upload_is_cut_off_and_loads_nothing(server_factory, ids):
+    import socket
+    import ssl
+
+    served = server_factory(rest=True, server_toml="request_timeout_seconds = 0.5")
+    token = served.token(served.pki.institution)
+    context = ssl.create_default_context(cafile=str(served.pki.ca))
+    context.load_cert_chain(served.pki.institution.cert, served.pki.institution.key)
+    headers, body = old_client_upload(ids.person().encode())
+    head = (
+        f"POST /kar-ws/api/v1{BATCH} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Authorization: Bearer {token}\r\nCorrelationID: {uuid.uuid4()}\r\n"
+        f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    address = ("localhost", served.server.rest_port)
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(head + body[: len(body) // 2])  # and then nothing
+        answer = tls.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert '"KFR-004"' in answer and "stalled" in answer
+    assert served.relationship_count() == 0
+
+
+def test_connections_past_the_limit_are_closed_at_once(server_factory):
+    import socket
+    import ssl
+
+    served = server_factory(rest='listen = "127.0.0.1:0"\nmax_connections = 2')
+    context = ssl.create_default_context(cafile=str(served.pki.ca))
+    context.load_cert_chain(served.pki.institution.cert, served.pki.institution.key)
+    address = ("localhost", served.server.rest_port)
+    idle = [
+        context.wrap_socket(socket.create_connection(address, timeout=10),
+                            server_hostname="localhost")
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        assert _closed_at_once(context, address)
+    finally:
+        for connection in idle:
+            connection.close()
+    bank = served.rest(served.pki.institution)  # the idle ones gone, a new one is served
+    assert bank.call("GET", "/openapi.json").status_code == 200
+
+
+def _closed_at_once(context, address) -> bool:
+    """Whether the server closes a new connection before answering anything."""
+    import socket
+    import ssl
+
+    try:
+        with context.wrap_socket(socket.create_connection(address, timeout=10),
+                                 server_hostname="localhost") as extra:  # fmt: skip
+            extra.sendall(b"GET /kar-ws/api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            return extra.recv(1) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+
+
+def test_a_malformed_request_with_an_id_in_it_leaves_no_id_in_the_log(served, ids, caplog):
+    import socket
+    import ssl
+
+    caplog.set_level("DEBUG")
+    customer = ids.person()
+    context = ssl.create_default_context(cafile=str(served.pki.ca))
+    context.load_cert_chain(served.pki.institution.cert, served.pki.institution.key)
+    address = ("localhost", served.server.rest_port)
+    for request in (
+        f"GET /kar-ws/api/v1{OWN} HTTP/1.1\r\nCustomerID: {customer}\x01\r\n\r\n",
+        f"GET /kar-ws/api/v1/{customer}\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"{customer} /x HTTP/1.1\r\n\r\n",
+    ):
+        with (
+            socket.create_connection(address, timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(request.encode("latin-1"))
+            answer = tls.recv(65536).decode("latin-1")
+        assert answer.split()[1] == "400" and '"errorCode"' in answer, answer
+        assert customer not in answer
+    assert customer not in caplog.text

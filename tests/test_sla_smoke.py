@@ -19,3 +19,15 @@ def test_the_sla_suite_runs_and_passes_briefly():
     assert "SLA OK:" in output
     for name in ("Report", "Lookup"):
         assert f"grpc     {name}" in output
+
+
+def test_the_rest_sla_suite_runs_and_passes_briefly():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.sla", "--duration", "5", "--rate", "5", "--rest"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "SLA OK:" in output
+    for name in ("REST report", "REST lookup"):
+        assert name in output

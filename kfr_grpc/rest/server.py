@@ -16,8 +16,11 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from kfr_grpc.api.calls import CorrelationIds
 from kfr_grpc.clock import Clock
@@ -74,8 +77,17 @@ class RestServer:
             keepalive_timeout=self._config.idle_connection_seconds,
         )
         await runner.setup()
-        assert runner.server is not None
-        connections = _Connections(runner.server, self._config.max_connections)
+        server = runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+
+        def handler() -> asyncio.Protocol:
+            return _ContractHandler(
+                server, self._refused, loop=loop, access_log=None,
+                keepalive_timeout=self._config.idle_connection_seconds,
+            )  # fmt: skip
+
+        connections = _Connections(handler, self._config.max_connections)
         host, port = host_port(self._config.listen or "")
         try:
             self._listener = await asyncio.get_running_loop().create_server(
@@ -113,16 +125,18 @@ class RestServer:
         except web.HTTPException as error:
             if error.status < 400:
                 raise
-            family = (
-                Family.INSTITUTION if "/financialInstitutions/" in request.path else (Family.AGENCY)
-            )
-            correlation_id = self._correlation_ids.fresh()
-            refusal = plain_refusal(error.status, family, _reason(error))
-            response = web.json_response(refusal.body(self._clock.now()), status=error.status)
-            response.headers[CORRELATION_HEADER] = correlation_id
+            response = self._refused(error.status, request.path, _reason(error))
             if isinstance(error, web.HTTPMethodNotAllowed):
                 response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))
             return response
+
+    def _refused(self, status: int, path: str, reason: str) -> web.Response:
+        """An answer in the contract's body to a request refused before any route."""
+        family = Family.INSTITUTION if "/financialInstitutions/" in path else Family.AGENCY
+        refusal = plain_refusal(status, family, reason)
+        response = web.json_response(refusal.body(self._clock.now()), status=status)
+        response.headers[CORRELATION_HEADER] = self._correlation_ids.fresh()
+        return response
 
 
 def _reason(error: web.HTTPException) -> str:
@@ -133,6 +147,31 @@ def _reason(error: web.HTTPException) -> str:
     if error.status == 413:
         return "the request body is larger than this path takes"
     return error.reason
+
+
+class _ContractHandler(RequestHandler):
+    """aiohttp's protocol for one connection, answering a request its parser refuses in
+    the contract's body: without the parser's message or its log record, which quote
+    the request's bytes (a header may hold a customer ID)."""
+
+    def __init__(
+        self, manager: web.Server, refused: Callable[[int, str, str], web.Response], **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._refuse = refused
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        log.info("a malformed HTTP request refused (%d)", status)
+        reason = "not a valid HTTP/1.1 request" if status < 500 else "internal error"
+        response = self._refuse(status, "", reason)
+        response.force_close()
+        return response
 
 
 class _Connections:
