@@ -494,3 +494,44 @@ def test_a_malformed_request_with_an_id_in_it_leaves_no_id_in_the_log(served, id
         assert answer.split()[1] == "400" and '"errorCode"' in answer, answer
         assert customer not in answer
     assert customer not in caplog.text
+
+
+def test_rest_lookups_are_counted_under_their_mandate_and_nothing_else(served, agency, ids):
+    from kfr_grpc.config import load_config
+    from kfr_grpc.server import open_store
+
+    agency.call("GET", LOOKUP, agency_headers(ids.person()))
+    agency.call("GET", LOOKUP, agency_headers("12345678901"))
+    agency.call("GET", LOOKUP, agency_headers(ids.person(), **{"Legal-Mandate": "Other"}))
+    served.stop()  # (the counters are written at shutdown)
+    store = open_store(load_config(served.config_path), readonly=True)
+    try:
+        with store.read() as view:
+            counts = {(c.mandate, tuple(sorted(c.by_status.items()))) for c in view.lookup_counts()}
+    finally:
+        store.close()
+    assert counts == {
+        (MANDATE, (("INVALID_ARGUMENT", 1), ("OK", 1))),
+        ("(not allowed)", (("PERMISSION_DENIED", 1),)),
+    }
+
+
+def test_a_changed_client_ca_bundle_applies_to_new_connections_without_a_restart(served):
+    import requests
+
+    from tests.support import wait_for
+
+    foreign = served.rest(served.pki.foreign_ca_institution)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        foreign.call("GET", "/openapi.json")
+    bundle = served.directory / "client-ca.pem"
+    bundle.write_bytes(served.pki.ca.read_bytes() + served.pki.foreign_authority.cert_pem)
+
+    def served_now() -> bool:
+        try:
+            fresh = served.rest(served.pki.foreign_ca_institution)
+            return fresh.call("GET", "/openapi.json").status_code == 200
+        except requests.exceptions.ConnectionError:
+            return False
+
+    wait_for(served_now, "the new CA bundle to be taken")

@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 import grpc
 from aiohttp import web
@@ -29,7 +30,7 @@ from kfr_grpc.api.calls import CorrelationIds
 from kfr_grpc.api.observability import CallObserver, FinishedCall
 from kfr_grpc.auth.authenticator import Caller
 from kfr_grpc.clock import Clock
-from kfr_grpc.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from kfr_grpc.errors import InvalidArgument, Overloaded, PermissionDenied, Unauthenticated
 from kfr_grpc.register.model import CallInfo
 from kfr_grpc.rest.errors import Family, RestRefusal, ScopeMissing, refusal_for
 
@@ -108,7 +109,7 @@ class RestCalls:
             )
             call = FinishedCall(route.name, correlation_id, route.service)
             if route.family is Family.AGENCY:
-                call.request = _Asked(request.headers.get("Legal-Mandate", ""))
+                call.request = _Asked(legal_mandate(request))
             admitted: Admitted | None = None
             try:
                 admitted = self._admission.admit(route.name, _connection(request))
@@ -126,7 +127,7 @@ class RestCalls:
                 raise
             except Exception as error:
                 refusal = refusal_for(error, route.family, correlation_id)
-                call.over_limit = refusal.status == "RESOURCE_EXHAUSTED"
+                call.over_limit = isinstance(error, Overloaded)  # (no record: see recording)
                 response = self._refused(refusal)
                 code = grpc.StatusCode[refusal.status]
                 await _settled(
@@ -165,6 +166,12 @@ class RestCalls:
 async def _settled(pending: Awaitable[None] | None) -> None:
     if pending is not None:
         await pending
+
+
+def legal_mandate(request: web.Request) -> str:
+    """Legal-Mandate, "formatted encoded text": percent-encoded UTF-8 (a header is
+    Latin-1), so a mandate with "§" arrives whole."""
+    return unquote(request.headers.get("Legal-Mandate", ""))
 
 
 def _connection(request: web.Request) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -22,7 +21,7 @@ from kfr_grpc.errors import InvalidArgument, NotFound, Rejection
 from kfr_grpc.register.model import InstitutionRelation, LookupAnswer, OwnershipType, Role
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.rest.batch import BatchLoader
-from kfr_grpc.rest.calls import RestCall, Route
+from kfr_grpc.rest.calls import RestCall, Route, legal_mandate
 from kfr_grpc.rest.errors import Family
 
 RELATIONSHIP_TYPE = "DSOPBANK"  # the contract's only relationship type
@@ -132,7 +131,7 @@ class RestRoutes:
             from_date=query.get("fromDate", ""),
             to_date=query.get("toDate", ""),
             owner_only=False,
-            legal_mandate=_mandate(call),
+            legal_mandate=legal_mandate(call.request),
             account_info_request_id=call.header("AccountInfoRequestID"),
             only_primary_owner=_BOOLEANS.get((only_primary or "").lower(), False),
         )
@@ -144,7 +143,7 @@ class RestRoutes:
         institutions = await self._queries.collection_account(
             call.caller,
             account_number=call.header("AccountID"),
-            legal_mandate=_mandate(call),
+            legal_mandate=legal_mandate(call.request),
             account_info_request_id=call.header("AccountInfoRequestID"),
         )
         if not institutions:
@@ -179,12 +178,6 @@ def _relation(
     if with_ownership:
         line["ownershipType"] = _OWNERSHIP[relation.ownership]
     return line
-
-
-def _mandate(call: RestCall) -> str:
-    """Legal-Mandate, "formatted encoded text": percent-encoded UTF-8 (a header is
-    Latin-1), so a mandate with "§" arrives whole."""
-    return unquote(call.header("Legal-Mandate"))
 
 
 def _query(call: RestCall, *names: str) -> dict[str, str]:
