@@ -10,7 +10,7 @@ import click
 
 from kfr_grpc.cli.common import DEV_OPTION, kfr_errors, main
 from kfr_grpc.clock import SystemClock
-from kfr_grpc.config import DEFAULT_LISTEN
+from kfr_grpc.config import DEFAULT_LISTEN, load_config
 from kfr_grpc.dev.cluster import DEFAULT_BASE_PORT, create_dev_cluster
 from kfr_grpc.dev.setup import TEST_AGENCY_ORG, TEST_INSTITUTION_ORG, DevSetup, create_dev_setup
 from kfr_grpc.dev.synthetic import synthetic_person_id
@@ -36,6 +36,8 @@ def dev_init(directory: Path, listen: str, metrics_listen: str | None) -> None:
     click.echo(f"  config:      {setup.config}")
     click.echo(f"  institution: {TEST_INSTITUTION_ORG} (institution.crt/.key), registered")
     click.echo(f"  agency:      {TEST_AGENCY_ORG} (agency.crt/.key)")
+    rest = load_config(setup.config).rest.listen
+    click.echo(f"  REST:        https://{rest}/kar-ws/api/v1 (the operator's contract)")
     if not os.environ.get("MAKELEVEL"):  # `make run` starts it itself, right after
         click.echo(f"start the server with: kfr serve --config {setup.config}")
     if listen != DEFAULT_LISTEN:
