@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -70,15 +71,22 @@ _WIRE_NAMES = {
     "institution_org_number": "path fid",
     "start_date": "start date",
     "relationshipType": "path type",
+    "customer_type": "form field customer_type",
     "onlyPrimaryOwner": "query onlyPrimaryOwner",
 }
 _DATE_FIELDS = {"from_date", "to_date", "start_date", "end_date"}
+_SAME_DAY = {"START_ON_PREVIOUS_START", "START_ON_NEXT_START"}
+_SAME_DAY_MESSAGE = (
+    "this customer's relationship began and ended today; a relationship can begin again "
+    "from tomorrow (or reopen the period over gRPC's Correct)"
+)
 _STATUS_OF = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
     "PERMISSION_DENIED": 403,
     "NOT_FOUND": 404,
     "DEADLINE_EXCEEDED": 408,
+    "CANCELLED": 400,  # (the client went away: nobody reads it)
     "ALREADY_EXISTS": 409,
     "FAILED_PRECONDITION": 409,
     "UNAVAILABLE": 503,
@@ -113,7 +121,11 @@ def refusal_for(error: BaseException, family: Family, correlation_id: str) -> Re
     """What the caller is told about ``error``."""
     codes = _CODES[family]
     if not isinstance(error, KfrError) or isinstance(error, CorruptRecord):
-        log.error("unexpected error correlation_id=%s", correlation_id, exc_info=error)
+        # Its type and where, not its message: a library's message may quote the request.
+        log.error(
+            "unexpected error %s correlation_id=%s\n%s", type(error).__name__, correlation_id,
+            "".join(traceback.format_tb(error.__traceback__)),
+        )  # fmt: skip
         return _internal(codes, correlation_id)
     status = error.status
     if status == "INVALID_ARGUMENT" and error.rejections:
@@ -159,12 +171,15 @@ def _exhausted(codes: _Codes, error: KfrError) -> RestRefusal:
 
 def _invalid(codes: _Codes, rejections: tuple[Rejection, ...]) -> RestRefusal:
     """400, with the code of the first rejected field the contract names a code for."""
-    field = _field(rejections[0])
+    first = rejections[0]
+    field = _field(first)
+    if first.code in _SAME_DAY:  # (a report's start: today, the day one began already)
+        return RestRefusal(409, codes.invalid, _SAME_DAY_MESSAGE, "FAILED_PRECONDITION")
     code = (
-        codes.customer if field == "customer_id"
+        codes.relationship_type if first.code == "RELATIONSHIP_TYPE_UNKNOWN"
+        else codes.customer if field == "customer_id"
         else codes.date if field in _DATE_FIELDS
         else codes.account if field == "account_number"
-        else codes.relationship_type if field == "relationshipType"
         else codes.invalid
     )  # fmt: skip
     message = "; ".join(f"{_wire_name(r)}: {r.reason}" for r in rejections[:20])
