@@ -232,7 +232,8 @@ class RestConfig(_Table):
 
     listen: Address | None = None  # host:port of the HTTPS endpoint; None: off
     max_batch_mb: Annotated[float, Field(gt=0, le=64)] = 10.0  # a batch upload, at most
-    # Connections at once; past it new ones wait in the kernel's queue.
+    max_upload_seconds: Annotated[float, Field(gt=0)] = 120.0  # to send a batch upload in
+    # Connections at once (after their TLS handshake); past it a new one is closed at once.
     max_connections: Positive = 1000
     # An idle keep-alive connection is closed after this long.
     idle_connection_seconds: Annotated[float, Field(gt=0)] = 75.0

@@ -361,12 +361,14 @@ async def build_server(
                         register, blocking, validation,
                         max_bytes=int(config.rest.max_batch_mb * 1024 * 1024),
                         read_timeout=settings.request_timeout_seconds,
+                        max_upload_seconds=config.rest.max_upload_seconds,
                     ),
                 ).routes(),
                 RestCalls(authenticator, observer, admission, clock),
                 tls.ssl_context(),
                 clock,
                 shared_port=shared_port,
+                handshake_timeout=settings.request_timeout_seconds,
             )  # fmt: skip
         port = _bind(grpc_server, config.listen, tls)
         maintenance = Maintenance(

@@ -535,3 +535,39 @@ def test_a_changed_client_ca_bundle_applies_to_new_connections_without_a_restart
             return False
 
     wait_for(served_now, "the new CA bundle to be taken")
+
+
+def test_malformed_uploads_are_refused_whole_without_quoting_them(served, bank, ids, caplog):
+    caplog.set_level("DEBUG")
+    customers = [ids.person(), ids.person()]
+    boundary = "----kfr"
+    no_blank_line = (  # the part's headers run straight into the file: a hand-made client's bug
+        f'--{boundary}\r\nContent-Disposition: form-data; name="customer_type"\r\n\r\nDSOPBANK\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="customers"\r\n'
+        f"{customers[0]},{customers[1]}\r\n--{boundary}--\r\n"
+    ).encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    body = error_of(bank.call("POST", BATCH, headers, data=no_blank_line), 400, "KFR-004")
+    assert not any(customer in body["errorMessage"] for customer in customers)
+    extra_headers, upload = old_client_upload(",".join(customers).encode())
+    extra = upload.replace(b'name="customer_type"', b'name="something_else"', 1)
+    error_of(bank.call("POST", BATCH, extra_headers, data=extra), 400, "KFR-004")
+    gzipped = bank.call("POST", BATCH, {**extra_headers, "Content-Encoding": "gzip"}, data=upload)
+    assert "compressed" in error_of(gzipped, 400, "KFR-004")["errorMessage"]
+    assert served.relationship_count() == 0
+    assert not any(customer in caplog.text for customer in customers)
+
+
+def test_report_end_report_on_one_day_says_what_to_do(bank, ids):
+    customer = ids.person()
+    assert bank.call("POST", RELATIONSHIP, {"CustomerID": customer}).status_code == 201
+    assert bank.call("DELETE", RELATIONSHIP, {"CustomerID": customer}).status_code == 204
+    again = bank.call("POST", RELATIONSHIP, {"CustomerID": customer})
+    assert "tomorrow" in error_of(again, 409, "KFR-004")["errorMessage"]
+
+
+def test_a_refusal_for_another_fid_names_no_value(bank, ids):
+    company = ids.company()  # a customer's org number put where the institution's goes
+    path = RELATIONSHIP.replace(INSTITUTION_ORG, company)
+    body = error_of(bank.call("POST", path, {"CustomerID": ids.person()}), 403, "KFR-003")
+    assert company not in body["errorMessage"]

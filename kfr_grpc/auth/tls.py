@@ -77,6 +77,9 @@ class ServerTls:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cadata=trust.ca_pem.decode("ascii"))
         context.set_alpn_protocols(["http/1.1"])
+        # No resumption: a resumed session skips the chain's check against today's trust.
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
         # (``ssl`` reads a key pair from files only: the configured ones, checked already)
         context.load_cert_chain(self._files[0], self._files[1])
         self._contexts = (pair, trust, context)

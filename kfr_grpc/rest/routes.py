@@ -17,7 +17,7 @@ from aiohttp import web
 from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.queries import AgencyQueries
 from kfr_grpc.auth.policy import AccessPolicy
-from kfr_grpc.errors import InvalidArgument, NotFound, Rejection
+from kfr_grpc.errors import InvalidArgument, NotFound, PermissionDenied, Rejection
 from kfr_grpc.register.model import InstitutionRelation, LookupAnswer, OwnershipType, Role
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.rest.batch import BatchLoader
@@ -94,13 +94,13 @@ class RestRoutes:
 
     async def batch(self, call: RestCall) -> web.Response:
         _no_query(call)
-        institution = self._policy.acting_institution(call.caller, call.request.match_info["fid"])
+        institution = self._acting(call)
         load = await self._batches.load(call, call.call_for(institution))
         return web.json_response(load, status=201)
 
     async def own(self, call: RestCall) -> web.Response:
         query = _query(call, "fromDate", "toDate")
-        institution = self._policy.acting_institution(call.caller, call.request.match_info["fid"])
+        institution = self._acting(call)
         answer = await self._blocking.run(
             self._register.own_relation, call.call_for(institution), call.header("CustomerID"),
             query.get("fromDate", ""), query.get("toDate", ""),
@@ -110,12 +110,28 @@ class RestRoutes:
     def _institution(self, call: RestCall):
         """The call for the path's institution, once the caller may act for it and the
         relationship type is the contract's."""
-        institution = self._policy.acting_institution(call.caller, call.request.match_info["fid"])
+        institution = self._acting(call)
         if call.request.match_info["type"] != RELATIONSHIP_TYPE:
             raise InvalidArgument.field(
                 "relationshipType", f"must be {RELATIONSHIP_TYPE}", "RELATIONSHIP_TYPE_UNKNOWN"
             )
         return call.call_for(institution)
+
+    def _acting(self, call: RestCall) -> str:
+        """The path's institution, once the caller may act for it. The refusals name no
+        value (a mistaken fid could be a customer's org number)."""
+        try:
+            return self._policy.acting_institution(call.caller, call.request.match_info["fid"])
+        except PermissionDenied:
+            raise PermissionDenied(
+                "the path's fid is not the organisation this call is made for (the access "
+                "token's consumer)"
+            ) from None
+        except InvalidArgument:
+            raise InvalidArgument.field(
+                "institution_org_number", "is not a valid organisation number (9 digits, check "
+                "digit)", "ORG_NUMBER_INVALID",
+            ) from None  # fmt: skip
 
     # --- agencies -------------------------------------------------------------------------
 

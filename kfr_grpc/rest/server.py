@@ -43,12 +43,14 @@ class RestServer:
         clock: Clock,
         *,
         shared_port: bool = False,
+        handshake_timeout: float = 10.0,
     ) -> None:
         assert config.listen is not None
         self._config = config
         self._context = context
         self._clock = clock
         self._shared_port = shared_port
+        self._handshake_timeout = handshake_timeout  # a connection's TLS handshake, at most
         self._correlation_ids = CorrelationIds()
         self._app = web.Application(
             middlewares=[self._contract_errors], client_max_size=_SMALL_BODY_BYTES
@@ -83,7 +85,7 @@ class RestServer:
 
         def handler() -> asyncio.Protocol:
             return _ContractHandler(
-                server, self._refused, loop=loop, access_log=None,
+                server, self._refused, loop=loop, access_log=None, auto_decompress=False,
                 keepalive_timeout=self._config.idle_connection_seconds,
             )  # fmt: skip
 
@@ -93,6 +95,7 @@ class RestServer:
             self._listener = await asyncio.get_running_loop().create_server(
                 connections.protocol, host.strip("[]"), port, ssl=self._context,
                 reuse_port=self._shared_port or None, backlog=128,
+                ssl_handshake_timeout=self._handshake_timeout,
             )  # fmt: skip
         except OSError as error:
             await runner.cleanup()
@@ -167,11 +170,22 @@ class _ContractHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        log.info("a malformed HTTP request refused (%d)", status)
+        if status >= 500:  # (its type, not its message: it may quote the request)
+            log.error("aiohttp failed a request (%d): %s", status, type(exc).__name__)
+        else:
+            log.info("a malformed HTTP request refused (%d)", status)
         reason = "not a valid HTTP/1.1 request" if status < 500 else "internal error"
-        response = self._refuse(status, "", reason)
+        response = self._refuse(status, _path_of(request), reason)
         response.force_close()
         return response
+
+
+def _path_of(request: BaseRequest) -> str:
+    """The path, if the parser got that far ("" if not)."""
+    try:
+        return request.path
+    except Exception:
+        return ""
 
 
 class _Connections:
