@@ -18,7 +18,7 @@ from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.queries import AgencyQueries
 from kfr_grpc.auth.policy import AccessPolicy
 from kfr_grpc.errors import InvalidArgument, NotFound, PermissionDenied, Rejection
-from kfr_grpc.register.model import InstitutionRelation, LookupAnswer, OwnershipType, Role
+from kfr_grpc.register.model import CallInfo, InstitutionRelation, LookupAnswer, OwnershipType, Role
 from kfr_grpc.register.service import EndItem, Register, ReportItem
 from kfr_grpc.rest.batch import BatchLoader
 from kfr_grpc.rest.calls import RestCall, Route, legal_mandate
@@ -107,7 +107,7 @@ class RestRoutes:
         )  # fmt: skip
         return _banks(answer, with_ownership=False)
 
-    def _institution(self, call: RestCall):
+    def _institution(self, call: RestCall) -> CallInfo:
         """The call for the path's institution, once the caller may act for it and the
         relationship type is the contract's."""
         institution = self._acting(call)
