@@ -1,6 +1,7 @@
 """An asyncio client of the REST endpoint for the benchmarks: aiohttp over mutual TLS with
 the dev setup's certificates and certificate-bound tokens, one keep-alive connection per
-call in flight. A call answered with another status than expected raises ``Refused``."""
+call in flight. A call that fails, or is answered with another status than expected,
+raises ``RestFailed``."""
 
 from __future__ import annotations
 
@@ -11,14 +12,11 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bench.rest_failure import RestFailed
 from kfr_grpc.dev.clients import Clients, Identity
 from kfr_grpc.dev.setup import TEST_INSTITUTION_ORG, TEST_MANDATE
 
 _RELATIONSHIP = f"/customers/financialInstitutions/{TEST_INSTITUTION_ORG}/relationshipType/DSOPBANK"
-
-
-class Refused(Exception):
-    """A REST call answered with an unexpected status."""
 
 
 class RestLoad:
@@ -57,10 +55,15 @@ class RestLoad:
     ) -> None:
         assert self._session is not None
         sent = {"CorrelationID": str(uuid.uuid4()), **headers}
-        async with self._session.request(method, self._base + path, headers=sent, **kwargs) as r:
-            await r.read()
-            if r.status not in expected:
-                raise Refused(f"{method} {path}: {r.status}")
+        try:
+            async with self._session.request(
+                method, self._base + path, headers=sent, **kwargs
+            ) as response:
+                await response.read()
+        except aiohttp.ClientError as error:
+            raise RestFailed(f"{method} {path}: {type(error).__name__}") from error
+        if response.status not in expected:
+            raise RestFailed(f"{method} {path}: {response.status}")
 
 
 def caller(call: Callable[[str], Awaitable[None]], customers) -> Callable[[], Awaitable[None]]:

@@ -17,7 +17,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -53,12 +53,11 @@ from kfr_grpc.register.enumeration import EnumerationSettings, EnumerationWatch,
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register
 from kfr_grpc.register.statistics import LookupStatistics
-from kfr_grpc.rest.batch import BatchLoader
-from kfr_grpc.rest.calls import RestCalls
-from kfr_grpc.rest.routes import BATCH_ROUTE, RestRoutes
-from kfr_grpc.rest.server import RestServer
 from kfr_grpc.store import LmdbStore
 from kfr_grpc.watched import WatchedFiles
+
+if TYPE_CHECKING:
+    from kfr_grpc.rest.server import RestServer
 
 log = logging.getLogger("kfr.server")
 Store = LmdbStore | ReplicatedStore
@@ -141,6 +140,8 @@ REPORT_STREAM = f"/{_service_name('InstitutionService')}/ReportStream"
 RECONCILE = f"/{_service_name('InstitutionService')}/Reconcile"
 LOOKUP_COLLECTION_ACCOUNT = f"/{_service_name('LookupService')}/LookupCollectionAccount"
 REFLECTION = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
+# The REST batch upload, as admission names it (kfr_grpc.rest.routes.BATCH_ROUTE).
+REST_BATCH = "REST POST /customers/financialInstitutions/{fid}/batch"
 MAX_REFLECTION_STREAMS = 8  # an operator's grpcurl or grpcui needs one at a time
 # gRPC's own hard limits sit above the server's, which refuse with a reason, are counted
 # and logged; gRPC's would refuse silently. (Messages: 1.25 x, connections' streams: 2 x.)
@@ -170,7 +171,7 @@ class KfrServer:
     blocking: Blocking
     validation: ProcessPoolExecutor | None
     interceptor: RequestInterceptor
-    rest: RestServer | None = None
+    rest: RestServer | None = None  # (kfr_grpc.rest, loaded only when configured)
     metrics_port: int = 0
     rest_port: int = 0
     _metrics_http: Any = None
@@ -321,7 +322,7 @@ async def build_server(
                 per_method={
                     REPORT_STREAM: (settings.max_bulk_streams, "server.max_bulk_streams"),
                     RECONCILE: (settings.max_bulk_streams, "server.max_bulk_streams"),
-                    BATCH_ROUTE: (settings.max_bulk_streams, "server.max_bulk_streams"),
+                    REST_BATCH: (settings.max_bulk_streams, "server.max_bulk_streams"),
                     REFLECTION: (MAX_REFLECTION_STREAMS, "reflection streams at once"),
                 },
                 rate_of=policy.rate_of,
@@ -353,22 +354,9 @@ async def build_server(
         )
         rest = None
         if config.rest.listen is not None:
-            rest = RestServer(
-                config.rest,
-                RestRoutes(
-                    register, policy, blocking, queries,
-                    BatchLoader(
-                        register, blocking, validation,
-                        max_bytes=int(config.rest.max_batch_mb * 1024 * 1024),
-                        read_timeout=settings.request_timeout_seconds,
-                        max_upload_seconds=config.rest.max_upload_seconds,
-                    ),
-                ).routes(),
-                RestCalls(authenticator, observer, admission, clock),
-                tls.ssl_context(),
-                clock,
-                shared_port=shared_port,
-                handshake_timeout=settings.request_timeout_seconds,
+            rest = _rest_server(
+                config, register, policy, blocking, queries, validation, authenticator,
+                observer, admission, tls, clock, shared_port=shared_port,
             )  # fmt: skip
         port = _bind(grpc_server, config.listen, tls)
         maintenance = Maintenance(
@@ -396,6 +384,47 @@ async def build_server(
         validation=validation,
         interceptor=interceptor,
         rest=rest,
+    )
+
+
+def _rest_server(
+    config: Config,
+    register: Register,
+    policy: AccessPolicy,
+    blocking: Blocking,
+    queries: AgencyQueries,
+    validation: ProcessPoolExecutor | None,
+    authenticator: Authenticator,
+    observer: CallObserver,
+    admission: Admission,
+    tls: ServerTls,
+    clock: Clock,
+    *,
+    shared_port: bool,
+) -> RestServer:
+    """The REST endpoint, on the same parts as gRPC's. Its modules (and aiohttp) are
+    loaded only for a server that serves it."""
+    from kfr_grpc.rest.batch import BatchLoader
+    from kfr_grpc.rest.calls import RestCalls
+    from kfr_grpc.rest.routes import BATCH_ROUTE, RestRoutes
+    from kfr_grpc.rest.server import RestServer
+
+    assert BATCH_ROUTE == REST_BATCH
+    settings = config.server
+    batches = BatchLoader(
+        register, blocking, validation,
+        max_bytes=int(config.rest.max_batch_mb * 1024 * 1024),
+        read_timeout=settings.request_timeout_seconds,
+        max_upload_seconds=config.rest.max_upload_seconds,
+    )  # fmt: skip
+    return RestServer(
+        config.rest,
+        RestRoutes(register, policy, blocking, queries, batches).routes(),
+        RestCalls(authenticator, observer, admission, clock),
+        tls.ssl_context(),
+        clock,
+        shared_port=shared_port,
+        handshake_timeout=settings.request_timeout_seconds,
     )
 
 
