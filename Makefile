@@ -66,7 +66,7 @@ bench-compaction: install
 
 # The Locust SLA suite, headless: 10 requests/s for DURATION (90, 90s, 10m; at least 60 s).
 # CLUSTER=1: against a local cluster (3 etcd members, 3 nodes), one node killed half way.
-# REST=1: the same mix over the REST contract. RATE=500: another rate (default 10/s).
+# REST=1: the same mix over the REST contract. RATE=N: N users at 1 request/s (default 10).
 sla: DURATION ?= 60
 sla: RATE ?= 10
 sla: install
