@@ -53,6 +53,7 @@ from kfr_grpc.register.enumeration import EnumerationSettings, EnumerationWatch,
 from kfr_grpc.register.operations import Operations
 from kfr_grpc.register.service import Register
 from kfr_grpc.register.statistics import LookupStatistics
+from kfr_grpc.rest import BATCH_ROUTE
 from kfr_grpc.store import LmdbStore
 from kfr_grpc.watched import WatchedFiles
 
@@ -140,8 +141,6 @@ REPORT_STREAM = f"/{_service_name('InstitutionService')}/ReportStream"
 RECONCILE = f"/{_service_name('InstitutionService')}/Reconcile"
 LOOKUP_COLLECTION_ACCOUNT = f"/{_service_name('LookupService')}/LookupCollectionAccount"
 REFLECTION = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
-# The REST batch upload, as admission names it (kfr_grpc.rest.routes.BATCH_ROUTE).
-REST_BATCH = "REST POST /customers/financialInstitutions/{fid}/batch"
 MAX_REFLECTION_STREAMS = 8  # an operator's grpcurl or grpcui needs one at a time
 # gRPC's own hard limits sit above the server's, which refuse with a reason, are counted
 # and logged; gRPC's would refuse silently. (Messages: 1.25 x, connections' streams: 2 x.)
@@ -322,7 +321,7 @@ async def build_server(
                 per_method={
                     REPORT_STREAM: (settings.max_bulk_streams, "server.max_bulk_streams"),
                     RECONCILE: (settings.max_bulk_streams, "server.max_bulk_streams"),
-                    REST_BATCH: (settings.max_bulk_streams, "server.max_bulk_streams"),
+                    BATCH_ROUTE: (settings.max_bulk_streams, "server.max_bulk_streams"),
                     REFLECTION: (MAX_REFLECTION_STREAMS, "reflection streams at once"),
                 },
                 rate_of=policy.rate_of,
@@ -406,10 +405,9 @@ def _rest_server(
     loaded only for a server that serves it."""
     from kfr_grpc.rest.batch import BatchLoader
     from kfr_grpc.rest.calls import RestCalls
-    from kfr_grpc.rest.routes import BATCH_ROUTE, RestRoutes
+    from kfr_grpc.rest.routes import RestRoutes
     from kfr_grpc.rest.server import RestServer
 
-    assert BATCH_ROUTE == REST_BATCH
     settings = config.server
     batches = BatchLoader(
         register, blocking, validation,

@@ -61,18 +61,22 @@ class AccessPolicy:
         """How often ``organisation`` may call."""
         return self._rates.get(organisation, self._common_rate)
 
-    def acting_institution(self, caller: Caller, institution_org_number: str) -> str:
-        """The institution a request acts for, after checking the caller may act for it."""
+    def acting_institution(
+        self, caller: Caller, institution_org_number: str, field: str = "institution_org_number"
+    ) -> str:
+        """The institution a request acts for, after checking the caller may act for it.
+        ``field`` names where the request carries it; a refusal names no value (a
+        mistaken one could be a customer's org number)."""
         if not institution_org_number.strip():
-            raise InvalidArgument.field("institution_org_number", "is required", "REQUIRED")
+            raise InvalidArgument.field(field, "is required", "REQUIRED")
         try:
             claimed = parse_org_number(institution_org_number)
         except InvalidValue as error:
-            raise InvalidArgument.field("institution_org_number", str(error), error.code) from None
+            raise InvalidArgument.field(field, str(error), error.code) from None
         if claimed != caller.org_number:
             raise PermissionDenied(
-                f"institution_org_number {claimed} is not the organisation {caller.org_number} "
-                "this call is made for (the access token's consumer)"
+                f"{field} is not the organisation {caller.org_number} this call is made for "
+                "(the access token's consumer)"
             )
         return claimed
 

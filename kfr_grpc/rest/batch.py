@@ -154,13 +154,14 @@ class BatchLoader:
         current = next(chunks, None)
         if current is None:
             raise _invalid("customers", "holds no entry", "BATCH_EMPTY")
+        validate = self._register.row_validator()  # (today's date: once per load)
         done = BulkLoad()
-        validating = self._validate(current)
+        validating = self._validate(validate, current)
         while True:
             validated = await validating
             following = next(chunks, None)
             if following is not None:
-                validating = self._validate(following)
+                validating = self._validate(validate, following)
             try:
                 done = await self._blocking.run(
                     self._apply, info, done, validated, following is None
@@ -173,9 +174,10 @@ class BatchLoader:
     def _apply(self, info: CallInfo, done: BulkLoad, chunk: ValidatedRows, last: bool) -> BulkLoad:
         return self._register.apply_chunks(info, done, [chunk], last=last)
 
-    def _validate(self, entries: list[str]) -> asyncio.Future[ValidatedRows]:
+    def _validate(
+        self, validate: Callable[[list[Row]], ValidatedRows], entries: list[str]
+    ) -> asyncio.Future[ValidatedRows]:
         rows = [_row(entry) for entry in entries]
-        validate: Callable[[list[Row]], ValidatedRows] = self._register.row_validator()
         loop = asyncio.get_running_loop()
         if self._validation is None:
             future: asyncio.Future[ValidatedRows] = loop.create_future()

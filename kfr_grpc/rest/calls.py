@@ -27,15 +27,15 @@ from aiohttp import web
 from kfr_grpc.api.admission import Admission, Admitted
 from kfr_grpc.api.authentication import CallAuthenticator
 from kfr_grpc.api.calls import CorrelationIds
-from kfr_grpc.api.observability import CallObserver, FinishedCall
+from kfr_grpc.api.observability import CallObserver, FinishedCall, service_of
 from kfr_grpc.auth.authenticator import Caller
 from kfr_grpc.clock import Clock
 from kfr_grpc.errors import InvalidArgument, Overloaded, PermissionDenied, Unauthenticated
 from kfr_grpc.register.model import CallInfo
+from kfr_grpc.rest import route_name
 from kfr_grpc.rest.errors import Family, RestRefusal, ScopeMissing, refusal_for
 
 CORRELATION_HEADER = "CorrelationID"
-BASE_PATH = "/kar-ws/api/v1"
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class RestCall:
     caller_or_none: Caller | None  # None on the one open route (the OpenAPI document)
     correlation_id: str
     name: str  # the route, as logs and the request log name it
+    legal_mandate: str = ""  # an agency's Legal-Mandate, decoded
 
     @property
     def caller(self) -> Caller:
@@ -77,11 +78,7 @@ class Route:
 
     @property
     def name(self) -> str:
-        return f"REST {self.method} {self.path}"
-
-    @property
-    def service(self) -> str:
-        return self.scope_of.strip("/").split("/", 1)[0]
+        return route_name(self.method, self.path)
 
 
 class RestCalls:
@@ -102,17 +99,21 @@ class RestCalls:
         self._pem = functools.lru_cache(maxsize=4096)(_pem)
 
     def wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        name, service = route.name, service_of(route.scope_of)
+        agency = route.family is Family.AGENCY
+
         async def handle(request: web.Request) -> web.StreamResponse:
             sent = request.headers.getall(CORRELATION_HEADER, [])
             correlation_id, valid = self._correlation_ids.of(
                 [("correlation-id", value) for value in sent[:1]]
             )
-            call = FinishedCall(route.name, correlation_id, route.service)
-            if route.family is Family.AGENCY:
-                call.request = _Asked(legal_mandate(request))
+            call = FinishedCall(name, correlation_id, service)
+            mandate = _legal_mandate(request) if agency else ""
+            if agency:
+                call.request = _Asked(mandate)
             admitted: Admitted | None = None
             try:
-                admitted = self._admission.admit(route.name, _connection(request))
+                admitted = self._admission.admit(name, _connection(request))
                 if route.authenticated:
                     call.caller = self._identify(request, route)
                     admitted.identified(call.caller.org_number)
@@ -120,7 +121,7 @@ class RestCalls:
                     raise InvalidArgument.field(
                         CORRELATION_HEADER, "is required: one UUID per request", "UUID_MALFORMED"
                     )
-                rest_call = RestCall(request, call.caller, correlation_id, route.name)
+                rest_call = RestCall(request, call.caller, correlation_id, name, mandate)
                 response = await route.handler(rest_call)
             except asyncio.CancelledError:
                 await _settled(self._observer.finish(call, grpc.StatusCode.CANCELLED, "gone"))
@@ -168,7 +169,7 @@ async def _settled(pending: Awaitable[None] | None) -> None:
         await pending
 
 
-def legal_mandate(request: web.Request) -> str:
+def _legal_mandate(request: web.Request) -> str:
     """Legal-Mandate, "formatted encoded text": percent-encoded UTF-8 (a header is
     Latin-1), so a mandate with "§" arrives whole."""
     return unquote(request.headers.get("Legal-Mandate", ""))

@@ -68,12 +68,12 @@ _WIRE_NAMES = {
     "legal_mandate": "header Legal-Mandate",
     "account_info_request_id": "header AccountInfoRequestID",
     "account_number": "header AccountID",
-    "institution_org_number": "path fid",
     "start_date": "start date",
     "relationshipType": "path type",
     "customer_type": "form field customer_type",
     "onlyPrimaryOwner": "query onlyPrimaryOwner",
 }
+_LISTED = 20  # rejections a message spells out
 _DATE_FIELDS = {"from_date", "to_date", "start_date", "end_date"}
 _SAME_DAY = {"START_ON_PREVIOUS_START", "START_ON_NEXT_START"}
 _SAME_DAY_MESSAGE = (
@@ -182,16 +182,18 @@ def _invalid(codes: _Codes, rejections: tuple[Rejection, ...]) -> RestRefusal:
         else codes.account if field == "account_number"
         else codes.invalid
     )  # fmt: skip
-    message = "; ".join(f"{_wire_name(r)}: {r.reason}" for r in rejections[:20])
-    if len(rejections) > 20:
-        message += f"; and {len(rejections) - 20} more"
-    return RestRefusal(400, code, message, "INVALID_ARGUMENT", rejections)
+    return RestRefusal(400, code, _described(rejections), "INVALID_ARGUMENT", rejections)
 
 
 def _message(error: KfrError) -> str:
-    if not error.rejections:
-        return str(error)
-    return "; ".join(f"{_wire_name(r)}: {r.reason}" for r in error.rejections[:20])
+    return _described(error.rejections) if error.rejections else str(error)
+
+
+def _described(rejections: tuple[Rejection, ...]) -> str:
+    """The rejections by the names the contract's requests use, the first 20 spelled out."""
+    shown = "; ".join(f"{_wire_name(r)}: {r.reason}" for r in rejections[:_LISTED])
+    hidden = len(rejections) - _LISTED
+    return shown + (f"; and {hidden} more" if hidden > 0 else "")
 
 
 def _field(rejection: Rejection) -> str:

@@ -17,16 +17,15 @@ from aiohttp import web
 from kfr_grpc.api.blocking import Blocking
 from kfr_grpc.api.queries import AgencyQueries
 from kfr_grpc.auth.policy import AccessPolicy
-from kfr_grpc.errors import InvalidArgument, NotFound, PermissionDenied, Rejection
+from kfr_grpc.errors import InvalidArgument, NotFound, Rejection
 from kfr_grpc.register.model import CallInfo, InstitutionRelation, LookupAnswer, OwnershipType, Role
 from kfr_grpc.register.service import EndItem, Register, ReportItem
+from kfr_grpc.rest import BATCH_PATH, INSTITUTION_PATH
 from kfr_grpc.rest.batch import BatchLoader
-from kfr_grpc.rest.calls import RestCall, Route, legal_mandate
+from kfr_grpc.rest.calls import RestCall, Route
 from kfr_grpc.rest.errors import Family
 
 RELATIONSHIP_TYPE = "DSOPBANK"  # the contract's only relationship type
-_INSTITUTIONS = "/customers/financialInstitutions/{fid}"
-BATCH_ROUTE = f"REST POST {_INSTITUTIONS}/batch"  # (Route.name: admission caps them)
 _OWNERSHIP = {
     OwnershipType.PRIMARY_OWNER: "primaryOwner",
     OwnershipType.NOT_PRIMARY_OWNER: "notPrimaryOwner",
@@ -57,16 +56,16 @@ class RestRoutes:
 
     def routes(self) -> list[Route]:
         institution, agency = Family.INSTITUTION, Family.AGENCY
-        relationship = f"{_INSTITUTIONS}/relationshipType/{{type}}"
+        relationship = f"{INSTITUTION_PATH}/relationshipType/{{type}}"
         report = _grpc("InstitutionService", "Report")
         return [
             Route("POST", relationship, institution, report, self.report),
             Route("DELETE", relationship, institution, _grpc("InstitutionService", "End"),
                   self.end),
-            Route("POST", f"{_INSTITUTIONS}/batch", institution,
+            Route("POST", BATCH_PATH, institution,
                   _grpc("InstitutionService", "ReportStream"), self.batch),
-            Route("GET", f"{_INSTITUTIONS}/", institution, _grpc("InstitutionService", "ListOwn"),
-                  self.own),
+            Route("GET", f"{INSTITUTION_PATH}/", institution,
+                  _grpc("InstitutionService", "ListOwn"), self.own),
             Route("GET", "/customers/customerRelationships", agency,
                   _grpc("LookupService", "Lookup"), self.lookup),
             Route("GET", "/customers/accountServicingProvider", agency,
@@ -118,20 +117,9 @@ class RestRoutes:
         return call.call_for(institution)
 
     def _acting(self, call: RestCall) -> str:
-        """The path's institution, once the caller may act for it. The refusals name no
-        value (a mistaken fid could be a customer's org number)."""
-        try:
-            return self._policy.acting_institution(call.caller, call.request.match_info["fid"])
-        except PermissionDenied:
-            raise PermissionDenied(
-                "the path's fid is not the organisation this call is made for (the access "
-                "token's consumer)"
-            ) from None
-        except InvalidArgument:
-            raise InvalidArgument.field(
-                "institution_org_number", "is not a valid organisation number (9 digits, check "
-                "digit)", "ORG_NUMBER_INVALID",
-            ) from None  # fmt: skip
+        """The path's institution, once the caller may act for it."""
+        fid = call.request.match_info["fid"]
+        return self._policy.acting_institution(call.caller, fid, field="path fid")
 
     # --- agencies -------------------------------------------------------------------------
 
@@ -147,7 +135,7 @@ class RestRoutes:
             from_date=query.get("fromDate", ""),
             to_date=query.get("toDate", ""),
             owner_only=False,
-            legal_mandate=legal_mandate(call.request),
+            legal_mandate=call.legal_mandate,
             account_info_request_id=call.header("AccountInfoRequestID"),
             only_primary_owner=_BOOLEANS.get((only_primary or "").lower(), False),
         )
@@ -159,7 +147,7 @@ class RestRoutes:
         institutions = await self._queries.collection_account(
             call.caller,
             account_number=call.header("AccountID"),
-            legal_mandate=legal_mandate(call.request),
+            legal_mandate=call.legal_mandate,
             account_info_request_id=call.header("AccountInfoRequestID"),
         )
         if not institutions:

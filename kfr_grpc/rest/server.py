@@ -26,7 +26,8 @@ from kfr_grpc.api.calls import CorrelationIds
 from kfr_grpc.clock import Clock
 from kfr_grpc.config import RestConfig, host_port
 from kfr_grpc.errors import ConfigError
-from kfr_grpc.rest.calls import BASE_PATH, CORRELATION_HEADER, RestCalls, Route
+from kfr_grpc.rest import BASE_PATH
+from kfr_grpc.rest.calls import CORRELATION_HEADER, RestCalls, Route
 from kfr_grpc.rest.errors import Family, plain_refusal
 
 log = logging.getLogger("kfr.rest")
