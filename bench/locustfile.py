@@ -130,10 +130,48 @@ def _draw_start_line(environment: Any, **_: Any) -> None:
     environment.kfr_start_line = _StartLine(environment.runner)
 
 
-class RegisterUser(User):
-    """An institution's integration and an agency, one request per second in all."""
+class _Mix(User):
+    """The SLA mix, whatever the wire: 3 reports (a new customer each), 1 end (of one
+    reported before), 6 lookups (8 in 10 of a customer reported before), one request per
+    second in all. The wire's users say how each is sent."""
 
+    abstract = True
     wait_time = constant_throughput(1)
+
+    def _begin_mix(self) -> None:
+        self.rng = random.Random()
+        self.known: list[str] = []
+
+    @task(3)
+    def report(self) -> None:
+        customer = synthetic_person_id(self.rng)
+        if self._report(customer):
+            self.known = [*self.known[-_KNOWN_PER_USER:], customer]
+
+    @task(1)
+    def end(self) -> None:
+        if not self.known:
+            return self.report()
+        self._end(self.known.pop(self.rng.randrange(len(self.known))))
+        return None
+
+    @task(6)
+    def lookup(self) -> None:
+        known = self.known and self.rng.random() < 0.8
+        self._lookup(self.rng.choice(self.known) if known else synthetic_person_id(self.rng))
+
+    def _report(self, customer: str) -> bool:
+        raise NotImplementedError
+
+    def _end(self, customer: str) -> None:
+        raise NotImplementedError
+
+    def _lookup(self, customer: str) -> None:
+        raise NotImplementedError
+
+
+class RegisterUser(_Mix):
+    """An institution's integration and an agency over gRPC."""
 
     def on_start(self) -> None:
         target = self.host or os.environ.get("KFR_TARGET", "localhost:50051")
@@ -145,39 +183,27 @@ class RegisterUser(User):
             _warm_up(client, who)
         self.environment.kfr_start_line.arrive()
         self.mandate = _setting("KFR_MANDATE", lambda: TEST_MANDATE)
-        self.rng = random.Random()
-        self.known: list[str] = []
+        self._begin_mix()
 
     def on_stop(self) -> None:
         self.writer.close()
         self.reader.close()
 
-    @task(3)
-    def report(self) -> None:
-        customer = synthetic_person_id(self.rng)
+    def _report(self, customer: str) -> bool:
         request = pb.ReportRequest(
             institution_org_number=self.institution.org,
             relationships=[pb.Relationship(customer_id=customer, role=pb.ROLE_OWNER)],
         )
-        if self._timed("Report", self.writer.institutions.Report, request, self.institution):
-            self.known = [*self.known[-_KNOWN_PER_USER:], customer]
+        return self._timed("Report", self.writer.institutions.Report, request, self.institution)
 
-    @task(1)
-    def end(self) -> None:
-        if not self.known:
-            return self.report()
-        customer = self.known.pop(self.rng.randrange(len(self.known)))
+    def _end(self, customer: str) -> None:
         request = pb.EndRequest(
             institution_org_number=self.institution.org,
             endings=[pb.Ending(customer_id=customer, role=pb.ROLE_OWNER)],
         )
         self._timed("End", self.writer.institutions.End, request, self.institution)
-        return None
 
-    @task(6)
-    def lookup(self) -> None:
-        known = self.known and self.rng.random() < 0.8
-        customer = self.rng.choice(self.known) if known else synthetic_person_id(self.rng)
+    def _lookup(self, customer: str) -> None:
         request = pb.LookupRequest(
             customer_id=customer,
             from_date="2016-01-01",
@@ -205,13 +231,11 @@ class RegisterUser(User):
         return error is None
 
 
-class RestUser(HttpUser):
-    """RegisterUser's mix over the REST contract (``--host`` its base URL): reports
+class RestUser(_Mix, HttpUser):
+    """The mix over the REST contract (``--host`` its base URL): reports
     (POST), ends (DELETE) and lookups (GET), as an institution's and an agency's
     integration would make them, each over its own keep-alive connection, connected
     before the clock runs as RegisterUser's are."""
-
-    wait_time = constant_throughput(1)
 
     def on_start(self) -> None:
         self.institution = _Identity("institution", TEST_INSTITUTION_ORG, "bits:kundeforhold.write")
@@ -227,8 +251,7 @@ class RestUser(HttpUser):
         for session in (self.writer, self.reader):
             _connect(session)
         self.environment.kfr_start_line.arrive()  # (see _StartLine)
-        self.rng = random.Random()
-        self.known: list[str] = []
+        self._begin_mix()
 
     @staticmethod
     def _session(session: HttpSession, who: _Identity) -> HttpSession:
@@ -238,26 +261,15 @@ class RestUser(HttpUser):
         session.headers["Authorization"] = f"Bearer {who.token}"
         return session
 
-    @task(3)
-    def report(self) -> None:
-        customer = synthetic_person_id(self.rng)
-        if self._call(self.writer, "POST", self.relationship, "REST report", {201, 200},
-                      {"CustomerID": customer}):  # fmt: skip
-            self.known = [*self.known[-_KNOWN_PER_USER:], customer]
+    def _report(self, customer: str) -> bool:
+        return self._call(self.writer, "POST", self.relationship, "REST report", {201, 200},
+                          {"CustomerID": customer})  # fmt: skip
 
-    @task(1)
-    def end(self) -> None:
-        if not self.known:
-            return self.report()
-        customer = self.known.pop(self.rng.randrange(len(self.known)))
+    def _end(self, customer: str) -> None:
         self._call(self.writer, "DELETE", self.relationship, "REST end", {204},
                    {"CustomerID": customer})  # fmt: skip
-        return None
 
-    @task(6)
-    def lookup(self) -> None:
-        known = self.known and self.rng.random() < 0.8
-        customer = self.rng.choice(self.known) if known else synthetic_person_id(self.rng)
+    def _lookup(self, customer: str) -> None:
         headers = {
             "CustomerID": customer, "Legal-Mandate": self.mandate,
             "AccountInfoRequestID": str(uuid.uuid4()),

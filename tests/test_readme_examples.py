@@ -70,18 +70,13 @@ def test_the_python_client_runs_as_written(served: Served, ids):
     assert lines[3] == "311000004 Testbanken KFR True"
 
 
-@pytest.mark.skipif(
-    not BUF.exists() and not os.environ.get("CI"),  # in CI, `make test` must have installed it
-    reason="buf is installed by `make lint` (npm)",
-)
-def test_the_buf_curl_commands_run_as_written(served: Served):
-    commands = _block("Server reflection (`grpc.reflection.v1alpha`) lets `buf curl`", "sh")
-    port = served.server.target.rsplit(":", 1)[1]
-    commands = commands.replace("localhost:50051", f"localhost:{port}")
+def _run_as_written(served: Served, commands: str, *path: Path) -> str:
+    """``commands`` run by bash (-euo pipefail) against ``served``'s dev setup, with the
+    venv's ``kfr`` (and ``path``) first on PATH; returns what they printed."""
     environment = {
         **os.environ, "KFR_DEV": str(served.directory),
         "PATH": os.pathsep.join(
-            (str(BUF.parent), str(Path(sys.executable).parent), os.environ["PATH"])
+            (*map(str, path), str(Path(sys.executable).parent), os.environ["PATH"])
         ),
     }  # fmt: skip
     done = subprocess.run(
@@ -89,24 +84,29 @@ def test_the_buf_curl_commands_run_as_written(served: Served):
         env=environment, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "kfr.v1.LookupService" in done.stdout and '"status": "SERVING"' in done.stdout
-    assert done.stdout.rstrip().endswith("{}")  # the Lookup: nobody with that synthetic ID
+    return done.stdout
+
+
+@pytest.mark.skipif(
+    not BUF.exists() and not os.environ.get("CI"),  # in CI, `make test` must have installed it
+    reason="buf is installed by `make lint` (npm)",
+)
+def test_the_buf_curl_commands_run_as_written(served: Served):
+    commands = _block("Server reflection (`grpc.reflection.v1alpha`) lets `buf curl`", "sh")
+    port = served.server.target.rsplit(":", 1)[1]
+    printed = _run_as_written(
+        served, commands.replace("localhost:50051", f"localhost:{port}"), BUF.parent
+    )
+    assert "kfr.v1.LookupService" in printed and '"status": "SERVING"' in printed
+    assert printed.rstrip().endswith("{}")  # the Lookup: nobody with that synthetic ID
 
 
 def test_the_rest_curl_commands_run_as_written(served: Served):
-    commands = _block("### REST: the operator's contract", "sh")
+    heading = "### REST: the operator's contract"
+    commands = _block(heading, "sh")
     rest_port = served.server.ready["rest_port"]
-    commands = commands.replace("localhost:50053", f"localhost:{rest_port}")
-    environment = {
-        **os.environ, "KFR_DEV": str(served.directory),
-        "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ["PATH"])),
-    }  # fmt: skip
-    done = subprocess.run(
-        [shutil.which("bash") or "bash", "-euo", "pipefail", "-c", commands],
-        env=environment, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    printed = _run_as_written(served, commands.replace("localhost:50053", f"localhost:{rest_port}"))
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    printed = re.search(r"\nprints\n\n```\n(.*?)```", text[text.index(commands[:40]) :], re.DOTALL)
-    assert printed, "the README says what the commands print"
-    assert done.stdout == printed.group(1)
+    said = re.search(r"\nprints\n\n```\n(.*?)```", text[text.index(heading) :], re.DOTALL)
+    assert said, "the README says what the commands print"
+    assert printed == said.group(1)

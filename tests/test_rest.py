@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
+from kfr_grpc._proto import kfr_pb2 as pb
 from tests.support import (
     INSTITUTION_NAME,
     INSTITUTION_ORG,
@@ -231,8 +232,6 @@ def test_account_servicing_provider(served, agency):
 
 
 def test_active_account_needs_a_payment_account_and_to_date_today(served, agency, ids):
-    from kfr_grpc._proto import kfr_pb2 as pb
-
     customer = ids.person()
     client = served.client(served.pki.institution)
     client.institutions.Report(pb.ReportRequest(
@@ -296,11 +295,14 @@ def test_batch_as_an_old_client_sends_it(served, bank, agency, ids):
         assert found.json()["banks"][0]["organizationID"] == INSTITUTION_ORG
     again = bank.call("POST", BATCH, headers, data=body)
     assert again.json()["alreadyRegistered"] == 4
-    records = served.client(served.pki.institution).institutions.GetRequestLog(
-        __import__("kfr_grpc._proto.kfr_pb2", fromlist=["pb"]).GetRequestLogRequest(
-            institution_org_number=INSTITUTION_ORG, correlation_id=sent),
-        timeout=10,
-    ).records  # fmt: skip
+    records = (
+        served.client(served.pki.institution)
+        .institutions.GetRequestLog(
+            pb.GetRequestLogRequest(institution_org_number=INSTITUTION_ORG, correlation_id=sent),
+            timeout=10,
+        )
+        .records
+    )
     assert len(records) == 1 and "batch" in records[0].method
 
 
@@ -376,8 +378,6 @@ def test_no_customer_id_in_any_log_line(served, bank, agency, ids, caplog):
 
 
 def test_rest_calls_are_in_the_request_log_and_the_metrics(server_factory, ids):
-    from kfr_grpc._proto import kfr_pb2 as pb
-
     served = server_factory(rest=True, metrics=True)
     bank = served.rest(served.pki.institution)
     sent = str(uuid.uuid4())

@@ -1,4 +1,5 @@
-"""A few seconds of the Locust SLA suite, so that the suite itself cannot rot."""
+"""A few seconds of the Locust SLA suite, over gRPC and over REST, so that the suite itself
+cannot rot."""
 
 from __future__ import annotations
 
@@ -6,28 +7,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_the_sla_suite_runs_and_passes_briefly():
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        (["--duration", "3"], ["grpc     Report", "grpc     Lookup"]),
+        (["--duration", "5", "--rest"], ["REST report", "REST lookup"]),
+    ],
+    ids=["grpc", "rest"],
+)
+def test_the_sla_suite_runs_and_passes_briefly(options, names):
     result = subprocess.run(
-        [sys.executable, "-m", "bench.sla", "--duration", "3", "--rate", "5"],
+        [sys.executable, "-m", "bench.sla", "--rate", "5", *options],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "SLA OK:" in output
-    for name in ("Report", "Lookup"):
-        assert f"grpc     {name}" in output
-
-
-def test_the_rest_sla_suite_runs_and_passes_briefly():
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.sla", "--duration", "5", "--rate", "5", "--rest"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    assert "SLA OK:" in output
-    for name in ("REST report", "REST lookup"):
+    for name in names:
         assert name in output
